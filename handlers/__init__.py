@@ -1,0 +1,1 @@
+"""TorchServe handlers: decode -> batch -> predict -> encode, one class per module."""

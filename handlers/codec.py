@@ -1,0 +1,136 @@
+"""Request decoding shared by every handler: bodies, multipart parts, JSON, base64, images.
+
+Functions only (TorchServe handler modules must define exactly one class). Everything that can be wrong
+with a client's input raises ``RequestError`` with an HTTP status and a message naming the problem;
+the handler base turns it into a per-request 4xx instead of failing the batch or the worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# 40 megapixels: a 8K photo fits; a 20000x20000 decompression bomb does not.
+MAX_IMAGE_PIXELS = 40_000_000
+MIN_IMAGE_SIDE = 8
+
+Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own guard, as a second line of defence
+
+
+class RequestError(Exception):
+    """A client error in one request of a batch: becomes that request's HTTP status and JSON message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def request_fields(request: dict[str, Any]) -> dict[str, Any]:
+    """Normalise one TorchServe request to {field: value}.
+
+    TorchServe gives a raw body as ``body`` or ``data``; multipart parts and gRPC inputs arrive under
+    their own names. A JSON body has already been parsed into a dict by TorchServe (if it parsed).
+    """
+    fields = {k: v for k, v in request.items() if v is not None}
+    for key in ("body", "data"):
+        if key in fields and isinstance(fields[key], dict):
+            inner = fields.pop(key)
+            fields.update(inner)
+    return fields
+
+
+def as_bytes(value: Any, what: str) -> bytes:
+    """Bytes from a raw part, or from a base64 string inside JSON."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(f"'{what}' is a string but not valid base64") from None
+    raise RequestError(f"'{what}' must be image bytes or a base64 string, got {type(value).__name__}")
+
+
+def parse_json_body(value: Any) -> dict[str, Any] | None:
+    """A JSON object if the body is (or looks like) JSON; None if it is binary payload."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        head = bytes(value[:64]).lstrip()
+        if head[:1] in (b"{", b"["):
+            try:
+                parsed = json.loads(bytes(value).decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise RequestError(f"body looks like JSON but does not parse: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise RequestError("JSON body must be an object, e.g. {\"image\": \"<base64>\"}")
+            return parsed
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+        if isinstance(parsed, dict):
+            return parsed
+    return None
+
+
+def decode_image(data: bytes, what: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode JPEG/PNG/... bytes to an RGB image, refusing empty, corrupt and oversized inputs."""
+    if not data:
+        raise RequestError(f"'{what}' is empty: send JPEG or PNG bytes")
+    try:
+        img = Image.open(io.BytesIO(data))
+        width, height = img.size  # header only: checked before any pixel is decoded
+    except UnidentifiedImageError:
+        raise RequestError(f"'{what}' is not a recognised image (send JPEG or PNG bytes)") from None
+    except Image.DecompressionBombError as exc:
+        raise RequestError(f"'{what}' is too large: {exc}", status=413) from None
+    except Exception as exc:  # noqa: BLE001 - any parser failure is the client's bytes
+        raise RequestError(f"'{what}' cannot be decoded: {exc}") from None
+    if width * height > max_pixels:
+        raise RequestError(
+            f"'{what}' is {width}x{height} = {width * height / 1e6:.1f} MP, above the limit of "
+            f"{max_pixels / 1e6:.0f} MP",
+            status=413,
+        )
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise RequestError(f"'{what}' is {width}x{height}; both sides must be at least {MIN_IMAGE_SIDE} px")
+    try:
+        img = ImageOps.exif_transpose(img)
+        return img.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise RequestError(f"'{what}' is too large: {exc}", status=413) from None
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt pixel data
+        raise RequestError(f"'{what}' is corrupt: {exc}") from None
+
+
+def image_to_array(img: Image.Image) -> np.ndarray:
+    """HWC uint8 RGB array."""
+    return np.asarray(img, dtype=np.uint8)
+
+
+def number_param(
+    params: dict[str, Any], name: str, default: float, lo: float, hi: float, integer: bool = False
+) -> float | int:
+    """A numeric request parameter validated against [lo, hi]."""
+    if name not in params or params[name] is None:
+        return default
+    raw = params[name]
+    try:
+        value = int(raw) if integer else float(raw)
+        if integer and float(raw) != int(raw):
+            raise ValueError
+    except (TypeError, ValueError):
+        kind = "an integer" if integer else "a number"
+        raise RequestError(f"'{name}' must be {kind}, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise RequestError(f"'{name}' must be between {lo} and {hi}, got {value}")
+    return value

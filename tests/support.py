@@ -1,0 +1,69 @@
+"""Test helpers that start real components (TorchServe, ...) on free loopback ports and stop them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from zoo._registry import get_entry
+from zoo.mar import build_mar
+from zoo.torchserve import TorchServe
+
+
+def build_archives(store: Path, names: list[str], seed: int = 0) -> list[str]:
+    """Build (once per store) random-weight archives for the named models."""
+    archives = []
+    for name in names:
+        mar = store / f"{name}.mar"
+        if not mar.exists():
+            build_mar(get_entry(name), store, random_weights=True, seed=seed, progress=False)
+        archives.append(mar.name)
+    return archives
+
+
+@contextlib.contextmanager
+def running_torchserve(workdir: Path, names: list[str], ready_timeout_s: float = 300) -> Iterator[TorchServe]:
+    """A real TorchServe serving random-weight archives of `names`; stopped on exit."""
+    store = workdir / "store"
+    archives = build_archives(store, names)
+    ts = TorchServe(store, archives, workdir / "run")
+    ts.start()
+    try:
+        ts.wait_ready(timeout_s=ready_timeout_s)
+        yield ts
+    finally:
+        ts.stop()
+
+
+def http_request(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None, method: str | None = None,
+    timeout: float = 120,
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) for any status code, without raising on 4xx/5xx."""
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def json_body(raw: bytes) -> object:
+    return json.loads(raw.decode("utf-8"))
+
+
+def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
+    """Encode {name: (filename, bytes, content_type)} as multipart/form-data; returns (body, content type)."""
+    boundary = "zoo-test-boundary-7d1f"
+    parts = []
+    for name, (filename, data, ctype) in fields.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n"
+        )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"

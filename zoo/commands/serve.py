@@ -1,0 +1,91 @@
+"""`zoo serve`: build what is missing, start TorchServe on loopback, wait for every model, serve until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from zoo._registry import ModelEntry, get_entry, list_models
+from zoo.commands.build import add_weights_options, parse_weights_args, weights_for
+from zoo.paths import default_run_dir, default_store
+
+
+def ensure_archives(
+    entries: list[ModelEntry], store: Path, weights: dict[str, str], random_weights: bool, seed: int,
+    rebuild: bool = False,
+) -> list[str]:
+    """Archive file names for the entries, building the missing ones (and random ones unless allowed)."""
+    from zoo.mar import build_mar, read_archive_meta
+    from zoo.weights import WeightsLabel
+
+    archives = []
+    for entry in entries:
+        mar = store / f"{entry.name}.mar"
+        explicit = weights_for(entry.name, weights, len(entries) == 1)
+        needs_build = rebuild or explicit is not None or not mar.exists()
+        if not needs_build and not random_weights:
+            # never keep serving a random-weights archive once the user stops asking for random weights
+            needs_build = WeightsLabel(**read_archive_meta(mar)["weights"]).is_random
+        if needs_build:
+            build_mar(entry, store, explicit, random_weights, seed)
+        archives.append(mar.name)
+    return archives
+
+
+def run(args: argparse.Namespace) -> int:
+    from zoo.torchserve import TorchServe
+
+    entries = [get_entry(n) for n in args.models] if args.models else list_models(default_only=True)
+    store = Path(args.store)
+    archives = ensure_archives(entries, store, parse_weights_args(args.weights), args.random_weights,
+                               args.seed, args.rebuild)
+    ts = TorchServe(store, archives, Path(args.run_dir) / "torchserve")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with ts:
+        print(f"starting TorchServe with {', '.join(archives)} ...", flush=True)
+        ts.wait_ready(timeout_s=args.ready_timeout)
+        gateway = None
+        if not args.no_gateway:
+            from serving.app import start_gateway
+
+            gateway = start_gateway(ts, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+                                    config_path=args.gateway_config)
+        print("ready:")
+        if gateway is not None:
+            print(f"  gateway REST (OIP v2 + task routes): {gateway.http_url}")
+            print(f"  gateway gRPC (inference.GRPCInferenceService): {gateway.grpc_target}")
+            print(f"  gateway metrics: {gateway.http_url}/metrics")
+        print(f"  TorchServe (loopback only): inference {ts.inference_url}, gRPC {ts.grpc_target}, "
+              f"metrics {ts.metrics_url}")
+        for entry in entries:
+            print(f"  model {entry.name} ({entry.task})")
+        print("press Ctrl-C to stop", flush=True)
+        while not stop.wait(0.5):
+            if ts.proc is not None and ts.proc.poll() is not None:
+                print(f"TorchServe exited unexpectedly:\n{ts.log_tail()}")
+                return 1
+        print("stopping ...", flush=True)
+        if gateway is not None:
+            gateway.stop()
+    print("stopped")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("serve", help="start TorchServe and the gateway", description=__doc__)
+    p.add_argument("models", nargs="*", help="models to serve (default: the registry's default set)")
+    p.add_argument("--store", default=str(default_store()), help="model store for the archives")
+    p.add_argument("--run-dir", default=str(default_run_dir()), help="config and logs go here")
+    p.add_argument("--rebuild", action="store_true", help="rebuild archives even if present")
+    p.add_argument("--host", default="127.0.0.1", help="gateway bind address")
+    p.add_argument("--http-port", type=int, default=8080, help="gateway REST port")
+    p.add_argument("--grpc-port", type=int, default=8081, help="gateway gRPC port")
+    p.add_argument("--gateway-config", default=None, help="gateway YAML (routes, API keys, limits)")
+    p.add_argument("--no-gateway", action="store_true", help="start TorchServe only")
+    p.add_argument("--ready-timeout", type=float, default=600, help="seconds to wait for models")
+    add_weights_options(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,114 @@
+"""Build TorchServe ``.mar`` archives from registry entries.
+
+An archive is self-contained: labelled zoo-layout weights (safetensors), the ``zoo``/``handlers`` source
+(model classes travel as extra files, never inside the handler module), ``zoo_model.json`` (entry summary
+plus weights label) and ``model-config.yaml`` with the entry's batching and worker settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from handlers.base import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE
+from zoo._registry import ModelEntry
+from zoo.weights import WeightsLabel, resolve_weights, save_zoo_weights
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SOURCE_PACKAGES = ("zoo", "handlers")
+
+
+def model_config_yaml(entry: ModelEntry) -> dict[str, Any]:
+    """TorchServe per-model config (batching, workers, timeouts, device)."""
+    cfg = entry.serving
+    out: dict[str, Any] = {
+        "minWorkers": cfg.min_workers,
+        "maxWorkers": cfg.max_workers,
+        "batchSize": cfg.batch_size,
+        "maxBatchDelay": cfg.max_batch_delay_ms,
+        "responseTimeout": cfg.response_timeout_s,
+    }
+    if cfg.device_type in ("gpu", "cpu"):
+        out["deviceType"] = cfg.device_type
+    out.update(cfg.extra)
+    return out
+
+
+def _copy_sources(dest: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "commands")
+    for package in SOURCE_PACKAGES:
+        shutil.copytree(REPO_ROOT / package, dest / package, ignore=ignore)
+
+
+def archive_meta(entry: ModelEntry, label: WeightsLabel) -> dict[str, Any]:
+    return {**entry.summary(), "weights": label.as_dict()}
+
+
+def build_mar(
+    entry: ModelEntry,
+    store: str | Path,
+    weights_path: str | Path | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[Path, WeightsLabel]:
+    """Write ``<store>/<entry.name>.mar`` and return its path and weights label."""
+    from model_archiver.model_archiver_config import ModelArchiverConfig
+    from model_archiver.model_packaging import generate_model_archive
+
+    store = Path(store)
+    store.mkdir(parents=True, exist_ok=True)
+    steps = ["resolve weights", "write safetensors", "stage sources", "archive"]
+    with tempfile.TemporaryDirectory(prefix=f"zoo-mar-{entry.name}-") as tmp, tqdm(
+        total=len(steps), desc=f"build {entry.name}", unit="step", disable=not progress
+    ) as bar:
+        tmp_path = Path(tmp)
+        bar.set_postfix_str(steps[0])
+        state, label = resolve_weights(entry, weights_path, random_weights, seed)
+        bar.update()
+
+        bar.set_postfix_str(steps[1])
+        weights_file = save_zoo_weights(state, tmp_path / ARCHIVE_WEIGHTS_FILE, label)
+        del state
+        bar.update()
+
+        bar.set_postfix_str(steps[2])
+        extra = tmp_path / "extra"
+        _copy_sources(extra)
+        (extra / ARCHIVE_META_FILE).write_text(json.dumps(archive_meta(entry, label), indent=2))
+        config_file = tmp_path / "model-config.yaml"
+        config_file.write_text(yaml.safe_dump(model_config_yaml(entry), sort_keys=False))
+        handler_file = REPO_ROOT / (entry.handler.replace(".", "/") + ".py")
+        bar.update()
+
+        bar.set_postfix_str(steps[3])
+        logging.getLogger().setLevel(logging.WARNING)
+        generate_model_archive(
+            ModelArchiverConfig(
+                model_name=entry.name,
+                handler=str(handler_file),
+                version=entry.version,
+                serialized_file=str(weights_file),
+                extra_files=str(extra),
+                export_path=str(store),
+                config_file=str(config_file),
+                force=True,
+            )
+        )
+        bar.update()
+    return store / f"{entry.name}.mar", label
+
+
+def read_archive_meta(mar_path: str | Path) -> dict[str, Any]:
+    """The zoo metadata stored in a built archive (used by `zoo list` and `zoo serve`)."""
+    import zipfile
+
+    with zipfile.ZipFile(mar_path) as zf:
+        return json.loads(zf.read(ARCHIVE_META_FILE))

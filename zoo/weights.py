@@ -1,0 +1,153 @@
+"""Resolve, convert and strictly load model weights.
+
+Real weights come from the registry's pinned hub source (``zoo pull``) or a local file (``--weights``).
+Seeded random weights exist only for smoke runs on machines that cannot download, and are always labelled
+so: the label travels into the ``.mar``, ``zoo list`` and every response's model metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file as load_safetensors
+from safetensors.torch import save_file as save_safetensors
+
+from zoo._registry import ModelEntry
+
+RANDOM_WEIGHTS_KIND = "random-seeded"
+
+
+class WeightsError(RuntimeError):
+    """Weights are missing, corrupt, or do not fit the architecture."""
+
+
+@dataclass(frozen=True)
+class WeightsLabel:
+    """What the served weights are; shown to users so random weights can never pass for real ones."""
+
+    kind: str  # "pretrained" | "local-file" | "random-seeded"
+    source: str
+    sha256: str | None = None
+    seed: int | None = None
+
+    @property
+    def is_random(self) -> bool:
+        return self.kind == RANDOM_WEIGHTS_KIND
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def short(self) -> str:
+        if self.is_random:
+            return f"RANDOM (seed {self.seed}, not trained)"
+        return f"{self.kind}: {self.source}"
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint file as a plain mapping (safetensors, or a torch pickle loaded safely)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_safetensors(str(path))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
+def convert_to_zoo(entry: ModelEntry, checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Map an upstream checkpoint (official or Hub layout) to the zoo layout with the entry's converter."""
+    if not entry.weights.converter:
+        return {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    module_name, func_name = entry.weights.converter.split(":")
+    converter = getattr(importlib.import_module(module_name), func_name)
+    return converter(checkpoint)
+
+
+def load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Load every tensor or fail, naming the keys that did not fit (never a silent partial load)."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    mismatched = sorted(
+        k for k in set(expected) & set(state_dict) if tuple(expected[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        def _fmt(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_fmt(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_fmt(unexpected)}")
+        if mismatched:
+            shapes = [f"{k} {tuple(state_dict[k].shape)}!={tuple(expected[k].shape)}" for k in mismatched]
+            parts.append(f"{len(mismatched)} shape mismatches: {_fmt(shapes)}")
+        raise WeightsError(f"{what} does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)
+
+
+def random_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded random parameters for smoke runs: deterministic, and labelled by the caller."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = entry.build()
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def missing_weights_message(entry: ModelEntry) -> str:
+    src = entry.weights
+    hub = f"the Hugging Face Hub repo {src.hf_repo!r} (file {src.filename!r})" if src.hf_repo else "no hub repo"
+    return (
+        f"no weights for {entry.name!r}: they come from {hub}. Run `zoo pull {entry.name}` "
+        f"(set HF_ENDPOINT for a mirror), or pass a local checkpoint with "
+        f"`--weights {entry.name}=/path/to/checkpoint` (official or hub layout; see `zoo convert --help`), "
+        f"or `--random-weights` for an explicitly labelled untrained smoke run."
+    )
+
+
+def resolve_weights(
+    entry: ModelEntry,
+    weights_path: str | Path | None = None,
+    random_weights: bool = False,
+    seed: int = 0,
+) -> tuple[dict[str, torch.Tensor], WeightsLabel]:
+    """Return zoo-layout weights and their label, in order: local file, pulled hub file, random (if asked)."""
+    if weights_path is not None:
+        path = Path(weights_path)
+        state = convert_to_zoo(entry, read_checkpoint(path))
+        return state, WeightsLabel("local-file", str(path), sha256_of(path))
+    from zoo import hub  # local import: hub pulls in huggingface_hub
+
+    cached = hub.find_cached(entry)
+    if cached is not None:
+        state = convert_to_zoo(entry, read_checkpoint(cached))
+        return state, WeightsLabel("pretrained", entry.weights.describe(), entry.weights.sha256)
+    if random_weights:
+        return random_state_dict(entry, seed), WeightsLabel(RANDOM_WEIGHTS_KIND, "torch.manual_seed", None, seed)
+    raise WeightsError(missing_weights_message(entry))
+
+
+def save_zoo_weights(state: dict[str, torch.Tensor], path: str | Path, label: WeightsLabel) -> Path:
+    """Write weights as safetensors, with the label in the file's metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    meta = {k: str(v) for k, v in label.as_dict().items() if v is not None}
+    save_safetensors(tensors, str(path), metadata=meta)
+    return path
