@@ -1,0 +1,86 @@
+"""DETR object detection: image in (raw bytes, multipart, or JSON base64), COCO detections out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+from handlers.base import ZooHandler
+from handlers.codec import (
+    RequestError,
+    as_bytes,
+    decode_image,
+    number_param,
+    parse_json_body,
+    request_fields,
+)
+from zoo.detr import postprocess, preprocess
+
+IMAGE_FIELDS = ("image", "body", "data", "file", "input")
+
+
+@dataclass
+class DetectionRequest:
+    image: Image.Image
+    threshold: float
+    top_k: int
+
+
+def _first_image_value(fields: dict[str, Any]) -> tuple[str, Any]:
+    for name in IMAGE_FIELDS:
+        if name in fields:
+            return name, fields[name]
+    image_like = [k for k, v in fields.items() if isinstance(v, (bytes, bytearray))]
+    if len(image_like) == 1:
+        return image_like[0], fields[image_like[0]]
+    raise RequestError("no image in the request: send image bytes as the body, a multipart field 'image', "
+                       "or JSON {\"image\": \"<base64>\"}")
+
+
+class DetrHandler(ZooHandler):
+    """Batches variable-size images with padding masks, exactly as DETR's official evaluation."""
+
+    def decode(self, request: dict[str, Any], index: int) -> DetectionRequest:
+        fields = request_fields(request)
+        params: dict[str, Any] = {k: v for k, v in fields.items() if k in ("threshold", "top_k")}
+        name, value = _first_image_value(fields)
+        as_json = parse_json_body(value)
+        if as_json is not None:
+            if "image" not in as_json:
+                raise RequestError("JSON body needs an 'image' field holding base64 image bytes")
+            params.update({k: as_json[k] for k in ("threshold", "top_k") if k in as_json})
+            unknown = set(as_json) - {"image", "threshold", "top_k"}
+            if unknown:
+                raise RequestError(f"unknown JSON fields: {sorted(unknown)}; allowed: image, threshold, top_k")
+            name, value = "image", as_json["image"]
+        params = {k: (v.decode() if isinstance(v, (bytes, bytearray)) else v) for k, v in params.items()}
+        image = decode_image(as_bytes(value, name), name)
+        return DetectionRequest(
+            image=image,
+            threshold=float(number_param(params, "threshold", 0.7, 0.0, 1.0)),
+            top_k=int(number_param(params, "top_k", 100, 1, 100, integer=True)),
+        )
+
+    def batch(self, items: list[DetectionRequest]) -> Any:
+        pixel_values, padding_mask, sizes = preprocess([item.image for item in items])
+        return pixel_values.to(self.device), padding_mask.to(self.device), sizes
+
+    def predict(self, batch: Any) -> Any:
+        pixel_values, padding_mask, sizes = batch
+        out = self.model(pixel_values, padding_mask)
+        return out["logits"].float().cpu(), out["boxes"].float().cpu(), sizes
+
+    def encode(self, output: Any, items: list[DetectionRequest]) -> list[dict[str, Any]]:
+        logits, boxes, sizes = output
+        answers = []
+        for i, item in enumerate(items):
+            detections = postprocess(logits[i : i + 1], boxes[i : i + 1], [sizes[i]], item.threshold, item.top_k)[0]
+            answers.append({
+                "detections": detections,
+                "image_size": {"width": item.image.width, "height": item.image.height},
+                "batch_size": len(items),
+                "model": self.model_info(),
+            })
+        return answers
