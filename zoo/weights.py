@@ -7,6 +7,8 @@ so: the label travels into the ``.mar``, ``zoo list`` and every response's model
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
 import importlib
 from dataclasses import asdict, dataclass
@@ -56,6 +58,11 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# Plain-data classes that training checkpoints pickle beside their tensors and that are safe to rebuild:
+# timm's CheckpointSaver stores the training script's `argparse.Namespace` under "args".
+CHECKPOINT_SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint file as a plain mapping (safetensors, or a torch pickle loaded safely)."""
     path = Path(path)
@@ -63,8 +70,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise WeightsError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         return load_safetensors(str(path))
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    allow = safe_globals(list(CHECKPOINT_SAFE_GLOBALS)) if safe_globals else contextlib.nullcontext()
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with allow:
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name
         raise WeightsError(f"cannot read checkpoint {path}: {exc}") from exc
 
