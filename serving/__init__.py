@@ -1,0 +1,1 @@
+"""The zoo gateway: Open Inference Protocol v2 (REST + gRPC) and task routes in front of TorchServe."""

@@ -1,0 +1,1 @@
+"""Backends the gateway routes to: one `serving.backends.base.Backend` implementation per serving system."""

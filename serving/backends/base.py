@@ -1,0 +1,84 @@
+"""The Backend interface: what the gateway's DataPlane needs from a serving system (TorchServe, Triton, ...).
+
+Everything is async and runs on the gateway's one event loop. Model names and versions passed in are the
+*backend's* names (the DataPlane maps public names to them from the config); a backend never sees the
+public names, API keys or wire formats, only `serving.types` objects and plain bytes.
+
+Errors: raise `serving.errors` exceptions, never transport-specific ones:
+- ModelNotFound for an unknown model or version, InvalidInput for a request the model rejects (keep the
+  model's message), BackendUnavailable (503 + Retry-After) when the backend is down, restarting or has no
+  ready worker, DeadlineExceeded when `deadline` passes, BackendError for anything else.
+
+Deadlines are absolute `time.monotonic()` seconds (`None`: no deadline); `time_left()` turns one into a
+per-call timeout and raises DeadlineExceeded once it has passed.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.errors import DeadlineExceeded
+from serving.types import InferRequest, InferResponse
+
+
+def time_left(deadline: float | None, what: str = "request") -> float | None:
+    """Seconds until `deadline` (None: unlimited); DeadlineExceeded if it already passed."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise DeadlineExceeded(f"{what}: deadline exceeded before the backend answered")
+    return left
+
+
+@dataclass(slots=True)
+class RawPrediction:
+    """A task route's answer, passed through as the handler produced it."""
+
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """One serving system behind the gateway."""
+
+    #: label for metrics (`zoo_gateway_backend_errors_total{backend=...}`) and logs
+    name: str = "backend"
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections (called once on the gateway's loop before serving)."""
+
+    @abc.abstractmethod
+    async def live(self) -> bool:
+        """The backend process answers at all."""
+
+    @abc.abstractmethod
+    async def ready(self) -> bool:
+        """The backend can serve every model routed to it."""
+
+    @abc.abstractmethod
+    async def model_ready(self, model: str, version: str = "") -> bool:
+        """`model` (version `version`, "" = default) can take requests now. Unknown model: ModelNotFound."""
+
+    @abc.abstractmethod
+    async def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        """OIP model metadata: {"name", "versions", "platform", "inputs": [{"name", "datatype", "shape"}],
+        "outputs": [...], "parameters": {...}} (parameters: free-form extras, e.g. the weights label;
+        the gateway adds the public name). Unknown model: ModelNotFound."""
+
+    @abc.abstractmethod
+    async def infer(self, request: InferRequest, deadline: float | None) -> InferResponse:
+        """Run one OIP inference. `request.model_name/model_version` are the backend's."""
+
+    @abc.abstractmethod
+    async def predict_raw(self, model: str, version: str, fields: dict[str, bytes],
+                          deadline: float | None) -> RawPrediction:
+        """Task route: the model's natural input as named byte fields (a raw body arrives as {"body": ...},
+        multipart as one field per part) -> the model's own answer, unchanged."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; pending calls may be cancelled."""
