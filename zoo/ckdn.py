@@ -35,6 +35,7 @@ the prefetching loader of ``timm/data/loader_iqa.py``), reproduced here with PIL
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -158,9 +159,11 @@ WRAPPER_KEYS = ("state_dict", "params")  # timm CheckpointSaver / IQA-toolbox st
 KEY_PREFIXES = ("module.", "net.")  # DataParallel (possibly nested) and the IQA toolbox's wrapper
 
 
-def zoo_keys() -> list[str]:
-    """Every state-dict key of the zoo model (the official keys of the kept modules)."""
-    return list(CKDN().state_dict())
+@functools.cache
+def zoo_keys() -> tuple[str, ...]:
+    """Every state-dict key of the zoo model (the official keys of the kept modules), in order."""
+    with torch.device("meta"):  # names only: nothing is allocated or initialised
+        return tuple(CKDN().state_dict())
 
 
 def training_only_keys(keys: Iterable[str] | None = None) -> frozenset[str]:

@@ -1,0 +1,46 @@
+"""Rebuild the official-layout weights behind a golden set (shared/golden/README.md, section 3).
+
+The golden outputs were produced by the official code with seeded weights; the key tables
+(``<model>_state_dict_keys.json``) list every key with its shape, fill kind and seed, plus checksums. This
+rebuilds the float32 tensors bit for bit and checks each against its ``check_sum``/``check_first``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+_FILLS: dict[str, Callable[[tuple[int, ...]], torch.Tensor]] = {
+    "normal_0.02": lambda s: torch.randn(s) * 0.02,
+    "embedding_0.02": lambda s: torch.randn(s) * 0.02,
+    "bn_weight": lambda s: 1 + 0.1 * torch.randn(s),
+    "ln_weight": lambda s: 1 + 0.1 * torch.randn(s),
+    "bn_bias": lambda s: 0.1 * torch.randn(s),
+    "ln_bias": lambda s: 0.1 * torch.randn(s),
+    "bn_running_mean": lambda s: 0.1 * torch.randn(s),
+    "bn_running_var": lambda s: 1 + 0.5 * torch.rand(s),
+}
+
+
+def golden_state_dict(table: str | Path) -> dict[str, torch.Tensor]:
+    """The official-layout float32 state dict described by a ``*_state_dict_keys.json`` table."""
+    meta = json.loads(Path(table).read_text())
+    entries = meta["keys"]
+    state: dict[str, torch.Tensor] = {}
+    with torch.random.fork_rng():
+        for entry in entries:
+            shape = tuple(entry["shape"])
+            if "value" in entry:  # integer buffers (num_batches_tracked) keep their value
+                state[entry["key"]] = torch.full(shape, entry["value"], dtype=getattr(torch, entry["dtype"]))
+                continue
+            assert entry["seed"] == meta["seed"] + entry["index"], f"seed of {entry['key']}"
+            torch.manual_seed(entry["seed"])
+            tensor = _FILLS[entry["kind"]](shape)
+            assert tensor.dtype == torch.float32
+            assert tensor.double().sum().item() == entry["check_sum"], f"checksum of {entry['key']}"
+            assert tensor.flatten()[:3].tolist() == entry["check_first"], f"first values of {entry['key']}"
+            state[entry["key"]] = tensor
+    return state
