@@ -100,6 +100,7 @@ MODEL_MODULES = (
     "zoo.detr",
     "zoo.ckdn",
     "zoo.ftcn",
+    "zoo.toy",  # test/demo-only serving-path model (default_serve=False)
 )
 
 

