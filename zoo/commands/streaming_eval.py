@@ -1,4 +1,4 @@
-"""`zoo streaming-eval`: streaming AP of timestamped detector outputs, as the official sAP toolkit computes it."""
+"""`zoo streaming-eval`: streaming AP of timestamped detector outputs, as the official sAP toolkit."""
 
 from __future__ import annotations
 

@@ -9,9 +9,10 @@ Semantics (``det/streaming_eval.py`` of mtli/sAP):
 * ``mismatch`` = sum over paired frames of ``i - input_fidx`` (the frame lag), ``in_time`` = frames whose
   paired output was computed on that very frame. ``mean_lag`` = mismatch / paired frames.
 
-Boxes are float32 and ltrb->ltwh is computed in float32 as the official code does; the detections are handed to
-COCOeval the way ``COCO.loadRes`` builds them from the official numpy rows (area = w*h in the boxes' dtype), but
-without ``loadRes`` itself, whose ``anns[0]['bbox'] == []`` test breaks on numpy rows with numpy >= 1.25.
+Boxes are float32 and ltrb->ltwh is computed in float32 as the official code does; the detections are
+handed to COCOeval the way ``COCO.loadRes`` builds them from the official numpy rows (area = w*h in the boxes'
+dtype), but without ``loadRes`` itself, whose ``anns[0]['bbox'] == []`` test breaks on numpy rows with
+numpy >= 1.25.
 
 With ``forecast=True`` every paired frame is instead answered by the official Kalman-filter post-processing
 (``forecast/pps_forecast_kf.py --forecast-before-assoc``), see :mod:`zoo.streaming.forecast`.
@@ -96,7 +97,7 @@ def coco_eval(db: Any, results: list[dict[str, Any]]) -> dict[str, float]:
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {name: float(v) for name, v in zip(STAT_NAMES, ev.stats)}
+    return {name: float(v) for name, v in zip(STAT_NAMES, ev.stats, strict=True)}
 
 
 @dataclass
@@ -225,7 +226,7 @@ def streaming_eval(
         n_frames += len(frames)
         forecaster = factory() if factory is not None else None
         fed = -1
-        for ii, (img, k) in enumerate(zip(frames, pair.tolist())):
+        for ii, (img, k) in enumerate(zip(frames, pair.tolist(), strict=True)):
             if k < 0:
                 miss += 1
                 continue

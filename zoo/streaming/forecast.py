@@ -5,10 +5,10 @@ Mirrors ``forecast/pps_forecast_kf.py --forecast-before-assoc --assoc iou`` of m
 * state ``[l, t, w, h, vl, vt, vw, vh]`` in pixels, time in **frames** (input frame indices);
   ``F`` = identity with ``dt`` at (i, i+4), ``Q = dt² I``, ``R = 10 I``, ``P0 = 100 I``, ``H`` = first four;
 * when a new detector output (computed on frame ``f``) arrives, every track is first predicted to ``f``
-  (``dt = f - frame of the previous output``), then detections, sorted by descending score, each take the
-  unmatched same-class track of highest IoU (>= ``match_iou_th``; on equal IoU the later track), matched tracks
-  get the KF update, unmatched detections start new tracks with zero velocity, unmatched tracks are dropped;
-  with no match at all, the tracks restart from the detections;
+  (``dt = f - frame of the previous output``), then detections, sorted by descending score, each take
+  the unmatched same-class track of highest IoU (>= ``match_iou_th``; on equal IoU the later track), matched
+  tracks get the KF update, unmatched detections start new tracks with zero velocity, unmatched tracks are
+  dropped; with no match at all, the tracks restart from the detections;
 * an output with no detections keeps the (predicted) tracks;
 * the forecast for frame ``i`` is ``x[:4] + (i - f) x[4:]``, then ``extrap_clean_up``: clip to the image and
   drop boxes with w <= 0 or h <= 0 or ``int(w) * int(h) < 75``.
@@ -78,8 +78,9 @@ def extrap_clean_up(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(kept boxes, keep mask): clip [l, t, w, h] boxes to the image and drop degenerate or tiny ones.
 
-    As the official ``extrap_clean_up(lt=True)``: boxes whose forecast w or h is <= 0 are dropped, the rest are
-    clipped to [0, w_img] x [0, h_img] in their own dtype, and those with ``int(w) * int(h) < min_size`` dropped.
+    As the official ``extrap_clean_up(lt=True)``: boxes whose forecast w or h is <= 0 are dropped, the rest
+    are clipped to [0, w_img] x [0, h_img] in their own dtype, and those with ``int(w) * int(h) < min_size``
+    are dropped.
     """
     b = np.array(boxes_ltwh, copy=True).reshape(-1, 4)
     keep = (b[:, 2] > 0) & (b[:, 3] > 0)
@@ -94,8 +95,8 @@ def extrap_clean_up(
 class KalmanForecaster:
     """Tracks one stream's objects and forecasts their boxes at any later frame.
 
-    ``update(frame_idx, boxes_ltwh, scores, labels)`` with each new detector output (``frame_idx`` = the frame it
-    was computed on, non-decreasing), ``forecast(target_frame_idx)`` whenever an answer is due. Boxes are
+    ``update(frame_idx, boxes_ltwh, scores, labels)`` with each new detector output (``frame_idx`` = the frame
+    it was computed on, non-decreasing), ``forecast(target_frame_idx)`` whenever an answer is due. Boxes are
     [l, t, w, h] pixels. ``track_ids`` are stable across updates for matched objects.
     """
 
@@ -139,7 +140,7 @@ class KalmanForecaster:
         self.P = np.matmul(np.matmul(F, self.P), F.T) + Q
 
     def _update(self, z: np.ndarray) -> None:
-        """KF update of every current track with measurements ``z`` (same order), H = first four components."""
+        """KF update of every track with measurements ``z`` (same order); H = the first four components."""
         y = z - self.x[:, :4]
         S = self.P[:, :4, :4] + self.R
         K = np.matmul(self.P[:, :, :4], np.linalg.inv(S))

@@ -6,8 +6,8 @@ Streaming outputs (JSON; the layout of the sAP toolkit's per-sequence pickles, o
       "fps": 30, "eta": 0,
       "sequences": {
         "<sequence name>": [
-          {"timestamp": 0.0436,            # seconds since the sequence started when the output was produced
-           "input_fidx": 0,                # index (within the sequence) of the frame the output was computed on
+          {"timestamp": 0.0436,          # seconds since the sequence started when the output was produced
+           "input_fidx": 0,              # index (within the sequence) of the frame the output was computed on
            "bboxes_ltrb": [[l, t, r, b], ...],   # pixels
            "scores": [s, ...],
            "labels": [category_id, ...]},
@@ -19,8 +19,9 @@ Streaming outputs (JSON; the layout of the sAP toolkit's per-sequence pickles, o
 Boxes and scores are cast to float32 on load, as the official code holds them (its KF and its ltrb->ltwh
 conversion run on float32 arrays); labels to int64.
 
-Ground truth: a COCO json whose ``images`` carry ``sid`` (sequence index into ``sequences``) and ``fid``, plus a
-``sequences`` list of names (Argoverse-HD layout). The frames of a sequence are its images in json order.
+Ground truth: a COCO json whose ``images`` carry ``sid`` (sequence index into ``sequences``) and ``fid``,
+plus a ``sequences`` list of names (Argoverse-HD layout). The frames of a sequence are its images in json
+order.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class StreamingOutputs:
     def __post_init__(self) -> None:
         for name, outs in self.sequences.items():
             ts = [o.timestamp for o in outs]
-            if any(b < a for a, b in zip(ts, ts[1:])):
+            if any(b < a for a, b in zip(ts, ts[1:], strict=False)):
                 raise ValueError(f"sequence {name!r}: output timestamps must be non-decreasing")
 
     @classmethod

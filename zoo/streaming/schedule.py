@@ -4,14 +4,15 @@ A detector slower than the frame rate must choose, each time it frees up, betwee
 now or idling until the next frame arrives. "Towards Streaming Perception" (Sec. 4, Alg. 1; the sAP toolkit's
 ``det/srt_det.py --dynamic-schedule`` and its scheduling simulator) gives the *shrinking-tail* rule: with time
 ``s`` in frames when the detector frees up and runtime ``r`` in frames (``r > 1``), with the tail
-``tau(x) = x - floor(x)``, **wait for the next frame iff tau(s + r) < tau(s)**, i.e. iff waiting does not delay
-the next output past one more frame boundary (computed as ``r < floor(tau(s) + r)``, the official form).
+``tau(x) = x - floor(x)``, **wait for the next frame iff tau(s + r) < tau(s)**, i.e. iff waiting does not
+delay the next output past one more frame boundary (computed as ``r < floor(tau(s) + r)``, the official form).
 Runtimes of at most one frame never wait.
 
 :func:`simulate_stream` replays a sequence on a simulated clock (as ``srt_det.py``): the detector takes the
 latest frame when free (or idles when the policy says so, or when that frame was already processed), its
 latency is drawn per run from a fixed value, an array or a seeded callable, and each result becomes a
-timestamped :class:`~zoo.streaming.formats.StreamOutput`, ready for :func:`zoo.streaming.evaluate.streaming_eval`.
+timestamped :class:`~zoo.streaming.formats.StreamOutput`, ready for
+:func:`zoo.streaming.evaluate.streaming_eval`.
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ POLICIES: dict[str, Policy] = {"latest": never_wait, "shrinking_tail": shrinking
 class ShrinkingTailScheduler:
     """Online form for a live stream: decide per free-up, learning the runtime as a running mean.
 
-    ``decide(t_free_s)`` -> ``(frame_idx, start_s)``: the frame to process and when to start it (``start_s`` is
-    ``t_free_s`` itself, or the next frame's arrival when the rule says to wait). Call ``observe(runtime_s)``
-    after each run. Until a runtime was observed (and no ``expected_runtime_s`` given) it never waits.
+    ``decide(t_free_s)`` -> ``(frame_idx, start_s)``: the frame to process and when to start it (``start_s``
+    is ``t_free_s`` itself, or the next frame's arrival when the rule says to wait). Call
+    ``observe(runtime_s)`` after each run. Until a runtime was observed (and no ``expected_runtime_s`` given)
+    it never waits.
     """
 
     def __init__(self, fps: float, expected_runtime_s: float | None = None) -> None:
@@ -146,7 +148,7 @@ def simulate_stream(
                 break
             t = fidx / fps
         elif decide(fc, runtime_frames):
-            # the policy prefers to wait: the next frame is taken on its arrival (its tail is 0: no more waiting)
+            # the policy prefers to wait: the next frame is taken on arrival (its tail is 0: no more waiting)
             last = fidx
             continue
         last = fidx

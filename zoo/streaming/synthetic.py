@@ -47,13 +47,14 @@ def moving_boxes_gt(
             lo_x, hi_x = max(0.0, -travel_x), min(W - w, W - w - travel_x)
             lo_y, hi_y = max(0.0, -travel_y), min(H - h, H - h - travel_y)
             if hi_x < lo_x or hi_y < lo_y:
-                raise ValueError("objects leave the image: fewer frames, slower speeds or smaller boxes needed")
+                raise ValueError("objects would leave the image: use fewer frames, slower or smaller boxes")
             objs.append((rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y), w, h, vx, vy,
                          int(rng.integers(len(categories))), track))
             track += 1
         for fid in range(n_frames):
             iid = len(images)
-            images.append({"id": iid, "sid": sid, "fid": fid, "name": f"{fid:06d}.jpg", "width": W, "height": H})
+            images.append({"id": iid, "sid": sid, "fid": fid, "name": f"{fid:06d}.jpg",
+                           "width": W, "height": H})
             for x0, y0, w, h, vx, vy, cat, tk in objs:
                 bbox = [float(x0 + vx * fid), float(y0 + vy * fid), float(w), float(h)]
                 anns.append({"id": len(anns) + 1, "image_id": iid, "bbox": bbox, "category_id": cat,
@@ -107,7 +108,7 @@ class NoisyDetector:
         return out.astype(np.float32), scores.astype(np.float32), labs.astype(np.int64)
 
     def offline(self, gt: dict[str, Any], fps: float = 30.0) -> dict[str, Any]:
-        """Zero-latency outputs: every frame answered by its own detections (the offline AP of the detector)."""
+        """Zero-latency outputs: each frame answered by its own detections (the detector's offline AP)."""
         from zoo.streaming.formats import StreamingOutputs, StreamOutput
 
         seqs: dict[str, list[StreamOutput]] = {}
