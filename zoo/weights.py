@@ -22,6 +22,8 @@ from safetensors.torch import save_file as save_safetensors
 from zoo._registry import ModelEntry
 
 RANDOM_WEIGHTS_KIND = "random-seeded"
+ZOO_LAYOUT = "zoo"  # safetensors metadata `layout: zoo`: already the zoo layout, no converter
+ZOO_LAYOUT_KEY = "layout"
 
 
 class WeightsError(RuntimeError):
@@ -140,24 +142,50 @@ def resolve_weights(
     """Return zoo-layout weights and their label, in order: local file, pulled hub file, random (if asked)."""
     if weights_path is not None:
         path = Path(weights_path)
-        state = convert_to_zoo(entry, read_checkpoint(path))
-        return state, WeightsLabel("local-file", str(path), sha256_of(path))
+        meta = zoo_layout_metadata(path)
+        checkpoint = read_checkpoint(path)
+        state = dict(checkpoint) if meta is not None else convert_to_zoo(entry, checkpoint)
+        sha = sha256_of(path)
+        if meta is not None and meta.get("kind") == RANDOM_WEIGHTS_KIND:  # random stays labelled random
+            seed = int(meta["seed"]) if str(meta.get("seed", "")).isdigit() else None
+            return state, WeightsLabel(RANDOM_WEIGHTS_KIND, f"{path} (random weights file)", sha, seed)
+        return state, WeightsLabel("local-file", str(path), sha)
     from zoo import hub  # local import: hub pulls in huggingface_hub
 
-    cached = hub.find_cached(entry)
-    if cached is not None:
-        state = convert_to_zoo(entry, read_checkpoint(cached))
-        return state, WeightsLabel("pretrained", entry.weights.describe(), entry.weights.sha256)
+    pulled = hub.find_pulled(entry)  # verified against its sha256 pin; see zoo/hub.py
+    if pulled is not None:
+        checkpoint = read_checkpoint(pulled.path)
+        state = dict(checkpoint) if pulled.layout == hub.ZOO_LAYOUT else convert_to_zoo(entry, checkpoint)
+        return state, pulled.label
     if random_weights:
         return random_state_dict(entry, seed), WeightsLabel(RANDOM_WEIGHTS_KIND, "torch.manual_seed", None, seed)
     raise WeightsError(missing_weights_message(entry))
 
 
-def save_zoo_weights(state: dict[str, torch.Tensor], path: str | Path, label: WeightsLabel) -> Path:
-    """Write weights as safetensors, with the label in the file's metadata."""
+def save_zoo_weights(
+    state: dict[str, torch.Tensor], path: str | Path, label: WeightsLabel,
+    extra_metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write weights as safetensors, with the label and ``layout: zoo`` in the file's metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     meta = {k: str(v) for k, v in label.as_dict().items() if v is not None}
+    meta.update({ZOO_LAYOUT_KEY: ZOO_LAYOUT, **{k: str(v) for k, v in (extra_metadata or {}).items()}})
     save_safetensors(tensors, str(path), metadata=meta)
     return path
+
+
+def zoo_layout_metadata(path: str | Path) -> dict[str, str] | None:
+    """The metadata of a safetensors file written in the zoo layout (by the zoo), else None."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except Exception:  # noqa: BLE001 - not a readable safetensors file: read_checkpoint will say so
+        return None
+    return meta if meta.get(ZOO_LAYOUT_KEY) == ZOO_LAYOUT else None
