@@ -248,3 +248,20 @@ def test_registry_entry() -> None:
         score, logit = model(restored, degraded), model.logits(restored, degraded)
     assert score.shape == (3,) and bool(((score >= 0) & (score <= 1)).all())
     assert torch.equal(score, torch.sigmoid(logit))
+
+
+def test_benchmark_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bench/ckdn.py stays runnable (tiny smoke settings; the numbers are not looked at)."""
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "bench" / "ckdn.py"
+    spec = importlib.util.spec_from_file_location("bench_ckdn", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "table.md"
+    assert bench.main(["--device", "cpu", "--batch-sizes", "1", "2", "--precisions", "fp32", "bf16",
+                       "--iters", "1", "--warmup", "0", "--image-size", "64", "--preprocess-size", "64", "48",
+                       "--out", str(out)]) == 0
+    table = out.read_text()
+    assert table in capsys.readouterr().out
+    assert table.count("| fp32 |") == 2 and table.count("| bf16 |") == 2 and "ms/pair" in table
