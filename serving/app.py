@@ -1,0 +1,262 @@
+"""Wires the gateway together and runs it: `python -m serving.app` (own process, own event loop).
+
+    python -m serving.app --torchserve-grpc 127.0.0.1:7070 --torchserve-management http://127.0.0.1:8081 \
+        --model-store ~/.cache/zoo-gateway/model_store --http-port 8080 --grpc-port 8081 [--config gw.yaml]
+
+Prints one line ``ZOO_GATEWAY_READY {"http": PORT, "grpc": PORT}`` on stdout once both servers listen
+(ports 0 pick free ones); logs go to stderr. SIGTERM/SIGINT: stop accepting, let in-flight requests finish
+within ``server.grace_s``, close the backends, exit 0.
+
+`start_gateway(ts, ...)` (used by `zoo serve`, tests and benchmarks) runs that as a subprocess and returns a
+handle with ``.http_url``, ``.grpc_target`` and ``.stop()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from serving.backends.base import Backend
+from serving.config import BackendConfig, ConfigError, GatewayConfig, load_config
+from serving.dataplane import DataPlane
+from serving.grpc_server import create_server
+from serving.metrics import GatewayMetrics
+from serving.rest import RestApi
+
+logger = logging.getLogger("serving")
+
+READY_PREFIX = "ZOO_GATEWAY_READY "
+REPO_ROOT = Path(__file__).resolve().parent.parent
+# backend type -> "module:Class"; the class is built as Class(name=<backend name>, **options)
+BACKEND_TYPES = {
+    "torchserve": "serving.backends.torchserve:TorchServeBackend",
+    "triton": "serving.backends.triton:TritonBackend",
+}
+
+
+def make_backend(spec: BackendConfig, config: GatewayConfig) -> Backend:
+    options = dict(spec.options)
+    if spec.type == "torchserve":
+        from serving.backends.torchserve import TorchServeBackend
+
+        if not options.get("grpc"):
+            raise ConfigError(f"backend {spec.name!r}: torchserve needs 'grpc' (host:port)")
+        return TorchServeBackend(
+            grpc_target=options["grpc"], management_url=options.get("management"),
+            model_store=options.get("model_store"), max_message_bytes=config.largest_request_bytes,
+            backend_grace_s=config.backend_grace_s, retry_after_s=config.retry_after_s, name=spec.name)
+    if spec.type not in BACKEND_TYPES:
+        raise ConfigError(f"backend {spec.name!r}: unknown type {spec.type!r} "
+                          f"(known: {', '.join(BACKEND_TYPES)})")
+    module, cls = BACKEND_TYPES[spec.type].split(":")
+    return getattr(importlib.import_module(module), cls)(name=spec.name, **options)
+
+
+class Gateway:
+    """REST + gRPC servers over one DataPlane, on the running event loop."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        backends = {name: make_backend(spec, config) for name, spec in config.backends.items()}
+        self.dataplane = DataPlane(config, backends, self.metrics)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._grpc = None
+
+    async def start(self, host: str, http_port: int, grpc_port: int) -> tuple[int, int]:
+        await self.dataplane.start()
+        largest = self.config.largest_request_bytes
+        app = RestApi(self.dataplane).application()
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, host, http_port, shutdown_timeout=self.config.grace_s)
+        await self._site.start()
+        http_bound = self._site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._grpc = create_server(self.dataplane, largest)
+        grpc_bound = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
+        if grpc_bound == 0:
+            raise OSError(f"cannot bind gRPC to {host}:{grpc_port}")
+        await self._grpc.start()
+        return http_bound, grpc_bound
+
+    async def stop(self) -> None:
+        grace = self.config.grace_s
+        started = time.monotonic()
+        grpc_stopped = self._grpc.stop(grace) if self._grpc is not None else None  # stops accepting now
+        if self._site is not None:
+            await self._site.stop()  # no new HTTP connections
+        drained = await self.dataplane.in_flight.wait_idle(grace)
+        if not drained:
+            logger.warning("%d requests still in flight after %.0fs grace; stopping anyway",
+                           self.dataplane.in_flight.count, grace)
+        if grpc_stopped is not None:
+            await grpc_stopped
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.dataplane.close()
+        logger.info("stopped in %.1fs", time.monotonic() - started)
+
+
+async def serve(config: GatewayConfig, host: str, http_port: int, grpc_port: int) -> None:
+    gateway = Gateway(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    http_bound, grpc_bound = await gateway.start(host, http_port, grpc_port)
+    if not config.auth_enabled:
+        logger.warning("no API keys configured (ZOO_API_KEYS, ZOO_API_KEYS_FILE or auth.keys in the config): "
+                       "authentication is OFF, every client can use every model")
+    logger.info("serving %s on http://%s:%d and grpc %s:%d", ", ".join(sorted(config.models)) or "no models",
+                host, http_bound, host, grpc_bound)
+    print(READY_PREFIX + json.dumps({"http": http_bound, "grpc": grpc_bound}), flush=True)
+    await stop.wait()
+    logger.info("stopping: draining in-flight requests (grace %.0fs)", config.grace_s)
+    await gateway.stop()
+
+
+def build_config(args: argparse.Namespace) -> GatewayConfig:
+    backends = {}
+    if args.torchserve_grpc:
+        options = {"grpc": args.torchserve_grpc}
+        if args.torchserve_management:
+            options["management"] = args.torchserve_management
+        if args.model_store:
+            options["model_store"] = args.model_store
+        backends["torchserve"] = BackendConfig("torchserve", "torchserve", options)
+    config = load_config(args.config, backends)
+    if args.models and config.discover_models:
+        config.discover_models = False
+        for name in args.models.split(","):
+            if name.strip():
+                config.add_route(name.strip())
+    return config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m serving.app", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="gateway YAML (backends, models, auth, limits)")
+    p.add_argument("--torchserve-grpc", help="TorchServe gRPC inference address host:port")
+    p.add_argument("--torchserve-management", help="TorchServe management URL (readiness, versions)")
+    p.add_argument("--model-store", help="TorchServe model store (archives, for model metadata)")
+    p.add_argument("--models", help="comma-separated models to serve (default: every TorchServe model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--http-port", type=int, default=8080)
+    p.add_argument("--grpc-port", type=int, default=8081)
+    p.add_argument("--log-level", default=os.environ.get("ZOO_GATEWAY_LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s zoo-gateway: %(message)s")
+    try:
+        config = build_config(args)
+    except (ConfigError, OSError) as exc:
+        print(f"zoo-gateway: config error: {exc}", file=sys.stderr)
+        return 2
+    if not config.backends:
+        print("zoo-gateway: no backend: pass --torchserve-grpc or configure `backends`", file=sys.stderr)
+        return 2
+    asyncio.run(serve(config, args.host, args.http_port, args.grpc_port))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running it as a subprocess
+# ---------------------------------------------------------------------------------------------------
+class GatewayProcess:
+    """A gateway subprocess; `stop()` is graceful (SIGTERM, then SIGKILL after the grace period)."""
+
+    def __init__(self, proc: subprocess.Popen, host: str, http_port: int, grpc_port: int) -> None:
+        self.proc = proc
+        self.host = host
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def launch(args: list[str], host: str = "127.0.0.1", env: dict[str, str] | None = None,
+           timeout_s: float = 60.0) -> GatewayProcess:
+    """Start `python -m serving.app ARGS` and wait for its READY line."""
+    from serving.protos import generate
+
+    generate()  # once here, not raced by the child
+    child_env = {**os.environ, **(env or {})}
+    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), child_env.get("PYTHONPATH")]))
+    proc = subprocess.Popen([sys.executable, "-m", "serving.app", "--host", host, *args],
+                            stdout=subprocess.PIPE, env=child_env, cwd=str(REPO_ROOT), text=True)
+    ready: dict[str, Any] = {}
+
+    def read_stdout() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(READY_PREFIX) and not ready:
+                ready.update(json.loads(line[len(READY_PREFIX):]))
+            else:
+                sys.stdout.write(line)
+
+    reader = threading.Thread(target=read_stdout, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout_s
+    while not ready:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the gateway was not ready after {timeout_s:.0f}s")
+        time.sleep(0.05)
+    return GatewayProcess(proc, host, int(ready["http"]), int(ready["grpc"]))
+
+
+def start_gateway(ts: Any, host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0,
+                  config_path: str | Path | None = None, env: dict[str, str] | None = None) -> GatewayProcess:
+    """The gateway in front of a running `zoo.torchserve.TorchServe`, serving its models."""
+    args = ["--torchserve-grpc", ts.grpc_target, "--torchserve-management", ts.management_url,
+            "--model-store", str(ts.model_store), "--models", ",".join(ts.model_names),
+            "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
+    if config_path:
+        args += ["--config", str(config_path)]
+    return launch(args, host=host, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

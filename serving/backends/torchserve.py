@@ -1,0 +1,378 @@
+"""TorchServe behind the gateway, over TorchServe's gRPC inference API (unary `Predictions` only).
+
+Transport: one persistent `grpc.aio` channel (reconnects by itself, with a short backoff so a restarted
+TorchServe is picked up within ~2 s), message limits as large as the gateway's request limit, and a
+timeout per call derived from the request's deadline.
+
+OIP tensors -> handler payload (one TorchServe request = the handler's `input` map of named byte fields):
+- each BYTES input element goes in as a field named after the input (`image`, `restored`, `degraded`...);
+- non-BYTES inputs go in as JSON text (a one-element tensor as a JSON scalar, e.g. ``0.5``; otherwise a
+  nested JSON list), under the input's name;
+- request parameters (except protocol ones such as ``binary_data_output``) go in as fields too:
+  strings as UTF-8, other values as JSON text (so ``threshold=0.5`` reaches DETR as ``b"0.5"``);
+- a BYTES input with N > 1 elements fans out: N TorchServe requests, element i of every BYTES input in
+  request i (a BYTES input with one element is shared by all); answers are reassembled in order.
+
+Handler answer -> OIP outputs:
+- ``output``: BYTES, shape [N], element i = the handler's answer to request i, byte for byte (JSON);
+- plus, for every top-level number in the answers (JSON object; same key numeric in all N), an output of
+  that name, shape [N]: INT64 if all are integers, else FP64 (CKDN's ``score``, toy_echo's ``width``).
+
+Errors: TorchServe's gRPC API answers a handler's per-request status (``set_response_status(400, msg)``)
+with gRPC OK and the handler's body; the zoo handler base always writes that body as
+``{"error": msg, "status": code, ...}``, so that envelope is mapped back with `error_for_status` (400 ->
+InvalidInput with the handler's message). Unknown model/version (TorchServe: INTERNAL, "Model not found")
+-> ModelNotFound; UNAVAILABLE / no worker -> BackendUnavailable; deadline -> DeadlineExceeded.
+
+Cancellation: a call already sent to TorchServe is never cancelled from here (its client may go away, a
+stream may be closed): it runs to completion (or deadline + `backend_grace_s`) in the background and its
+answer is dropped. TorchServe cannot abort a running inference anyway, and this keeps its cancel paths
+(where a closed client stream once hung every model) out of play. `close()` waits for those calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import numpy as np
+
+from serving.backends.base import Backend, RawPrediction, time_left
+from serving.errors import (
+    BackendError,
+    BackendUnavailable,
+    DeadlineExceeded,
+    GatewayError,
+    InvalidInput,
+    ModelNotFound,
+    PayloadTooLarge,
+    error_for_status,
+)
+from serving.protos import ts
+from serving.types import InferOutput, InferRequest, InferResponse
+
+logger = logging.getLogger(__name__)
+
+PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
+PING = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping"
+ARCHIVE_META_FILE = "zoo_model.json"  # written by zoo.mar (read here without importing torch)
+# Request parameters that belong to the protocol, not to the model.
+PROTOCOL_PARAMETERS = frozenset({
+    "binary_data_output", "binary_data", "binary_data_size", "timeout", "priority", "sequence_id",
+    "sequence_start", "sequence_end", "triton_enable_empty_final_response", "headers",
+})
+OUTPUT = "output"
+
+
+def _serialize(msg: Any) -> bytes:
+    return msg.SerializeToString()
+
+
+def _field_value(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return json.dumps(value).encode("utf-8")
+
+
+def handler_error(body: bytes) -> GatewayError | None:
+    """The zoo handler base's error envelope ``{"error": msg, "status": code}`` as a gateway error."""
+    if not body.startswith(b"{") or b'"error"' not in body[:4096]:
+        return None
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    status = doc.get("status") if isinstance(doc, dict) else None
+    if isinstance(status, int) and status >= 400 and isinstance(doc.get("error"), str):
+        return error_for_status(status, doc["error"])
+    return None
+
+
+def _numeric_outputs(answers: list[bytes]) -> list[InferOutput]:
+    docs = []
+    for body in answers:
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return []
+        if not isinstance(doc, dict):
+            return []
+        docs.append(doc)
+    out = []
+    for key, first in docs[0].items():
+        if key == OUTPUT or isinstance(first, bool) or not isinstance(first, (int, float)):
+            continue
+        values = [d.get(key) for d in docs]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue
+        if all(isinstance(v, int) for v in values):
+            out.append(InferOutput.from_numpy(key, np.asarray(values, dtype=np.int64)))
+        else:
+            out.append(InferOutput.from_numpy(key, np.asarray(values, dtype=np.float64)))
+    return out
+
+
+def fan_out(request: InferRequest) -> list[dict[str, bytes]]:
+    """OIP request -> one TorchServe input map per element of the BYTES inputs (see module doc)."""
+    shared: dict[str, bytes] = {}
+    per_element: dict[str, list[bytes]] = {}
+    for key, value in request.parameters.items():
+        if key not in PROTOCOL_PARAMETERS and value is not None:
+            shared[key] = _field_value(value)
+    count = 1
+    for tensor in request.inputs:
+        if tensor.datatype == "BYTES":
+            elements = tensor.bytes_elements()
+            if not elements:
+                raise InvalidInput(f"input '{tensor.name}' has no elements")
+            if len(elements) == 1:
+                shared[tensor.name] = elements[0]
+            else:
+                if count not in (1, len(elements)):
+                    raise InvalidInput(
+                        f"input '{tensor.name}' has {len(elements)} elements but another BYTES input has "
+                        f"{count}: BYTES inputs must have the same number of elements (or one)")
+                count = len(elements)
+                per_element[tensor.name] = elements
+        else:
+            array = tensor.as_numpy()
+            shared[tensor.name] = json.dumps(array.reshape(-1)[0].item() if array.size == 1
+                                             else array.tolist()).encode()
+    return [{**shared, **{name: elements[i] for name, elements in per_element.items()}} for i in range(count)]
+
+
+class TorchServeBackend(Backend):
+    name = "torchserve"
+
+    def __init__(
+        self,
+        grpc_target: str,
+        management_url: str | None = None,
+        model_store: str | Path | None = None,
+        max_message_bytes: int = 512 * 1024 * 1024,
+        backend_grace_s: float = 30.0,
+        retry_after_s: int = 1,
+        name: str = "torchserve",
+    ) -> None:
+        self.name = name
+        self.grpc_target = grpc_target
+        self.management_url = management_url.rstrip("/") if management_url else None
+        self.model_store = Path(model_store) if model_store else None
+        self.max_message_bytes = max_message_bytes
+        self.backend_grace_s = backend_grace_s
+        self.retry_after_s = retry_after_s
+        self._channel: grpc.aio.Channel | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._pending: set[asyncio.Future] = set()
+        self._meta_cache: dict[str, dict[str, Any]] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        size = min(self.max_message_bytes + (1 << 20), 2**31 - 1)
+        self._channel = grpc.aio.insecure_channel(self.grpc_target, options=[
+            ("grpc.max_send_message_length", size),
+            ("grpc.max_receive_message_length", size),
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+            ("grpc.enable_retries", 0),
+        ])
+        self._predict = self._channel.unary_unary(
+            PREDICTIONS, request_serializer=_serialize,
+            response_deserializer=ts.PredictionResponse.FromString)
+        self._ping = self._channel.unary_unary(
+            PING, request_serializer=_serialize,
+            response_deserializer=ts.TorchServeHealthResponse.FromString)
+        if self.management_url:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=timeout_s)
+        if self._http is not None:
+            await self._http.close()
+        if self._channel is not None:
+            await self._channel.close(grace=None)
+
+    # --- health ----------------------------------------------------------------------------------
+    async def live(self) -> bool:
+        try:
+            reply = await self._ping(ts.Empty(), timeout=2.0)
+        except grpc.aio.AioRpcError:
+            return False
+        return "Healthy" in reply.health
+
+    async def _describe(self, model: str, version: str) -> list[dict[str, Any]] | None:
+        """Management API description of a model (None without a management URL). ModelNotFound if unknown."""
+        if self._http is None:
+            return None
+        url = f"{self.management_url}/models/{model}" + (f"/{version}" if version else "")
+        try:
+            async with self._http.get(url) as resp:
+                if resp.status == 404:
+                    which = f" version {version}" if version else ""
+                    raise ModelNotFound(f"model '{model}'{which} not found")
+                if resp.status != 200:
+                    raise BackendUnavailable(f"TorchServe management answered {resp.status}",
+                                             retry_after_s=self.retry_after_s)
+                return await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise BackendUnavailable(f"TorchServe management API unreachable: {exc}",
+                                     retry_after_s=self.retry_after_s) from None
+
+    async def list_models(self) -> list[str]:
+        if self._http is None:
+            return []
+        try:
+            async with self._http.get(f"{self.management_url}/models?limit=1000") as resp:
+                doc = await resp.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return []
+        return [m["modelName"] for m in doc.get("models", [])]
+
+    async def ready(self) -> bool:
+        return await self.live()
+
+    async def model_ready(self, model: str, version: str = "") -> bool:
+        try:
+            described = await self._describe(model, version)
+        except BackendUnavailable:
+            return False
+        if described is None:  # no management API: ready when TorchServe answers
+            return await self.live()
+        return any(w.get("status") == "READY" for d in described for w in d.get("workers", []))
+
+    # --- metadata --------------------------------------------------------------------------------
+    def _archive_meta(self, model: str, archive: str | None) -> dict[str, Any]:
+        key = archive or model
+        if key in self._meta_cache:
+            return self._meta_cache[key]
+        meta: dict[str, Any] = {}
+        if self.model_store is not None:
+            path = self.model_store / (Path(archive).name if archive else f"{model}.mar")
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    meta = json.loads(zf.read(ARCHIVE_META_FILE))
+            except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+                logger.warning("no zoo metadata for %s in %s: %s", model, path, exc)
+        self._meta_cache[key] = meta
+        return meta
+
+    async def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        described = await self._describe(model, version)
+        versions: list[str] = []
+        archive = None
+        if described:
+            versions = [str(d.get("modelVersion")) for d in described if d.get("modelVersion")]
+            archive = described[0].get("modelUrl")
+        meta = self._archive_meta(model, archive)
+        if described is None and not meta:
+            raise ModelNotFound(f"model '{model}' not found")
+        weights = meta.get("weights") or {}
+        kind = weights.get("kind", "unknown")
+        params: dict[str, Any] = {
+            "backend": self.name,
+            "backend_model": model,
+            "task": meta.get("task", ""),
+            "weights_kind": kind,
+            "random_weights": kind == "random-seeded",
+            "weights": weights,
+            "input_descriptions": meta.get("inputs", {}),
+            "output_descriptions": meta.get("outputs", {}),
+            "license": meta.get("license", ""),
+            "paper": meta.get("paper", ""),
+        }
+        inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in (meta.get("inputs") or {})]
+        return {
+            "name": model,
+            "versions": versions or ([str(meta["version"])] if meta.get("version") else []),
+            # the weights kind is in the platform string too: gRPC metadata has no parameters field
+            "platform": f"torchserve (weights: {kind})",
+            "inputs": inputs,
+            "outputs": [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}],
+            "parameters": params,
+        }
+
+    # --- inference -------------------------------------------------------------------------------
+    def _map_rpc_error(self, exc: grpc.aio.AioRpcError, model: str, version: str) -> GatewayError:
+        code, details = exc.code(), exc.details() or ""
+        first_line = details.splitlines()[0] if details else code.name
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return DeadlineExceeded(f"model '{model}': deadline exceeded waiting for TorchServe")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            return BackendUnavailable(f"TorchServe unavailable for model '{model}': {first_line}",
+                                      retry_after_s=self.retry_after_s)
+        if ("ModelNotFoundException" in details or "ModelVersionNotFoundException" in details
+                or code == grpc.StatusCode.NOT_FOUND):
+            return ModelNotFound(first_line)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return InvalidInput(first_line)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return PayloadTooLarge(first_line)
+        return BackendError(f"TorchServe error for model '{model}': {code.name}: {first_line}")
+
+    async def _call(self, model: str, version: str, fields: dict[str, bytes],
+                    deadline: float | None) -> bytes:
+        left = time_left(deadline, f"model '{model}'")
+        request = ts.PredictionsRequest(model_name=model, model_version=version, input=fields)
+        call = asyncio.ensure_future(self._predict(
+            request, timeout=None if left is None else left + self.backend_grace_s))
+        self._pending.add(call)
+        call.add_done_callback(self._forget)
+        try:
+            # shield: a caller that goes away (or times out) never cancels the TorchServe call itself
+            reply = await asyncio.wait_for(asyncio.shield(call), left)
+        except asyncio.TimeoutError:
+            raise DeadlineExceeded(f"model '{model}': deadline exceeded waiting for TorchServe") from None
+        except grpc.aio.AioRpcError as exc:
+            raise self._map_rpc_error(exc, model, version) from None
+        body = reply.prediction
+        error = handler_error(body)
+        if error is not None:
+            raise error
+        return body
+
+    def _forget(self, call: asyncio.Future) -> None:
+        self._pending.discard(call)
+        if not call.cancelled():
+            call.exception()  # retrieved: an abandoned call's failure is not an "unhandled" error
+
+    async def infer(self, request: InferRequest, deadline: float | None) -> InferResponse:
+        payloads = fan_out(request)
+        model, version = request.model_name, request.model_version
+        if len(payloads) == 1:
+            answers = [await self._call(model, version, payloads[0], deadline)]
+        else:
+            results = await asyncio.gather(*(self._call(model, version, p, deadline) for p in payloads),
+                                           return_exceptions=True)
+            for i, result in enumerate(results):
+                if isinstance(result, GatewayError):
+                    result.message = f"element {i}: {result.message}"
+                    result.args = (result.message,)
+                    raise result
+                if isinstance(result, BaseException):
+                    raise result
+            answers = list(results)
+        outputs = [InferOutput.from_bytes_list(OUTPUT, answers)]
+        if not request.outputs or any(o.name != OUTPUT for o in request.outputs):
+            outputs += _numeric_outputs(answers)
+        if request.outputs:
+            available = {o.name: o for o in outputs}
+            missing = [o.name for o in request.outputs if o.name not in available]
+            if missing:
+                raise InvalidInput(f"model '{model}' has no output {', '.join(repr(m) for m in missing)}; "
+                                   f"available: {', '.join(available)}")
+            outputs = [available[o.name] for o in request.outputs]
+        return InferResponse(model, outputs, version, request.id)
+
+    async def predict_raw(self, model: str, version: str, fields: dict[str, bytes],
+                          deadline: float | None) -> RawPrediction:
+        return RawPrediction(await self._call(model, version, fields, deadline))

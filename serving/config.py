@@ -1,0 +1,213 @@
+"""Gateway configuration: public model routes, backends, API keys and limits, from YAML (all optional).
+
+```yaml
+backends:
+  torchserve:                      # a backend name, referenced by routes
+    type: torchserve
+    grpc: 127.0.0.1:7070           # TorchServe gRPC inference address
+    management: http://127.0.0.1:8081   # optional: model readiness and versions
+    model_store: /path/to/store    # optional: archives, for model metadata (weights label)
+models:                            # public name -> route; omitted: every model of the first backend
+  detr:
+    backend: torchserve
+    model: detr_resnet50           # backend model name (default: the public name)
+    deadline_s: 30                 # per-model overrides of `limits`
+    max_request_bytes: 20000000
+limits:
+  max_request_bytes: 536870912     # 512 MiB: a 30 s 1080p clip fits
+  deadline_s: 60
+auth:
+  keys_file: /etc/zoo/keys.yaml    # or env ZOO_API_KEYS_FILE
+  keys:                            # or env ZOO_API_KEYS="key1=*;key2=detr,ckdn_r50"
+    - {key: "s3cret", name: alice, models: ["*"]}
+server:
+  grace_s: 10                      # SIGTERM: finish in-flight requests for at most this long
+  retry_after_s: 1                 # Retry-After on 503
+  backend_grace_s: 30              # a backend call may outlive its client's deadline by this much
+```
+
+No API keys configured at all means auth is OFF (the gateway warns at start). Keys are held as SHA-256
+digests; a key's model allow-list may contain "*".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_MAX_REQUEST_BYTES = 512 * 1024 * 1024
+DEFAULT_DEADLINE_S = 60.0
+ENV_KEYS = "ZOO_API_KEYS"
+ENV_KEYS_FILE = "ZOO_API_KEYS_FILE"
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str
+    type: str = "torchserve"
+    options: dict[str, Any] = field(default_factory=dict)  # type-specific: grpc, management, model_store ...
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    public_name: str
+    backend: str
+    model: str
+    deadline_s: float
+    max_request_bytes: int
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    models: frozenset[str]
+
+    def allows(self, model: str) -> bool:
+        return "*" in self.models or model in self.models
+
+
+@dataclass
+class GatewayConfig:
+    backends: dict[str, BackendConfig] = field(default_factory=dict)
+    models: dict[str, ModelRoute] = field(default_factory=dict)
+    # True: `models` was not given, every model of the default backend is served under its own name
+    discover_models: bool = True
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    deadline_s: float = DEFAULT_DEADLINE_S
+    api_keys: dict[str, ApiKey] = field(default_factory=dict)  # sha256 hex digest -> key
+    grace_s: float = 10.0
+    retry_after_s: int = 1
+    backend_grace_s: float = 30.0
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_keys)
+
+    @property
+    def largest_request_bytes(self) -> int:
+        """The largest request any route accepts (transport-level caps are set to this)."""
+        return max([self.max_request_bytes, *(r.max_request_bytes for r in self.models.values())])
+
+    @property
+    def default_backend(self) -> str:
+        if not self.backends:
+            raise ConfigError("no backend configured")
+        return next(iter(self.backends))
+
+    def lookup_key(self, key: str) -> ApiKey | None:
+        return self.api_keys.get(digest(key))
+
+    def add_route(self, public_name: str, backend: str | None = None, model: str | None = None,
+                  deadline_s: float | None = None, max_request_bytes: int | None = None) -> ModelRoute:
+        backend = backend or self.default_backend
+        if backend not in self.backends:
+            raise ConfigError(f"model {public_name!r}: unknown backend {backend!r}")
+        route = ModelRoute(
+            public_name=public_name,
+            backend=backend,
+            model=model or public_name,
+            deadline_s=float(deadline_s if deadline_s is not None else self.deadline_s),
+            max_request_bytes=int(self.max_request_bytes if max_request_bytes is None else max_request_bytes),
+        )
+        if route.deadline_s <= 0 or route.max_request_bytes <= 0:
+            raise ConfigError(f"model {public_name!r}: deadline_s and max_request_bytes must be positive")
+        self.models[public_name] = route
+        return route
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def parse_keys_env(value: str) -> list[dict[str, Any]]:
+    """``key1=*;key2=model_a,model_b`` (a bare key allows every model)."""
+    out = []
+    for i, item in enumerate(filter(None, (s.strip() for s in value.replace("\n", ";").split(";")))):
+        key, sep, models = item.partition("=")
+        out.append({"key": key.strip(), "name": f"env-{i}",
+                    "models": [m.strip() for m in models.split(",") if m.strip()] if sep else ["*"]})
+    return out
+
+
+def _keys_from_doc(doc: Any, where: str) -> list[dict[str, Any]]:
+    if doc is None:
+        return []
+    if isinstance(doc, dict) and "keys" in doc:
+        doc = doc["keys"]
+    if isinstance(doc, dict):  # {key: [models]} shorthand
+        return [{"key": k, "name": f"{where}-{i}", "models": v if isinstance(v, list) else [v]}
+                for i, (k, v) in enumerate(doc.items())]
+    if not isinstance(doc, list):
+        raise ConfigError(f"{where}: API keys must be a list of {{key, name, models}}")
+    return doc
+
+
+def _load_keys(auth: dict[str, Any], base: Path | None) -> dict[str, ApiKey]:
+    entries: list[dict[str, Any]] = list(_keys_from_doc(auth.get("keys"), "config"))
+    keys_file = os.environ.get(ENV_KEYS_FILE) or auth.get("keys_file")
+    if keys_file:
+        path = Path(keys_file)
+        if base is not None and not path.is_absolute():
+            path = base / path
+        if not path.is_file():
+            raise ConfigError(f"API keys file not found: {path}")
+        entries += _keys_from_doc(yaml.safe_load(path.read_text()), str(path))
+    if os.environ.get(ENV_KEYS):
+        entries += parse_keys_env(os.environ[ENV_KEYS])
+    keys: dict[str, ApiKey] = {}
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not entry.get("key"):
+            raise ConfigError(f"API key #{i} has no 'key'")
+        models = entry.get("models", ["*"])
+        if isinstance(models, str):
+            models = [models]
+        keys[digest(str(entry["key"]))] = ApiKey(str(entry.get("name") or f"key-{i}"), frozenset(models))
+    return keys
+
+
+def load_config(path: str | Path | None = None,
+                backends: dict[str, BackendConfig] | None = None) -> GatewayConfig:
+    """Read the YAML (if any); `backends` (e.g. from the command line) fill in missing backends."""
+    doc: dict[str, Any] = {}
+    base = None
+    if path:
+        path = Path(path)
+        doc = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: the gateway config must be a mapping")
+        base = path.parent
+    cfg = GatewayConfig()
+    limits = doc.get("limits") or {}
+    cfg.max_request_bytes = int(limits.get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
+    cfg.deadline_s = float(limits.get("deadline_s", DEFAULT_DEADLINE_S))
+    server = doc.get("server") or {}
+    cfg.grace_s = float(server.get("grace_s", cfg.grace_s))
+    cfg.retry_after_s = int(server.get("retry_after_s", cfg.retry_after_s))
+    cfg.backend_grace_s = float(server.get("backend_grace_s", cfg.backend_grace_s))
+    for name, spec in (doc.get("backends") or {}).items():
+        spec = dict(spec or {})
+        cfg.backends[name] = BackendConfig(name, str(spec.pop("type", "torchserve")), spec)
+    for name, backend in (backends or {}).items():
+        if name in cfg.backends:  # command-line values fill gaps, the file wins
+            cfg.backends[name] = BackendConfig(name, cfg.backends[name].type,
+                                               {**backend.options, **cfg.backends[name].options})
+        else:
+            cfg.backends[name] = backend
+    models = doc.get("models")
+    if models:
+        cfg.discover_models = False
+        for public, spec in models.items():
+            spec = spec or {}
+            cfg.add_route(str(public), spec.get("backend"), spec.get("model"), spec.get("deadline_s"),
+                          spec.get("max_request_bytes"))
+    cfg.api_keys = _load_keys(doc.get("auth") or {}, base)
+    return cfg

@@ -1,0 +1,306 @@
+"""REST front-end (aiohttp): Open Inference Protocol v2 + task routes + metrics + OpenAPI.
+
+Every route is in `ROUTES` (method, path, handler, protected, summary): the router and the OpenAPI
+document are both built from it. Health, metrics and the OpenAPI document are open; every metadata and
+inference route needs an API key (``Authorization: Bearer <key>`` or ``x-api-key: <key>``) when keys are
+configured. Errors are ``{"error": "<message>"}`` with the status from `serving.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from serving.dataplane import DataPlane
+from serving.errors import (
+    GatewayError,
+    InvalidInput,
+    PayloadTooLarge,
+    Unauthenticated,
+    as_gateway_error,
+)
+from serving.metrics import UNKNOWN_MODEL
+from serving.types import InferRequest
+
+logger = logging.getLogger(__name__)
+
+PROTOCOL = "rest"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+CHUNK = 1 << 20
+JSON = "application/json"
+
+
+def api_key_from(headers: Any) -> str | None:
+    """The API key from ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (None if neither)."""
+    auth = headers.get("Authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return headers.get("x-api-key") or None
+
+
+def error_response(exc: BaseException) -> web.Response:
+    err = as_gateway_error(exc)
+    headers = {}
+    if err.retry_after_s is not None:
+        headers["Retry-After"] = str(err.retry_after_s)
+    if isinstance(err, Unauthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="zoo-gateway"'
+    return web.json_response({"error": err.message}, status=err.http_status, headers=headers)
+
+
+@dataclass(slots=True)
+class Call:
+    """What one request is about, filled in as it is understood (for metrics)."""
+
+    model: str = UNKNOWN_MODEL
+    version: str = ""
+    request_bytes: int | None = None
+
+
+Handler = Callable[["RestApi", web.Request, Call], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    label: str  # metrics route label
+    protected: bool
+    summary: str
+
+
+class RestApi:
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dp = dataplane
+        self.metrics = dataplane.metrics
+
+    # --- plumbing ---------------------------------------------------------------------------------
+    def _wrap(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        metered = route.label not in ("health", "metrics", "openapi")
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            if not metered:
+                try:
+                    return await route.handler(self, request, Call())
+                except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
+                    return error_response(exc)
+            call = Call()
+            started = time.perf_counter()
+            gauge = self.metrics.in_flight.labels(PROTOCOL)
+            gauge.inc()
+            with self.dp.in_flight:
+                try:
+                    response = await route.handler(self, request, call)
+                except GatewayError as exc:
+                    response = error_response(exc)
+                except web.HTTPRequestEntityTooLarge as exc:
+                    response = error_response(PayloadTooLarge(exc.text or "request body too large"))
+                except Exception as exc:  # noqa: BLE001
+                    logger.exception("unexpected error on %s %s", request.method, request.path)
+                    response = error_response(exc)
+                finally:
+                    gauge.dec()
+            body = getattr(response, "body", None)
+            size = len(body) if isinstance(body, (bytes, bytearray)) else None
+            self.metrics.observe_request(call.model, call.version, PROTOCOL, route.label, response.status,
+                                         time.perf_counter() - started, call.request_bytes, size)
+            return response
+
+        return handle
+
+    def application(self) -> web.Application:
+        # aiohttp's own cap is the largest limit; per-model limits are checked on top of it
+        app = web.Application(client_max_size=self.dp.config.largest_request_bytes)
+        for route in ROUTES:
+            app.router.add_route(route.method, route.path, self._wrap(route))
+        return app
+
+    async def _route(self, request: web.Request, call: Call) -> Any:
+        model = request.match_info["model"]
+        self.dp.authorize(api_key_from(request.headers), model)
+        route = await self.dp.route_or_discover(model)
+        call.model = route.public_name
+        call.version = request.match_info.get("version", "")
+        return route
+
+    async def _read_body(self, request: web.Request, limit: int, call: Call) -> bytes:
+        """The whole body, refusing (413) before reading it when Content-Length is over `limit`."""
+        length = request.content_length
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
+        if length is not None:
+            body = await request.read()
+        else:  # chunked: count as it streams in
+            buf = bytearray()
+            async for chunk in request.content.iter_chunked(CHUNK):
+                buf += chunk
+                if len(buf) > limit:
+                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            body = bytes(buf)
+        if len(body) > limit:  # a compressed body can inflate past its Content-Length
+            raise PayloadTooLarge(f"request body of {len(body)} bytes is over the limit of {limit} bytes")
+        call.request_bytes = len(body)
+        return body
+
+    async def _read_fields(self, request: web.Request, limit: int, call: Call) -> dict[str, bytes]:
+        """Task-route input: multipart parts by name, else the raw body as ``body``; query params too."""
+        length = request.content_length
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
+        fields: dict[str, bytes] = {}
+        if request.content_type.startswith("multipart/"):
+            total = 0
+            reader = await request.multipart()
+            index = 0
+            while (part := await reader.next()) is not None:
+                buf = bytearray()
+                while chunk := await part.read_chunk(CHUNK):
+                    buf += chunk
+                    total += len(chunk)
+                    if total > limit:
+                        raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                fields[part.name or f"part{index}"] = bytes(buf)
+                index += 1
+            call.request_bytes = total
+        else:
+            fields["body"] = await self._read_body(request, limit, call)
+        for key, value in request.query.items():
+            fields.setdefault(key, value.encode("utf-8"))
+        return fields
+
+    # --- health, metrics, openapi ------------------------------------------------------------------
+    async def live(self, request: web.Request, call: Call) -> web.Response:
+        return web.json_response({"live": await self.dp.live()})
+
+    async def ready(self, request: web.Request, call: Call) -> web.Response:
+        ready = await self.dp.ready()
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def metrics_route(self, request: web.Request, call: Call) -> web.Response:
+        body, content_type = self.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def openapi(self, request: web.Request, call: Call) -> web.Response:
+        return web.json_response(openapi_document())
+
+    # --- metadata -------------------------------------------------------------------------------------
+    async def server_metadata(self, request: web.Request, call: Call) -> web.Response:
+        self.dp.authorize(api_key_from(request.headers))
+        return web.json_response(self.dp.server_metadata())
+
+    async def model_metadata(self, request: web.Request, call: Call) -> web.Response:
+        route = await self._route(request, call)
+        return web.json_response(await self.dp.model_metadata(route, call.version))
+
+    async def model_ready(self, request: web.Request, call: Call) -> web.Response:
+        route = await self._route(request, call)
+        ready = await self.dp.model_ready(route, call.version)
+        return web.json_response({"name": route.public_name, "ready": ready}, status=200 if ready else 503)
+
+    # --- inference ------------------------------------------------------------------------------------
+    async def infer(self, request: web.Request, call: Call) -> web.Response:
+        route = await self._route(request, call)
+        body = await self._read_body(request, route.max_request_bytes, call)
+        header_length = request.headers.get(HEADER_LENGTH)
+        if header_length is not None:
+            try:
+                header_length = int(header_length)
+            except ValueError:
+                raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        infer_request = InferRequest.from_rest(body, header_length, route.public_name, call.version)
+        response = await self.dp.infer(route, infer_request, self.dp.deadline(route))
+        out, out_header = response.to_rest(infer_request.binary_output)
+        headers = {"Content-Type": JSON if out_header is None else "application/octet-stream"}
+        if out_header is not None:
+            headers[HEADER_LENGTH] = str(out_header)
+        return web.Response(body=out, headers=headers)
+
+    async def predict(self, request: web.Request, call: Call) -> web.Response:
+        route = await self._route(request, call)
+        fields = await self._read_fields(request, route.max_request_bytes, call)
+        result = await self.dp.predict_raw(route, call.version, fields, self.dp.deadline(route))
+        return web.Response(body=result.body, headers={"Content-Type": result.content_type, **result.headers})
+
+
+M = "/v2/models/{model}"
+MV = "/v2/models/{model}/versions/{version}"
+ROUTES: list[Route] = [
+    Route("GET", "/v2/health/live", RestApi.live, "health", False, "Server liveness"),
+    Route("GET", "/v2/health/ready", RestApi.ready, "health", False, "Server readiness (all backends)"),
+    Route("GET", "/v2", RestApi.server_metadata, "server_metadata", True, "Server metadata"),
+    Route("GET", M, RestApi.model_metadata, "model_metadata", True, "Model metadata"),
+    Route("GET", MV, RestApi.model_metadata, "model_metadata", True, "Model metadata (one version)"),
+    Route("GET", f"{M}/ready", RestApi.model_ready, "model_ready", True, "Model readiness"),
+    Route("GET", f"{MV}/ready", RestApi.model_ready, "model_ready", True, "Model readiness (one version)"),
+    Route("POST", f"{M}/infer", RestApi.infer, "infer", True, "Inference (OIP v2, JSON or binary tensors)"),
+    Route("POST", f"{MV}/infer", RestApi.infer, "infer", True, "Inference on one version"),
+    Route("POST", "/v1/models/{model}:predict", RestApi.predict, "predict", True,
+          "Task route: the model's natural input (image bytes, multipart, JSON) -> its JSON answer"),
+    Route("POST", "/v1/models/{model}/versions/{version}:predict", RestApi.predict, "predict", True,
+          "Task route on one version"),
+    Route("GET", "/metrics", RestApi.metrics_route, "metrics", False, "Prometheus metrics"),
+    Route("GET", "/openapi.json", RestApi.openapi, "openapi", False, "This OpenAPI document"),
+]
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3 description of every route in `ROUTES`."""
+    error = {"description": "error", "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    paths: dict[str, dict[str, Any]] = {}
+    for route in ROUTES:
+        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in ("model", "version") if "{" + name + "}" in route.path]
+        op: dict[str, Any] = {
+            "summary": route.summary,
+            "operationId": f"{route.method.lower()}_{route.path.strip('/').replace('/', '_')}"
+                           .replace("{", "").replace("}", "").replace(":", "_"),
+            "parameters": params,
+            "responses": {"200": {"description": "OK"}},
+        }
+        if route.protected:
+            op["security"] = [{"bearer": []}, {"apiKey": []}]
+            op["responses"].update({"401": error, "403": error, "404": error})
+        if route.method == "POST":
+            op["responses"].update({"400": error, "413": error, "500": error, "503": error, "504": error})
+            if route.label == "infer":
+                op["requestBody"] = {"required": True, "content": {
+                    JSON: {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                                 "description": f"JSON header of {HEADER_LENGTH} bytes, "
+                                                                "then binary tensors"}}}
+            else:
+                op["requestBody"] = {"required": True, "content": {
+                    "image/*": {"schema": {"type": "string", "format": "binary"}},
+                    "multipart/form-data": {"schema": {"type": "object"}},
+                    JSON: {"schema": {"type": "object"}}}}
+        paths.setdefault(route.path, {})[route.method.lower()] = op
+    tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+        "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+        "datatype": {"type": "string"}, "parameters": {"type": "object"},
+        "data": {"type": "array", "items": {}}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "zoo-gateway", "version": "0.1.0",
+                 "description": "Open Inference Protocol v2 and task routes in front of TorchServe"},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"}},
+            "schemas": {
+                "Error": {"type": "object", "properties": {"error": {"type": "string"}}},
+                "Tensor": tensor,
+                "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
+                    "id": {"type": "string"}, "parameters": {"type": "object"},
+                    "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
+                    "outputs": {"type": "array", "items": {"type": "object"}}}},
+            },
+        },
+    }
