@@ -72,6 +72,9 @@ class ModelEntry:
     serving: ServingConfig = field(default_factory=ServingConfig)
     default_serve: bool = True  # part of `zoo serve`'s default set
     description: str = ""
+    # Extra files the .mar carries (e.g. a face detector's weights): "module:function" callables, each
+    # returning {archive-relative name: local path}; handlers find them under model_dir/<name>.
+    assets: tuple[str, ...] = ()
 
     def build(self, **overrides: Any) -> torch.nn.Module:
         """Build the architecture with random (untrained) parameters."""

@@ -47,6 +47,24 @@ def _copy_sources(dest: Path) -> None:
         shutil.copytree(REPO_ROOT / package, dest / package, ignore=ignore)
 
 
+def collect_assets(entry: ModelEntry) -> dict[str, Path]:
+    """{archive name: local file} from the entry's ``assets`` callables (see ``ModelEntry.assets``)."""
+    import importlib
+    from pathlib import PurePosixPath
+
+    files: dict[str, Path] = {}
+    for ref in entry.assets:
+        module_name, _, func_name = ref.partition(":")
+        for name, path in getattr(importlib.import_module(module_name), func_name)().items():
+            parts = PurePosixPath(name).parts
+            bad_name = PurePosixPath(name).is_absolute() or ".." in parts or not parts
+            if bad_name or parts[0] in SOURCE_PACKAGES or name == ARCHIVE_META_FILE \
+                    or not Path(path).is_file():
+                raise ValueError(f"{ref} gave an unusable asset {name!r} -> {path}")
+            files[name] = Path(path)
+    return files
+
+
 def archive_meta(entry: ModelEntry, label: WeightsLabel) -> dict[str, Any]:
     return {**entry.summary(), "weights": label.as_dict()}
 
@@ -82,6 +100,9 @@ def build_mar(
         bar.set_postfix_str(steps[2])
         extra = tmp_path / "extra"
         _copy_sources(extra)
+        for name, path in collect_assets(entry).items():
+            (extra / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, extra / name)
         (extra / ARCHIVE_META_FILE).write_text(json.dumps(archive_meta(entry, label), indent=2))
         config_file = tmp_path / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config_yaml(entry), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Face detection (MTCNN), tracking and alignment for the video models (FTCN)."""
