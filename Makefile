@@ -6,6 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 .PHONY: setup serve test lint clean
 
 setup: $(VENV)/.installed
+	$(VENV)/bin/zoo assets  # MTCNN face-detector weights for the FTCN handler (verified, cached)
 
 # torch==2.13.0 is installed on its own first: on CPU machines pip finds the local CPU wheel, and the
 # package's open `torch>=2.1` floor is then already satisfied, so no CUDA build is ever resolved.
