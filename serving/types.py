@@ -217,8 +217,15 @@ class _Tensor:
         except ValueError as exc:  # ragged nesting
             raise InvalidInput(f"{what}: data is not a regular nested list: {exc}") from None
         if array.size != count:
-            raise InvalidInput(f"{what}: {array.size} elements of data for shape {shape} ({count} elements)")
+            raise InvalidInput(f"{what}: {array.size} data elements for shape {shape} ({count} elements)")
         target = NUMPY_DTYPES[datatype]
+        if target.kind in "iu" and array.dtype.kind not in "iub":
+            flat = _flatten(values, what)  # e.g. UINT64 values above 2**63: numpy guesses float64
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+                array = np.array(flat, dtype=object)
+                if min(flat) < np.iinfo(target).min or max(flat) > np.iinfo(target).max:
+                    raise InvalidInput(f"{what}: values [{min(flat)}, {max(flat)}] do not fit {datatype}")
+                array = array.astype(target)
         kind = array.dtype.kind
         if array.size and kind not in ("b" if datatype == "BOOL" else "iu" if target.kind in "iu" else "iuf"):
             expected = "booleans" if datatype == "BOOL" else "integers" if target.kind in "iu" else "numbers"

@@ -1,0 +1,45 @@
+"""Helpers for the gateway tests: a real TorchServe serving the tiny `toy_echo`, a real gateway in front."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PIL import Image
+
+from serving.app import GatewayProcess, start_gateway
+from zoo.torchserve import TorchServe
+
+FULL_KEY = "full-key-0123"  # every model
+TOY_KEY = "toy-key-4567"  # toy_echo only
+
+
+def png_bytes(width: int = 16, height: int = 12, color: tuple[int, int, int] = (10, 200, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@contextlib.contextmanager
+def running_gateway(ts: TorchServe, workdir: Path, config: dict[str, Any] | None = None,
+                    env: dict[str, str] | None = None) -> Iterator[GatewayProcess]:
+    """The gateway (subprocess) in front of `ts`, with `config` written as its YAML; stopped on exit."""
+    config_path = None
+    if config is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        config_path = workdir / "gateway.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+    gateway = start_gateway(ts, config_path=config_path, env={"ZOO_API_KEYS": "", "ZOO_API_KEYS_FILE": "",
+                                                              **(env or {})})
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
