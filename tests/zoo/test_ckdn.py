@@ -133,11 +133,17 @@ def test_converter_fails_loudly(official_state: dict[str, torch.Tensor], edit, n
 
 
 # --- golden parity ---------------------------------------------------------------------------------
-def test_float64_matches_official_dr_branch(model64: CKDN, inputs64, golden) -> None:
+@pytest.fixture(scope="module")
+def dr64(model64: CKDN, inputs64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batched float64 dr features and logits (computed once, used by two tests)."""
     rest1, dist1, _, _ = inputs64
     with torch.inference_mode():
         feat = model64.features(rest1, dist1)
-        logit = model64.fc_(feat)[:, 0]
+        return feat, model64.fc_(feat)[:, 0]
+
+
+def test_float64_matches_official_dr_branch(dr64, golden) -> None:
+    feat, logit = dr64
     score = torch.sigmoid(logit)  # forward() == sigmoid(logits()) is checked in test_registry_entry
     assert_allclose(feat.numpy(), golden["feat_dr_fr_float64"][:2], **F64)
     assert_allclose(logit.numpy(), golden["logit_dr_float64"][:, 0], **F64)
@@ -158,12 +164,11 @@ def test_float64_matches_official_fr_and_mse(model64: CKDN, inputs64, golden) ->
     assert_allclose(mse.numpy(), golden["out_float64"][:, 3], **F64)
 
 
-def test_batch_independence(model64: CKDN, inputs64) -> None:
+def test_batch_independence(model64: CKDN, inputs64, dr64) -> None:
     rest1, dist1, _, _ = inputs64
     with torch.inference_mode():
-        together = model64.logits(rest1, dist1)
         alone = torch.cat([model64.logits(rest1[i : i + 1], dist1[i : i + 1]) for i in range(2)])
-    assert_allclose(alone.numpy(), together.numpy(), rtol=0, atol=1e-15)
+    assert_allclose(alone.numpy(), dr64[1].numpy(), rtol=0, atol=1e-15)
 
 
 def test_float32_matches_official(official_state, golden) -> None:
