@@ -180,8 +180,9 @@ class TorchServeBackend(Backend):
         self._channel = grpc.aio.insecure_channel(self.grpc_target, options=[
             ("grpc.max_send_message_length", size),
             ("grpc.max_receive_message_length", size),
+            # reconnect fast after a TorchServe restart (min_reconnect_backoff_ms is left alone: gRPC core
+            # also uses it as the connect timeout, and a busy TorchServe may take >200 ms to answer)
             ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.enable_retries", 0),
         ])
@@ -206,9 +207,14 @@ class TorchServeBackend(Backend):
     async def live(self) -> bool:
         try:
             reply = await self._ping(ts.Empty(), timeout=2.0)
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
+            logger.info("TorchServe ping failed: %s %s", exc.code().name, exc.details())
             return False
-        return "Healthy" in reply.health
+        try:
+            status = json.loads(reply.health).get("status")
+        except (ValueError, AttributeError):
+            status = reply.health
+        return status == "Healthy"
 
     async def _describe(self, model: str, version: str) -> list[dict[str, Any]] | None:
         """Management API description of a model (None without a management URL). ModelNotFound if unknown."""
