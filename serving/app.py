@@ -58,6 +58,10 @@ def make_backend(spec: BackendConfig, config: GatewayConfig) -> Backend:
             grpc_target=options["grpc"], management_url=options.get("management"),
             model_store=options.get("model_store"), max_message_bytes=config.largest_request_bytes,
             backend_grace_s=config.backend_grace_s, retry_after_s=config.retry_after_s, name=spec.name)
+    if spec.type == "triton":
+        from serving.backends.triton import TritonBackend
+
+        return TritonBackend.from_config(spec, config)
     if spec.type not in BACKEND_TYPES:
         raise ConfigError(f"backend {spec.name!r}: unknown type {spec.type!r} "
                           f"(known: {', '.join(BACKEND_TYPES)})")

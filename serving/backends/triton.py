@@ -8,14 +8,23 @@ reused by every request. Per request:
   back into `serving.types.InferResponse` (raw output contents, as Triton sends them).
 - The deadline becomes the call's `client_timeout`, so gRPC cancels the call when it passes.
 - Triton's gRPC status -> the gateway's errors: INVALID_ARGUMENT -> InvalidInput (400, Triton's message
-  kept), NOT_FOUND -> ModelNotFound (404), UNAVAILABLE / CANCELLED / RESOURCE_EXHAUSTED (server down,
-  restarting, model not ready, queue full) -> BackendUnavailable (503 + Retry-After), DEADLINE_EXCEEDED ->
-  DeadlineExceeded (504), anything else -> BackendError (500).
+  kept), NOT_FOUND -> ModelNotFound (404), UNAVAILABLE / CANCELLED (server down, restarting, model not
+  ready, queue full) -> BackendUnavailable (503 + Retry-After), DEADLINE_EXCEEDED -> DeadlineExceeded
+  (504), RESOURCE_EXHAUSTED (a message over gRPC's size limit) -> PayloadTooLarge (413, as for TorchServe),
+  anything else -> BackendError (500).
 
 The channel reconnects by itself once Triton is back; its reconnect backoff is capped (`max_reconnect_s`)
 so a restarted Triton is used again within seconds, not gRPC's default two minutes.
 
-Config (``backend: triton``): ``url`` is Triton's *gRPC* endpoint, ``host:port`` or ``grpc://host:port``.
+Config (see `from_config`)::
+
+    backends:
+      triton:
+        type: triton
+        url: 127.0.0.1:8001        # Triton's *gRPC* endpoint: host:port or grpc://host:port
+        max_reconnect_s: 2         # optional: cap on the channel's reconnect backoff
+    models:
+      add_sub: {backend: triton, model: add_sub}
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from serving.errors import (
     GatewayError,
     InvalidInput,
     ModelNotFound,
+    PayloadTooLarge,
 )
 from serving.types import InferInput, InferRequest, InferResponse
 
@@ -68,15 +78,39 @@ class TritonBackend(Backend):
 
     name = "triton"
 
-    def __init__(self, url: str, *, models: Iterable[str] = (), retry_after_s: int = 1,
+    def __init__(self, url: str, *, name: str = "triton", models: Iterable[str] = (), retry_after_s: int = 1,
                  max_reconnect_s: float = 2.0) -> None:
         """`url`: Triton's gRPC endpoint. `models`: the Triton model names routed here (what `ready()`
-        checks). `retry_after_s`: the Retry-After given with 503s."""
+        checks besides Triton's own readiness). `retry_after_s`: the Retry-After given with 503s."""
+        self.name = name
         self.url = _grpc_target(url)
         self.models = list(dict.fromkeys(models))
         self.retry_after_s = retry_after_s
         self.max_reconnect_s = max_reconnect_s
         self._client: Any = None
+
+    OPTIONS = ("url", "max_reconnect_s")
+
+    @classmethod
+    def from_config(cls, spec: Any, config: Any) -> TritonBackend:
+        """From a `serving.config.BackendConfig` (``type: triton``) and its `GatewayConfig`: the routes to
+        this backend are what `ready()` checks; `server.retry_after_s` is the 503s' Retry-After."""
+        from serving.config import ConfigError
+
+        options = dict(spec.options)
+        unknown = sorted(set(options) - set(cls.OPTIONS))
+        if unknown:
+            raise ConfigError(f"backend {spec.name!r} (triton): unknown option {', '.join(unknown)}; "
+                              f"known: {', '.join(cls.OPTIONS)}")
+        if not options.get("url"):
+            raise ConfigError(f"backend {spec.name!r} (triton): needs 'url', Triton's gRPC host:port")
+        try:
+            return cls(str(options["url"]), name=spec.name,
+                       models=[r.model for r in config.models.values() if r.backend == spec.name],
+                       retry_after_s=config.retry_after_s,
+                       max_reconnect_s=float(options.get("max_reconnect_s", 2.0)))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     # --- connection -------------------------------------------------------------------------------
     def _channel_args(self) -> list[tuple[str, Any]]:
@@ -133,7 +167,9 @@ class TritonBackend(Backend):
             return ModelNotFound(message)
         if code == "DEADLINE_EXCEEDED":
             return DeadlineExceeded(f"{what}: deadline exceeded waiting for Triton")
-        if code in ("UNAVAILABLE", "CANCELLED", "RESOURCE_EXHAUSTED"):
+        if code == "RESOURCE_EXHAUSTED":
+            return PayloadTooLarge(f"{what}: {message}")
+        if code in ("UNAVAILABLE", "CANCELLED"):
             return BackendUnavailable(f"{what}: Triton at {self.url} is unavailable: {message}",
                                       retry_after_s=self.retry_after_s)
         if isinstance(exc, (ConnectionError, asyncio.TimeoutError)):
@@ -161,6 +197,18 @@ class TritonBackend(Backend):
         except Exception as exc:
             log.debug("Triton readiness: %s", exc)
             return False
+
+    async def list_models(self) -> list[str]:
+        """Triton's loaded models (the gateway's default routes when the config names none). Best effort:
+        Triton may restrict its repository API (PyTriton does); then no model is discovered."""
+        try:
+            index = await self._get_client().get_model_repository_index(
+                as_json=True, client_timeout=_CONTROL_TIMEOUT_S)
+        except Exception as exc:  # discovery is optional
+            log.warning("cannot list Triton's models (%s); route them in the config's `models`",
+                        self._error(exc, "model index"))
+            return []
+        return sorted({m["name"] for m in index.get("models", []) if m.get("state", "READY") == "READY"})
 
     async def model_ready(self, model: str, version: str = "") -> bool:
         what = f"model '{model}'" + (f" version {version}" if version else "")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +23,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SERVER_SCRIPT = Path(__file__).resolve().parent / "pytriton_server.py"
 TRITON_VENV = REPO / ".venv-triton"
+_TRITON_TEMP_DIR = re.compile(r"^/tmp/folder[A-Za-z0-9]{6}(?=/)")
 
 
 class TritonUnavailable(RuntimeError):
@@ -111,14 +114,33 @@ class PyTriton:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, sig)
 
+    def _group_temp_dirs(self) -> set[Path]:
+        """Triton's per-model temp dirs (/tmp/folderXXXXXX, named in the stubs' command lines) of this
+        server's processes: a graceful stop removes them, a SIGKILL leaves them behind."""
+        assert self.proc is not None
+        found: set[Path] = set()
+        for proc_dir in Path("/proc").glob("[0-9]*"):
+            with contextlib.suppress(OSError, ValueError):
+                if os.getpgid(int(proc_dir.name)) != self.proc.pid:
+                    continue
+                for arg in (proc_dir / "cmdline").read_bytes().split(b"\0"):
+                    match = _TRITON_TEMP_DIR.match(arg.decode(errors="replace"))
+                    if match:
+                        found.add(Path(match.group(0)))
+        return found
+
     def kill(self) -> None:
         """SIGKILL the whole server (script, tritonserver, python-backend stubs): Triton is gone at once."""
         if self.proc is None:
             return
+        temp_dirs = self._group_temp_dirs()
         self._signal_group(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
+        time.sleep(0.2)  # the group's other processes die with it
         self._clean_shm()
+        for path in temp_dirs:
+            shutil.rmtree(path, ignore_errors=True)
 
     def stop(self, timeout_s: float = 20) -> None:
         """SIGTERM (PyTriton stops tritonserver cleanly), then SIGKILL whatever is left of the group."""

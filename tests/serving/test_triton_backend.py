@@ -6,16 +6,25 @@ Skips, with the reason, only where PyTriton cannot start here (see tests/serving
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+import yaml
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from serving.app import GatewayProcess, launch
 from serving.backends.triton import TritonBackend
 from serving.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ModelNotFound
 from serving.types import InferInput, InferRequest, RequestedOutput
-from tests.serving.pytriton_support import PyTriton, pytriton_or_skip
+from tests.serving.pytriton_support import PyTriton, free_ports, pytriton_or_skip, start_or_skip
+from tests.support import http_request
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +33,7 @@ B = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
 
 
 @pytest.fixture(scope="module")
-def triton(tmp_path_factory: pytest.TempPathFactory) -> PyTriton:
+def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PyTriton]:
     with pytriton_or_skip(tmp_path_factory.mktemp("pytriton")) as server:
         yield server
 
@@ -136,5 +145,212 @@ def test_backend_unreachable_is_503() -> None:
         with pytest.raises(BackendUnavailable) as err:
             await b.infer(req, time.monotonic() + 5)
         assert err.value.http_status == 503 and err.value.retry_after_s == 1
-    from tests.serving.pytriton_support import free_ports
     asyncio.run(run(body)(f"127.0.0.1:{free_ports(1)[0]}"))
+
+
+# --- through the gateway ----------------------------------------------------------------------------
+def gateway_config(triton: PyTriton) -> dict:
+    return {
+        "backends": {"triton": {"type": "triton", "url": f"grpc://{triton.grpc_url}"}},
+        "models": {
+            "calc": {"backend": "triton", "model": "add_sub"},
+            "shout": {"backend": "triton", "model": "upper"},
+            "nap": {"backend": "triton", "model": "sleep", "deadline_s": 0.5},
+        },
+        "server": {"retry_after_s": 2},
+    }
+
+
+@contextlib.contextmanager
+def running_gateway(config: dict, workdir: Path) -> Iterator[GatewayProcess]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    gateway = launch(["--config", str(path), "--http-port", "0", "--grpc-port", "0"],
+                     env={"ZOO_API_KEYS": "", "ZOO_API_KEYS_FILE": ""})
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(triton: PyTriton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    with running_gateway(gateway_config(triton), tmp_path_factory.mktemp("gateway")) as gw:
+        yield gw
+
+
+def http_infer(url: str, model: str, arrays: dict[str, np.ndarray], binary: bool = True,
+               outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    try:
+        inputs = []
+        for name, array in arrays.items():
+            item = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            item.set_data_from_numpy(array, binary_data=binary)
+            inputs.append(item)
+        requested = None
+        if outputs:
+            requested = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs]
+        result = client.infer(model, inputs, outputs=requested)
+        return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
+    finally:
+        client.close()
+
+
+def grpc_infer(target: str, model: str, arrays: dict[str, np.ndarray],
+               outputs: list[str] | None = None, timeout: float | None = None) -> dict[str, np.ndarray]:
+    client = grpcclient.InferenceServerClient(target)
+    try:
+        inputs = []
+        for name, array in arrays.items():
+            item = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            item.set_data_from_numpy(array)
+            inputs.append(item)
+        requested = [grpcclient.InferRequestedOutput(n) for n in outputs] if outputs else None
+        result = client.infer(model, inputs, outputs=requested, client_timeout=timeout)
+        return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
+    finally:
+        client.close()
+
+
+def assert_same(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert set(got) == set(expected)
+    for name in expected:
+        assert got[name].dtype == expected[name].dtype, name
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+TEXT = np.array([[b"hello"], [b"zoo \xc3\xa9"]], dtype=object)
+BINARY_TEXT = np.array([[b"\xff\x00bin"]], dtype=object)
+
+
+def test_gateway_http_infer_equals_triton(triton: PyTriton, gateway: GatewayProcess) -> None:
+    for binary in (True, False):
+        expected = http_infer(triton.http_url, "add_sub", {"INPUT0": A, "INPUT1": B}, binary)
+        assert_same(http_infer(gateway.http_url, "calc", {"INPUT0": A, "INPUT1": B}, binary), expected)
+        np.testing.assert_allclose(expected["OUTPUT1"], A - B)
+        expected = http_infer(triton.http_url, "upper", {"TEXT": TEXT}, binary)
+        assert_same(http_infer(gateway.http_url, "shout", {"TEXT": TEXT}, binary), expected)
+    expected = http_infer(triton.http_url, "upper", {"TEXT": BINARY_TEXT}, True, ["TEXT"])
+    got = http_infer(gateway.http_url, "shout", {"TEXT": BINARY_TEXT}, True, ["TEXT"])
+    assert_same(got, expected)
+    assert got["TEXT"].reshape(-1).tolist() == [b"\xff\x00BIN"]
+
+
+def test_gateway_grpc_infer_equals_triton(triton: PyTriton, gateway: GatewayProcess) -> None:
+    expected = grpc_infer(triton.grpc_url, "add_sub", {"INPUT0": A, "INPUT1": B})
+    assert_same(grpc_infer(gateway.grpc_target, "calc", {"INPUT0": A, "INPUT1": B}), expected)
+    expected = grpc_infer(triton.grpc_url, "add_sub", {"INPUT0": A, "INPUT1": B}, ["OUTPUT1"])
+    assert_same(grpc_infer(gateway.grpc_target, "calc", {"INPUT0": A, "INPUT1": B}, ["OUTPUT1"]), expected)
+    text = np.concatenate([TEXT, BINARY_TEXT])
+    expected = grpc_infer(triton.grpc_url, "upper", {"TEXT": text})
+    assert_same(grpc_infer(gateway.grpc_target, "shout", {"TEXT": text}), expected)
+
+
+def test_gateway_metadata_and_readiness(triton: PyTriton, gateway: GatewayProcess) -> None:
+    direct = httpclient.InferenceServerClient(triton.http_url)
+    via_http = httpclient.InferenceServerClient(gateway.http_url.removeprefix("http://"))
+    via_grpc = grpcclient.InferenceServerClient(gateway.grpc_target)
+    try:
+        reference = direct.get_model_metadata("add_sub")
+        for client in (via_http, via_grpc):
+            assert client.is_server_live() and client.is_server_ready()
+            assert client.is_model_ready("calc") and client.is_model_ready("calc", "1")
+        assert not via_http.is_model_ready("no_such_model")  # 404
+        with pytest.raises(InferenceServerException, match="unknown model"):
+            via_grpc.is_model_ready("no_such_model")  # the gateway answers NOT_FOUND
+        meta = via_http.get_model_metadata("calc")
+        assert meta["name"] == "calc" and meta["versions"] == reference["versions"] == ["1"]
+        assert meta["inputs"] == reference["inputs"] and meta["outputs"] == reference["outputs"]
+        assert meta["platform"] == reference["platform"]
+        gmeta = via_grpc.get_model_metadata("calc", as_json=True)
+        assert gmeta["name"] == "calc"
+        assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in gmeta["inputs"]] == \
+            [(t["name"], t["datatype"], t["shape"]) for t in reference["inputs"]]
+    finally:
+        direct.close()
+        via_http.close()
+        via_grpc.close()
+
+
+def test_gateway_errors(gateway: GatewayProcess) -> None:
+    # unknown public model: 404 / NOT_FOUND (REST readiness and metadata too)
+    for path in ("/v2/models/no_such_model", "/v2/models/no_such_model/ready"):
+        assert http_request(gateway.http_url + path)[0] == 404
+    with pytest.raises(InferenceServerException) as err:
+        http_infer(gateway.http_url, "no_such_model", {"INPUT0": A})
+    assert "unknown model" in err.value.message()
+    with pytest.raises(InferenceServerException) as err:
+        grpc_infer(gateway.grpc_target, "no_such_model", {"INPUT0": A})
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+    # a version Triton does not have: 404 from Triton, through the gateway
+    status, _, body = http_request(gateway.http_url + "/v2/models/calc/versions/7")
+    assert status == 404, body
+
+    # wrong shape: Triton's 400 / INVALID_ARGUMENT with its message
+    body = json.dumps({"inputs": [
+        {"name": "INPUT0", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]},
+        {"name": "INPUT1", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]},
+    ]}).encode()
+    status, _, raw = http_request(gateway.http_url + "/v2/models/calc/infer", body,
+                                  {"Content-Type": "application/json"})
+    assert status == 400 and "unexpected shape for input" in json.loads(raw)["error"]
+    with pytest.raises(InferenceServerException) as err:
+        grpc_infer(gateway.grpc_target, "calc", {"INPUT0": A[:, :3].copy(), "INPUT1": B[:, :3].copy()})
+    assert err.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert "unexpected shape for input" in err.value.message()
+
+    # the route's deadline (0.5 s) passes while Triton sleeps 1.5 s: 504 / DEADLINE_EXCEEDED
+    body = json.dumps({"inputs": [{"name": "SECONDS", "datatype": "FP32", "shape": [1, 1], "data": [1.5]}]})
+    started = time.monotonic()
+    status, _, raw = http_request(gateway.http_url + "/v2/models/nap/infer", body.encode(),
+                                  {"Content-Type": "application/json"})
+    assert status == 504, raw
+    assert time.monotonic() - started < 1.4
+    with pytest.raises(InferenceServerException) as err:
+        grpc_infer(gateway.grpc_target, "nap", {"SECONDS": np.array([[1.5]], np.float32)})
+    assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+
+
+def test_gateway_triton_killed_is_503_then_recovers(tmp_path: Path) -> None:
+    server = PyTriton(tmp_path)
+    start_or_skip(server)
+    try:
+        with running_gateway(gateway_config(server), tmp_path / "gateway") as gw:
+            arrays = {"INPUT0": A, "INPUT1": B}
+            assert_same(grpc_infer(gw.grpc_target, "calc", arrays), {"OUTPUT0": A + B, "OUTPUT1": A - B})
+
+            server.kill()  # tritonserver and all: connection refused from now on
+            body = json.dumps({"inputs": [
+                {"name": "INPUT0", "datatype": "FP32", "shape": [2, 4], "data": A.reshape(-1).tolist()},
+                {"name": "INPUT1", "datatype": "FP32", "shape": [2, 4], "data": B.reshape(-1).tolist()},
+            ]}).encode()
+            status, headers, raw = http_request(gw.http_url + "/v2/models/calc/infer", body,
+                                                {"Content-Type": "application/json"})
+            assert status == 503, raw
+            assert headers.get("Retry-After") == "2"
+            assert "unavailable" in json.loads(raw)["error"]
+            with pytest.raises(InferenceServerException) as err:
+                grpc_infer(gw.grpc_target, "calc", arrays)
+            assert err.value.status() == "StatusCode.UNAVAILABLE"
+            assert http_request(gw.http_url + "/v2/health/ready")[0] == 503
+            assert http_request(gw.http_url + "/v2/health/live")[0] == 200
+            assert http_request(gw.http_url + "/v2/models/calc/ready")[0] == 503
+
+            # Triton back on the same ports: the gateway's channel reconnects by itself within seconds
+            server.start()
+            server.wait_ready()
+            end = time.monotonic() + 15
+            while True:
+                try:
+                    got = grpc_infer(gw.grpc_target, "calc", arrays)
+                    break
+                except InferenceServerException as exc:
+                    if exc.status() != "StatusCode.UNAVAILABLE" or time.monotonic() > end:
+                        raise
+                    time.sleep(0.2)
+            assert_same(got, {"OUTPUT0": A + B, "OUTPUT1": A - B})
+            assert http_request(gw.http_url + "/v2/health/ready")[0] == 200
+    finally:
+        server.stop()
