@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.weights import WeightsError
 
 CLIP_LEN = 32  # frames per clip (``clip_size`` in ftcn_tt.yaml)
 CLIP_SIZE = 224  # aligned face crop, pixels (``imsize`` in ftcn_tt.yaml)
@@ -389,7 +390,7 @@ def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
     while not any(isinstance(v, Tensor) for v in checkpoint.values()):
         inner = [k for k in _WRAPPER_KEYS if isinstance(checkpoint.get(k), Mapping)]
         if not inner or seen > 4:
-            raise ValueError(
+            raise WeightsError(
                 f"no tensors found in the FTCN checkpoint (top-level keys: {sorted(checkpoint)[:10]}); "
                 f"expected a state dict or a wrapper with one of {_WRAPPER_KEYS}"
             )
@@ -401,8 +402,9 @@ def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
 def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     """Map the official ``ftcn_tt.pth`` (or a wrapped / prefixed copy of it) onto :class:`FTCN`'s keys.
 
-    The published file is ``I3D8x8.state_dict()`` (keys ``resnet.*``), which the official
-    ``ModelBase.load`` reads after stripping a ``module`` prefix. This accepts that layout plus wrapper
+    The official code saves ``self.network.state_dict()``, i.e. ``I3D8x8`` keys ``resnet.*`` (the published
+    file's ~59 MB matches these 275 tensors), and ``ModelBase.load`` reads it after stripping a ``module``
+    prefix. This accepts that layout plus wrapper
     dicts (``{"model": ...}``, ``{"state_dict": ...}``) and the ``module.`` / ``network.`` /
     ``_warped_network.`` prefixes (a saved ``Classifier`` lists each tensor under both of the last two;
     the copies must agree). BatchNorm ``num_batches_tracked`` counters, which do nothing in eval, are
@@ -413,13 +415,13 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     out: dict[str, Tensor] = {}
     for key, value in state.items():
         if not isinstance(value, Tensor):
-            raise ValueError(f"FTCN checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise WeightsError(f"FTCN checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
         new = key
         while new.startswith(_STRIP_PREFIXES):
             new = new.split(".", 1)[1]
         if new in out:
             if out[new].shape != value.shape or not torch.equal(out[new], value):
-                raise ValueError(f"FTCN checkpoint holds two different tensors for {new!r} (one is {key!r})")
+                raise WeightsError(f"FTCN checkpoint holds two different tensors for {new!r} (from {key!r})")
             continue
         out[new] = value
     for key in [k for k in out if k.endswith(".running_mean")]:

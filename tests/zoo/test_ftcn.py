@@ -272,11 +272,11 @@ def test_converter_rejects_conflicting_duplicates_and_non_tensors(official_state
     key = "resnet.head.time_T.cls_token"
     bad = {f"network.{k}": v for k, v in official_state.items()}
     bad[f"_warped_network.{key}"] = torch.zeros(1, 1, 1024)
-    with pytest.raises(ValueError, match="two different tensors"):
+    with pytest.raises(WeightsError, match="two different tensors"):
         convert_checkpoint(bad)
-    with pytest.raises(ValueError, match="not a tensor"):
+    with pytest.raises(WeightsError, match="not a tensor"):
         convert_checkpoint({**official_state, "epoch": 3})
-    with pytest.raises(ValueError, match="no tensors"):
+    with pytest.raises(WeightsError, match="no tensors"):
         convert_checkpoint({"optimizer": {"lr": 0.1}})
 
 
