@@ -313,7 +313,9 @@ class TorchServeBackend(Backend):
         first_line = details.splitlines()[0] if details else code.name
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"model '{model}': deadline exceeded waiting for TorchServe")
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        # "Worker died.": the model's worker crashed or TorchServe is shutting down; TorchServe restarts
+        # workers by itself, so this is retryable like UNAVAILABLE
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or "Worker died" in first_line:
             return BackendUnavailable(f"TorchServe unavailable for model '{model}': {first_line}",
                                       retry_after_s=self.retry_after_s)
         if ("ModelNotFoundException" in details or "ModelVersionNotFoundException" in details
