@@ -55,17 +55,22 @@ class FtcnHandler(ZooHandler):
 
     # --- request parsing ---------------------------------------------------------------------------
     def video_and_params(self, request: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+        body = request.get("body") if request.get("body") is not None else request.get("data")
         fields = request_fields(request)
         params: dict[str, Any] = {k: fields[k] for k in PARAMS if k in fields}
-        name = next((n for n in VIDEO_FIELDS if n in fields), None)
-        if name is None:
-            binary = [k for k, v in fields.items() if isinstance(v, (bytes, bytearray)) and k not in PARAMS]
-            if len(binary) != 1:
-                raise RequestError("no video in the request: send the video file as the body, a multipart "
-                                   "field 'video', or JSON {\"video\": \"<base64>\"}")
-            name = binary[0]
-        value = fields[name]
-        as_json = parse_json_body(value)
+        as_json = body if isinstance(body, dict) else None  # JSON TorchServe already parsed
+        name, value = "video", None
+        if as_json is None:
+            name = next((n for n in VIDEO_FIELDS if n in fields), None)
+            if name is None:
+                binary = [k for k, v in fields.items()
+                          if isinstance(v, (bytes, bytearray)) and k not in PARAMS]
+                if len(binary) != 1:
+                    raise RequestError("no video in the request: send the video file as the body, a "
+                                       "multipart field 'video', or JSON {\"video\": \"<base64>\"}")
+                name = binary[0]
+            value = fields[name]
+            as_json = parse_json_body(value)
         if as_json is not None:
             if "video" not in as_json:
                 raise RequestError("JSON body needs a 'video' field holding base64 video bytes")
