@@ -326,10 +326,22 @@ def _errors() -> Any:
     return errors
 
 
-def _refs_hint(api: Any, repo: str) -> str:
-    try:
-        refs = api.list_repo_refs(repo)
-    except Exception:  # noqa: BLE001 - only a hint
+def _repo_refs(api: Any, repo: str) -> Any | None:
+    """The repo's branches and tags, or None when the repo cannot be seen (missing, private without token)."""
+    err = _errors()
+    for _attempt in range(2):  # once more on a dropped connection (servers close it after a 5xx)
+        try:
+            return api.list_repo_refs(repo)
+        except err.HfHubHTTPError:
+            return None
+        except Exception:  # noqa: BLE001 - a probe
+            continue
+    return None
+
+
+def _refs_hint(api: Any, repo: str, refs: Any | None = None) -> str:
+    refs = refs if refs is not None else _repo_refs(api, repo)
+    if refs is None:
         return ""
     branches = ", ".join(r.name for r in refs.branches) or "none"
     tags = ", ".join(r.name for r in refs.tags) or "none"
@@ -353,16 +365,18 @@ def _explain(exc: Exception, src: HubSource, api: Any, endpoint: str) -> HubErro
         return HubError(f"revision {src.revision!r} not found in {src.repo} {at}{_refs_hint(api, src.repo)}; "
                         f"check the pin or --revision")
     if isinstance(exc, err.EntryNotFoundError):
+        if _repo_refs(api, src.repo) is None:  # some mirrors answer "entry not found" for a missing repo
+            return HubError(f"repository {src.repo} not found {at} ({_token_hint()}; "
+                            f"set HF_ENDPOINT for a mirror)")
         return HubError(f"file {src.filename!r} not found in {where} {at}")
     if isinstance(exc, err.RepositoryNotFoundError):
         # Some servers answer an unknown revision as an unknown repo: ask about the repo itself.
-        try:
-            api.model_info(src.repo)
-        except Exception:  # noqa: BLE001
+        refs = _repo_refs(api, src.repo)
+        if refs is None:
             return HubError(f"repository {src.repo} not found {at} ({_token_hint()}; "
                             f"set HF_ENDPOINT for a mirror)")
-        return HubError(f"revision {src.revision!r} not found in {src.repo} {at}{_refs_hint(api, src.repo)}; "
-                        f"check the pin or --revision")
+        return HubError(f"revision {src.revision!r} not found in {src.repo} {at}"
+                        f"{_refs_hint(api, src.repo, refs)}; check the pin or --revision")
     if isinstance(exc, err.HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", "?")
         hint = ""
