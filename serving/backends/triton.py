@@ -325,7 +325,10 @@ class TritonBackend(Backend):
         response (JSON, or the binary extension when an output is not UTF-8)."""
         meta = await self.model_metadata(model, version)
         specs = {t["name"]: t for t in meta["inputs"]}
-        if set(fields) == {"body"} and "body" not in specs and len(specs) == 1:
+        if set(fields) == {"body"} and "body" not in specs:
+            if len(specs) != 1:
+                raise InvalidInput(f"model '{model}' has {len(specs)} inputs ({', '.join(specs)}), so a raw body "
+                                   "cannot be routed: send one multipart part per input, named after it")
             fields = {next(iter(specs)): fields["body"]}
         unknown = sorted(set(fields) - set(specs))
         if unknown:

@@ -19,8 +19,9 @@ import tritonclient.http as httpclient
 import yaml
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from serving.app import GatewayProcess, launch
+from serving.app import GatewayProcess, launch, make_backend
 from serving.backends.triton import TritonBackend
+from serving.config import BackendConfig, ConfigError, load_config
 from serving.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ModelNotFound
 from serving.types import InferInput, InferRequest, RequestedOutput
 from tests.serving.pytriton_support import PyTriton, free_ports, pytriton_or_skip, start_or_skip
@@ -69,6 +70,25 @@ def direct_grpc(triton: PyTriton, model: str, inputs: dict[str, np.ndarray]) -> 
         return {o.name: result.as_numpy(o.name) for o in result.get_response().outputs}
     finally:
         client.close()
+
+
+# --- configuration (no server needed) -----------------------------------------------------------------
+def test_backend_from_config(tmp_path: Path) -> None:
+    path = tmp_path / "gw.yaml"
+    path.write_text(yaml.safe_dump({
+        "backends": {"tri": {"type": "triton", "url": "grpc://127.0.0.1:8001", "max_reconnect_s": 1}},
+        "models": {"calc": {"backend": "tri", "model": "add_sub"}, "shout": {"backend": "tri", "model": "upper"}},
+        "server": {"retry_after_s": 3},
+    }))
+    config = load_config(path)
+    backend = make_backend(config.backends["tri"], config)
+    assert isinstance(backend, TritonBackend)
+    assert (backend.name, backend.url, backend.models, backend.retry_after_s, backend.max_reconnect_s) == \
+        ("tri", "127.0.0.1:8001", ["add_sub", "upper"], 3, 1.0)
+    for options, message in [({}, "needs 'url'"), ({"url": "127.0.0.1:1", "grpc": "x"}, "unknown option grpc"),
+                             ({"url": "http://127.0.0.1:8000"}, "gRPC endpoint")]:
+        with pytest.raises(ConfigError, match=message):
+            make_backend(BackendConfig("tri", "triton", options), config)
 
 
 # --- the backend alone ------------------------------------------------------------------------------
@@ -246,6 +266,18 @@ def test_gateway_grpc_infer_equals_triton(triton: PyTriton, gateway: GatewayProc
     text = np.concatenate([TEXT, BINARY_TEXT])
     expected = grpc_infer(triton.grpc_url, "upper", {"TEXT": text})
     assert_same(grpc_infer(gateway.grpc_target, "shout", {"TEXT": text}), expected)
+
+
+def test_gateway_task_route(gateway: GatewayProcess) -> None:
+    status, headers, raw = http_request(gateway.http_url + "/v1/models/shout:predict", b"zoo gateway",
+                                        {"Content-Type": "application/octet-stream"})
+    assert status == 200, raw
+    outputs = {o["name"]: o for o in json.loads(raw)["outputs"]}
+    assert outputs["TEXT"]["data"] == ["ZOO GATEWAY"] and outputs["LENGTH"]["data"] == [11]
+    # a model without BYTES inputs cannot take raw bytes: a clear 400, not a crash
+    status, _, raw = http_request(gateway.http_url + "/v1/models/calc:predict", b"zoo",
+                                  {"Content-Type": "application/octet-stream"})
+    assert status == 400 and "has 2 inputs (INPUT0, INPUT1)" in json.loads(raw)["error"]
 
 
 def test_gateway_metadata_and_readiness(triton: PyTriton, gateway: GatewayProcess) -> None:
