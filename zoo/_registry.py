@@ -104,6 +104,9 @@ MODEL_MODULES = (
     "zoo.ckdn",
     "zoo.ftcn",
     "zoo.toy",  # test/demo-only serving-path model (default_serve=False)
+    "zoo.autoformer",  # image-classification, opt-in (default_serve=False)
+    "zoo.mutualnet",  # image-classification, opt-in (default_serve=False)
+    "zoo.dgc",  # image-classification, opt-in (default_serve=False)
 )
 
 

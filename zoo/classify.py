@@ -1,0 +1,239 @@
+"""Shared pieces of the image-classification entries: preprocessing, per-request knobs, checkpoints, top-k.
+
+Every classification entry (``task="image-classification"``) follows one contract, so one handler
+(``handlers/classify_handler.py``) and one benchmark (``bench/zoo_breadth.py``) serve them all:
+
+* the model's ``forward(x, **knobs)`` takes a normalised ``[B, 3, crop, crop]`` batch and returns logits
+  ``[B, num_classes]``; ``knobs`` are keyword arguments with defaults (AutoFormer ``subnet``, MutualNet
+  ``width``/``resolution``; none for DGC);
+* ``entry.config["knobs"]`` declares them: ``{name: {"choices": [...], "default": value}}``. Only declared
+  names and listed values are accepted from clients (``parse_knobs``);
+* ``entry.config["preprocess"]`` is the official evaluation transform (``Preprocess``): resize the shorter
+  side to ``resize`` with ``interpolation``, centre-crop ``crop``, then ``(x / 255 - mean) / std``;
+* ``entry.config["labels"]`` (optional) lists the class names; without it answers carry indices only.
+
+These serving keys are stripped before the architecture is built (``build_classifier``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from zoo.ckdn import center_crop_box, resized_size
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SERVING_KEYS = ("knobs", "preprocess", "labels")
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+# --- building ---------------------------------------------------------------------------------------
+def build_classifier(cls: Callable[..., nn.Module], **config: Any) -> nn.Module:
+    """Build ``cls`` from an entry config, leaving out the serving-only keys."""
+    return cls(**{k: v for k, v in config.items() if k not in SERVING_KEYS})
+
+
+def classifier_builder(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """The ``ModelEntry.builder`` for a classification architecture (see ``build_classifier``)."""
+    return functools.partial(build_classifier, cls)
+
+
+# --- preprocessing ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Preprocess:
+    """The official evaluation transform: torchvision ``Resize(resize) + CenterCrop(crop) + ToTensor +
+    Normalize(mean, std)``, with PIL doing the resize (as torchvision does for PIL images)."""
+
+    resize: int = 256
+    crop: int = 224
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if not 0 < self.crop <= self.resize:
+            raise ValueError(f"crop ({self.crop}) must be positive and at most resize ({self.resize})")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> Preprocess:
+        cfg = dict(config or {})
+        for key in ("mean", "std"):
+            if key in cfg:
+                cfg[key] = tuple(float(v) for v in cfg[key])
+        return cls(**cfg)
+
+    def as_config(self) -> dict[str, Any]:
+        """JSON-friendly form for ``entry.config["preprocess"]``."""
+        out = asdict(self)
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
+
+    def image(self, img: Image.Image) -> np.ndarray:
+        """One image -> the ``[crop, crop, 3]`` uint8 crop the official evaluation feeds the network."""
+        img = img.convert("RGB")
+        size = resized_size(img.width, img.height, self.resize)
+        if size != img.size:
+            img = img.resize(size, INTERPOLATIONS[self.interpolation])
+        return np.asarray(img.crop(center_crop_box(img.width, img.height, self.crop)), dtype=np.uint8)
+
+    def normalize(self, images_u8: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``[B, H, W, 3]`` uint8 -> ``[B, 3, H, W]`` ``(x / 255 - mean) / std`` computed in ``dtype``."""
+        return normalize_u8(images_u8, self.mean, self.std, dtype)
+
+
+def normalize_u8(images_u8: Tensor, mean: Iterable[float], std: Iterable[float],
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """ToTensor + Normalize on a uint8 ``[B, H, W, 3]`` batch, in the run dtype (bit-equal to torchvision in
+    float32): ``x = u8 / 255``, then ``(x - mean) / std``."""
+    dev = images_u8.device
+    x = images_u8.permute(0, 3, 1, 2).to(dtype).div(255)
+    m = torch.tensor(tuple(mean), dtype=dtype, device=dev).view(1, 3, 1, 1)
+    s = torch.tensor(tuple(std), dtype=dtype, device=dev).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+# --- knobs --------------------------------------------------------------------------------------------
+class KnobError(ValueError):
+    """A request asked for a knob or value the model does not support (a client error)."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One per-request setting: its allowed values (all of one type) and the default."""
+
+    name: str
+    choices: tuple[Any, ...]
+    default: Any
+
+    def parse(self, raw: Any) -> Any:
+        """A client's value (JSON value, form text or bytes) -> the matching choice, or KnobError."""
+        if isinstance(raw, (bytes, bytearray)):
+            raw = bytes(raw).decode("utf-8", errors="replace")
+        kind = type(self.choices[0])
+        value: Any = None
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            if kind is str:
+                value = raw.strip() if isinstance(raw, str) else None
+            elif kind is int:
+                number = float(raw)
+                value = int(number) if number.is_integer() else None
+            elif kind is float:
+                value = float(raw)
+                value = value if math.isfinite(value) else None
+        except (TypeError, ValueError):
+            value = None
+        for choice in self.choices:
+            if value is not None and value == choice:
+                return choice
+        allowed = ", ".join(str(c) for c in self.choices)
+        raise KnobError(f"'{self.name}' must be one of {allowed}; got {raw!r}")
+
+
+def knob_specs(config: Mapping[str, Any]) -> dict[str, Knob]:
+    """The knobs an entry declares in ``config["knobs"]`` (``{}`` for a model without any)."""
+    specs = {}
+    for name, spec in (config.get("knobs") or {}).items():
+        choices = tuple(spec["choices"])
+        if not choices or len({type(c) for c in choices}) != 1:
+            raise ValueError(f"knob {name!r}: choices must be non-empty and of one type, got {choices}")
+        if spec["default"] not in choices:
+            raise ValueError(f"knob {name!r}: default {spec['default']!r} is not among {choices}")
+        specs[name] = Knob(name, choices, spec["default"])
+    return specs
+
+
+def parse_knobs(specs: Mapping[str, Knob], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated knob settings: every declared knob, taking the request's value or the default."""
+    return {name: (knob.parse(raw[name]) if raw.get(name) is not None else knob.default)
+            for name, knob in specs.items()}
+
+
+def knob_settings(specs: Mapping[str, Knob]) -> list[dict[str, Any]]:
+    """Every combination of knob values (one ``{}`` for a model without knobs), defaults first."""
+    settings: list[dict[str, Any]] = [{}]
+    for name, knob in specs.items():
+        ordered = [knob.default] + [c for c in knob.choices if c != knob.default]
+        settings = [{**s, name: c} for s in settings for c in ordered]
+    return settings
+
+
+# --- outputs ------------------------------------------------------------------------------------------
+class Prediction(NamedTuple):
+    index: int
+    label: str | None
+    score: float
+
+
+def top_k(logits: Tensor, k: int, labels: list[str] | None = None) -> list[list[Prediction]]:
+    """Softmax probabilities of the ``k`` best classes per row, best first."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    scores, indices = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return [
+        [Prediction(int(i), labels[int(i)] if labels else None, float(s)) for s, i in zip(row_s, row_i, strict=True)]
+        for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
+    ]
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+def expected_keys(model_factory: Callable[[], nn.Module]) -> tuple[str, ...]:
+    """A model's state-dict keys, built on the meta device (nothing allocated or initialised)."""
+    with torch.device("meta"):
+        return tuple(model_factory().state_dict())
+
+
+def convert_state_dict(
+    checkpoint: Mapping[str, Any],
+    expected: Iterable[str],
+    what: str,
+    wrappers: tuple[str, ...] = ("model", "state_dict"),
+    prefixes: tuple[str, ...] = ("module.",),
+) -> dict[str, Tensor]:
+    """An official training checkpoint -> exactly the expected keys, or ``WeightsError`` naming the misfits.
+
+    Unwraps the first of ``wrappers`` that holds a mapping (training scripts store the weights beside
+    the optimiser state), strips prefixes that every key shares (``module.`` from DataParallel, possibly
+    repeated) and requires the remaining keys to be exactly ``expected``.
+    """
+    from zoo.weights import WeightsError  # local: zoo.weights imports the registry
+
+    state: Mapping[str, Any] = checkpoint
+    for key in wrappers:
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping):
+            state = inner
+            break
+    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
+    if not_tensors:
+        raise WeightsError(f"{what} checkpoint: expected a state dict of tensors (or one under {wrappers}); "
+                           f"non-tensor entries: {', '.join(not_tensors[:8])}")
+    flat = dict(state)
+    while flat:
+        prefix = next((p for p in prefixes if all(k.startswith(p) for k in flat)), None)
+        if prefix is None:
+            break
+        flat = {k[len(prefix):]: v for k, v in flat.items()}
+    expected = tuple(expected)
+    unknown = sorted(set(flat) - set(expected))
+    missing = sorted(set(expected) - set(flat))
+    if unknown or missing:
+        parts = [f"{len(keys)} {kind}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+                 for kind, keys in (("unknown", unknown), ("missing", missing)) if keys]
+        raise WeightsError(f"{what} checkpoint does not fit the official layout: " + "; ".join(parts))
+    return {k: flat[k] for k in expected}
