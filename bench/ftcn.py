@@ -15,9 +15,11 @@ Examples::
     python bench/ftcn.py --device cuda --iters 20 --out bench/results/ftcn_h100.md
     python bench/ftcn.py --weights ftcn_tt.pth                                     # official weights
 
-End-to-end part: ``--end-to-end VIDEO`` is reserved for decode + detect + track + align + model measured on a
-real video through ``zoo.faces.pipeline.analyze_video`` (owned by the video pipeline, see
-:func:`end_to_end`); until that hook is filled in, the flag stops with an explanation before any timing.
+End-to-end part: ``--end-to-end VIDEO`` (or ``--end-to-end astronaut`` for a synthetic face video) times
+decode + face detection + tracking + alignment + model through ``zoo.faces.pipeline`` and reports seconds of
+video processed per second (see :func:`end_to_end`; ``--e2e-stride`` is the window stride, default 16)::
+
+    python bench/ftcn.py --device cpu --end-to-end astronaut --e2e-seconds 2 --batch-sizes 1 --precisions fp32
 """
 
 from __future__ import annotations
@@ -153,30 +155,83 @@ def model_rows(args: argparse.Namespace, model: FTCN, device: torch.device) -> l
 # --------------------------------------------------------------------------------------------------
 # end to end (hook for the video pipeline)
 # --------------------------------------------------------------------------------------------------
+def synthetic_face_video(seconds: float = 8.0, fps: float = 25.0, size: tuple[int, int] = (640, 480)) -> bytes:
+    """A face video made from scikit-image's astronaut photo (slow pan and zoom), H.264 at ``size``."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    from zoo.video import encode_video
+
+    photo = Image.fromarray(data.astronaut())
+    width, height = size
+    frames = []
+    for t in range(int(round(seconds * fps))):
+        zoom = 1.6 + 0.2 * np.sin(t / 40.0)
+        cx, cy = 224 + 20 * np.sin(t / 30.0), 130 + 10 * np.cos(t / 25.0)
+        # output pixel (u, v) samples the photo at centre + ((u, v) - size / 2) / zoom
+        coeffs = (1 / zoom, 0, cx - width / 2 / zoom, 0, 1 / zoom, cy - height / 2 / zoom)
+        frames.append(np.asarray(photo.transform(size, Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)))
+    return encode_video(np.stack(frames), fps, options={"crf": "20"})
+
+
 def end_to_end(args: argparse.Namespace, model: FTCN, device: torch.device) -> list[dict[str, Any]]:
-    """HOOK, not implemented yet: seconds of video per second through decode+detect+track+align+model.
+    """Seconds of video per second through decode + detect + track + align + model, per precision and batch.
 
-    To be filled in by the owner of ``zoo.faces.pipeline`` with its ``analyze_video(...)`` (video bytes
-    of ``args.end_to_end``, this ``model`` on this ``device``, so both tables share weights and device).
-    Intended rows (one per precision and batch size, like the model table):
-
-    * ``video s`` (duration of the video), ``frames``, ``tracks``, ``clips``;
-    * wall seconds per stage if the pipeline reports them (decode, detect, align, model) and in total;
-    * ``video s/s`` = video duration / total wall seconds (the end-to-end counterpart of the model
-      table's column, which assumes one clip per frame at ``--clip-stride`` 1).
-
-    Keep the timing honest: synchronise CUDA before reading the clock, and say whether the face-detector
-    weights were already cached (a first download must not be timed). ``main`` runs this before the
-    model table, so a failure here costs no model-benchmark time.
+    The video (``--end-to-end PATH``, or ``astronaut`` for a synthetic 640x480 H.264 face video of
+    ``--e2e-seconds``) is decoded, its faces detected (MTCNN) and tracked once per run -- those stages do not
+    depend on the model's precision or batch size -- and each (precision, clip batch) row then renders the
+    aligned clips and runs FTCN. Row columns: per-stage wall seconds, ``total s`` (decode + detect/track +
+    align + model), and ``video s/s`` = video duration / total. The MTCNN weights are fetched (if needed)
+    before any clock starts; CUDA is synchronised before every reading.
     """
-    try:
-        from zoo.faces.pipeline import analyze_video  # noqa: F401
-    except ImportError as exc:
-        raise SystemExit(
-            f"--end-to-end needs zoo.faces.pipeline.analyze_video, which is not available ({exc}). "
-            "Run without --end-to-end for the model-only table."
-        ) from None
-    raise SystemExit("--end-to-end is not implemented yet: see end_to_end() in bench/ftcn.py")
+    from zoo.faces.pipeline import FacePipeline
+    from zoo.faces.weights import ensure_mtcnn_weights
+
+    source = str(args.end_to_end)
+    if source == "astronaut" and not Path(source).exists():
+        data = synthetic_face_video(args.e2e_seconds)
+        name = f"synthetic astronaut {args.e2e_seconds:g} s 640x480 H.264"
+    else:
+        data = Path(source).read_bytes()
+        name = Path(source).name
+    pipeline = FacePipeline.from_dir(ensure_mtcnn_weights(), device, stride=args.e2e_stride,
+                                     detect_every=args.e2e_detect_every)
+    pipeline.prepare(data)  # warm-up (allocator, kernels)
+    _sync(device)
+    start = time.perf_counter()
+    prepared = pipeline.prepare(data)
+    _sync(device)
+    prepare_s = time.perf_counter() - start
+    video = prepared.video
+    base = {
+        "video": name,
+        "video s": round(video.duration_s, 2),
+        "frames": len(video),
+        "tracks": len(prepared.tracks),
+        "clips": len(prepared.clips),
+        "stride": args.e2e_stride,
+        "decode s": prepared.timings_ms["decode"] / 1e3,
+        "detect s": prepared.timings_ms["detect"] / 1e3,
+        "track s": prepared.timings_ms["track"] / 1e3,
+    }
+    print(_format_progress(base), file=sys.stderr, flush=True)
+    rows = []
+    for dtype in args.precisions:
+        for batch in args.batch_sizes:
+            with _precision(dtype, device):
+                start = time.perf_counter()
+                pipeline.score(model, [prepared], batch)
+                _sync(device)
+                score_s = time.perf_counter() - start
+            total = prepare_s + score_s
+            row = {**base, "dtype": dtype, "clip batch": batch,
+                   "align s": prepared.timings_ms["align_batch"] / 1e3,
+                   "model s": prepared.timings_ms["model_batch"] / 1e3,
+                   "total s": total, "video s/s": video.duration_s / total}
+            rows.append(row)
+            print(_format_progress(row), file=sys.stderr, flush=True)
+    return rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,7 +283,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="frames between clip starts (1 = official sliding window) for 'video s/s'")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown report to this file")
     p.add_argument("--end-to-end", metavar="VIDEO", type=Path, default=None,
-                   help="also time the full video pipeline on VIDEO (hook; see end_to_end())")
+                   help="also time the full video pipeline on VIDEO ('astronaut': a synthetic face video)")
+    p.add_argument("--e2e-stride", type=int, default=16, help="window stride of the end-to-end run")
+    p.add_argument("--e2e-detect-every", type=int, default=1, help="face detection every k-th frame")
+    p.add_argument("--e2e-seconds", type=float, default=8.0, help="length of the synthetic video")
     args = p.parse_args(argv)
     if min(args.batch_sizes) < 1 or args.iters < 1 or args.warmup < 0 or args.clip_stride < 1:
         p.error("batch sizes and --iters must be >= 1, --warmup >= 0, --clip-stride >= 1")
