@@ -9,6 +9,7 @@ needed). No network beyond 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -467,8 +468,9 @@ def test_detr_round_trip_export_hub_pull_build_serve(mirrors: Path, tmp_path: Pa
 
     with TorchServe(store, [mar.name], tmp_path / "ts") as ts:
         ts.wait_ready(timeout_s=180)
-        status, _, raw = http_request(f"{ts.inference_url}/predictions/{DETR}?threshold=0&top_k=5", image,
-                                      {"Content-Type": "image/png"}, method="POST")
+        body = json.dumps({"image": base64.b64encode(image).decode(), "threshold": 0.0, "top_k": 5}).encode()
+        status, _, raw = http_request(f"{ts.inference_url}/predictions/{DETR}", body,
+                                      {"Content-Type": "application/json"}, method="POST")
     assert status == 200, raw
     answer = json_body(raw)
     assert answer["model"]["weights"]["kind"] == "random-seeded"
