@@ -266,6 +266,50 @@ def test_branch_pin_is_found_by_revision(hub_env: Path, tiny_repo: dict, tiny_en
     assert found.source == f"hf://zoo-test/tiny@{tiny_repo['commit'][:12]}/model.safetensors"
 
 
+def upstream_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """How a made-up upstream stores the tiny model: every key under `net.`."""
+    return {f"net.{k}": v for k, v in state.items()}
+
+
+def tiny_converter(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("net."): v for k, v in checkpoint.items()}
+
+
+def test_registry_pin_in_upstream_layout_is_converted_at_build(
+    hub_env: Path, mirrors: Path, tiny_entry, tmp_path: Path,
+) -> None:
+    from zoo.mar import build_mar, read_archive_meta
+
+    _, _, state = tiny_file(3, tmp_path)
+    save_file(upstream_layout(state), str(tmp_path / "upstream.safetensors"))
+    sha = hashlib.sha256((tmp_path / "upstream.safetensors").read_bytes()).hexdigest()
+    commit = publish({"upstream.safetensors": tmp_path / "upstream.safetensors"}, mirrors, "zoo-test/upstream")
+    entry = tiny_entry("hub_tiny_upstream", hf_repo="zoo-test/upstream", revision=commit,
+                       filename="upstream.safetensors", sha256=sha, converter=f"{__name__}:tiny_converter")
+    pulled = hub.pull(entry, log=lambda _m: None)
+    assert pulled.layout == "upstream" and pulled.converter == entry.weights.converter
+    mar, label = build_mar(entry, tmp_path / "store", progress=False)
+    assert label.kind == "pretrained" and label.sha256 == sha
+    assert read_archive_meta(mar)["weights"]["source"] == f"hf://zoo-test/upstream@{commit[:12]}/upstream.safetensors"
+    with zipfile.ZipFile(mar) as zf:
+        archived = load_safetensors_bytes(zf.read("weights.safetensors"))
+    assert archived.keys() == state.keys() and all(torch.equal(archived[k], v) for k, v in state.items())
+
+
+def test_override_pull_takes_precedence_until_a_plain_pull(hub_env: Path, tiny_repo: dict, tiny_entry) -> None:
+    entry = tiny_entry("hub_tiny_precedence", hf_repo=tiny_repo["repo"], revision=tiny_repo["commit"],
+                       filename="model.safetensors", sha256=tiny_repo["sha"])
+    quiet = {"log": lambda _m: None}
+    assert hub.pull(entry, **quiet).sha256 == tiny_repo["sha"]
+    override = hub.pull(entry, repo=tiny_repo["repo"], revision=tiny_repo["commit"], filename="other.safetensors",
+                        sha256=tiny_repo["other_sha"], **quiet)
+    assert hub.find_pulled(entry).path == override.path  # what `zoo build` now uses
+    assert hub.pull(entry, **quiet).sha256 == tiny_repo["sha"]  # a plain pull returns to the registry pin
+    assert hub.find_pulled(entry).sha256 == tiny_repo["sha"]
+    with pytest.raises(hub.HubError, match="need --repo"):
+        hub.pull(entry, revision="main", **quiet)
+
+
 def test_sha256_mismatch_names_both_hashes_and_removes_only_the_bad_file(
     hub_env: Path, tiny_repo: dict, tiny_entry, capsys: pytest.CaptureFixture[str],
 ) -> None:
