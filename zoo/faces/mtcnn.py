@@ -157,9 +157,17 @@ def pyramid_scales(height: int, width: int, min_face_size: float, factor: float)
 
 
 def integral_images(images: Tensor) -> Tensor:
-    """(B, 3, H, W) 0..255 -> (B, 3, H+1, W+1) exact int64 summed-area tables (leading zero row/column)."""
-    table = images.round().to(torch.int64).cumsum(2).cumsum(3)
-    return F.pad(table, (1, 0, 1, 0))
+    """(B, 3, H, W) 0..255 -> (B, 3, H+1, W+1) exact integer summed-area tables (leading zero row/column).
+
+    int32 while 255 * H * W fits (any frame up to ~8 megapixels), else int64.
+    """
+    b, c, h, w = images.shape
+    dtype = torch.int32 if 255 * h * w < 2**31 else torch.int64
+    table = torch.zeros(b, c, h + 1, w + 1, dtype=dtype, device=images.device)
+    pixels = images.round().to(dtype)
+    torch.cumsum(pixels, 2, out=pixels)
+    torch.cumsum(pixels, 3, out=table[:, :, 1:, 1:])
+    return table
 
 
 def crop_resize_area(table: Tensor, image_index: Tensor, boxes: Tensor, size: int) -> Tensor:
@@ -184,13 +192,17 @@ def crop_resize_area(table: Tensor, image_index: Tensor, boxes: Tensor, size: in
     area = ((ye - ys)[:, :, None] * (xe - xs)[:, None, :]).float()  # (N, size_y, size_x)
     xs, xe = xs.clamp(0, width), xe.clamp(0, width)
     ys, ye = ys.clamp(0, height), ye.clamp(0, height)
-    b = image_index.long()[:, None, None]
+    flat = table.reshape(-1)
+    stride_c, stride_y = (height + 1) * (width + 1), width + 1
+    # linear index of (image, channel 0) for each box: (N, 1, 1, 1); channels add c * stride_c
+    base = (image_index.long() * 3 * stride_c)[:, None, None, None] \
+        + (torch.arange(3, device=table.device) * stride_c)[None, :, None, None]
 
-    def at(yy: Tensor, xx: Tensor) -> Tensor:  # -> (N, size_y, size_x, 3)
-        return table[b, :, yy[:, :, None], xx[:, None, :]]
+    def at(yy: Tensor, xx: Tensor) -> Tensor:  # -> (N, 3, size_y, size_x)
+        return flat[base + (yy * stride_y)[:, None, :, None] + xx[:, None, None, :]]
 
     sums = at(ye, xe) - at(ys, xe) - at(ye, xs) + at(ys, xs)
-    return (sums.float() / area[..., None]).permute(0, 3, 1, 2).contiguous()
+    return sums.float() / area[:, None]
 
 
 def _square(boxes: Tensor) -> Tensor:
