@@ -436,7 +436,9 @@ def pull(
         expected = src.sha256 or (zoo_cfg or {}).get("weights", {}).get("sha256")
         try:
             actual = verify_file(cached, expected, src.describe())
-            if expected or hub_offline():
+            # Settled without the hub: a pinned sha256, or an immutable commit whose config gave it. A branch
+            # without its own pin is asked again (it may have moved); offline, the cache is all there is.
+            if src.sha256 or (expected and is_commit_hash(src.revision)) or hub_offline():
                 log(f"{entry.name}: {src.describe()} already in the cache, sha256 {actual[:16]}... verified")
                 return _finish(entry, src, cached, actual, zoo_cfg, None, log)
         except ChecksumMismatch as exc:

@@ -368,6 +368,55 @@ def test_missing_revision_file_or_repo_is_a_clear_error(
     assert not hub.record_path(entry.name).exists()
 
 
+@contextlib.contextmanager
+def gated_hub() -> Iterator[tuple[str, list[tuple[str, str]]]]:
+    """A loopback stand-in for a hub whose repos are all gated: answers 401 GatedRepo, records Authorization."""
+    import http.server
+    import threading
+
+    seen: list[tuple[str, str]] = []
+
+    class Gated(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            seen.append((self.path, self.headers.get("Authorization", "")))
+            self.send_response(401)
+            self.send_header("X-Error-Code", "GatedRepo")
+            self.send_header("X-Error-Message", "Access to this model is restricted")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET  # noqa: N815
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gated)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_hf_token_is_sent_and_a_gated_repo_is_explained(
+    tmp_path: Path, tiny_entry, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    entry = tiny_entry("hub_tiny_gated", hf_repo="zoo-test/gated", revision="main", filename="model.safetensors",
+                       sha256="1" * 64)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("ZOO_HOME", str(tmp_path / "zoo"))
+    monkeypatch.setenv("HF_TOKEN", "hf_zoo_test_token")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with gated_hub() as (url, seen):
+        monkeypatch.setenv("HF_ENDPOINT", url)
+        with pytest.raises(hub.HubError, match="zoo-test/gated .* is gated: accept its terms .* set HF_TOKEN"):
+            hub.pull(entry, log=lambda _m: None)
+    repo_requests = [auth for path, auth in seen if "zoo-test/gated" in path]
+    assert repo_requests and all(auth == "Bearer hf_zoo_test_token" for auth in repo_requests), seen
+
+
 def test_offline_cache_miss_and_no_hub_source_are_clear_errors(
     hub_env: Path, tiny_repo: dict, tiny_entry, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
