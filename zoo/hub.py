@@ -476,14 +476,17 @@ def pull(
     # 3. An override repo made by `zoo export` describes itself in config.json (layout, sha256, random?).
     if src.origin == "override" and EXPORT_CONFIG_FILE in files:
         zoo_cfg = _read_zoo_config(download(EXPORT_CONFIG_FILE))
+        if zoo_cfg is not None:
+            _check_zoo_config(entry, zoo_cfg, src)  # before downloading the weights
     log(f"{entry.name}: downloading {src.describe(commit)} from {endpoint}")
     path = download(src.filename)
     expected = src.sha256 or (zoo_cfg or {}).get("weights", {}).get("sha256")
     actual = verify_file(path, expected, src.describe(commit))
-    if not expected:
+    if expected:
+        log(f"{entry.name}: sha256 {actual[:16]}... verified")
+    else:
         log(f"{entry.name}: WARNING no sha256 is pinned for {src.describe(commit)}; recorded {actual} "
             f"(trust on first use) -- pin it in the registry")
-    log(f"{entry.name}: sha256 {actual[:16]}... verified")
     return _finish(entry, src, path, actual, zoo_cfg, endpoint, log)
 
 

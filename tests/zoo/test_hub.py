@@ -310,6 +310,27 @@ def test_override_pull_takes_precedence_until_a_plain_pull(hub_env: Path, tiny_r
         hub.pull(entry, revision="main", **quiet)
 
 
+def test_exported_repo_is_zoo_layout_and_only_for_its_model(
+    hub_env: Path, mirrors: Path, tiny_entry, tmp_path: Path,
+) -> None:
+    from zoo.publish import export_model
+
+    a = tiny_entry("hub_tiny_export_a", upstream_url="https://example.org/a.pth", converter="no.such:converter")
+    b = tiny_entry("hub_tiny_export_b", upstream_url="https://example.org/b.pth")
+    weights = export_model(a, tmp_path / "export", random_weights=True, seed=11)
+    assert weights["kind"] == "random-seeded"
+    commit = publish({n: tmp_path / "export" / n for n in ("model.safetensors", "config.json", "README.md")},
+                     mirrors, "zoo-test/tiny-export")
+    with pytest.raises(hub.HubError, match="holds zoo weights of 'hub_tiny_export_a', not of 'hub_tiny_export_b'"):
+        hub.pull(b, repo="zoo-test/tiny-export", revision=commit, log=lambda _m: None)
+    pulled = hub.pull(a, repo="zoo-test/tiny-export", revision=commit, log=lambda _m: None)
+    assert pulled.layout == "zoo" and pulled.converter is None and pulled.sha256 == weights["sha256"]
+    state, label = resolve_weights(a)  # zoo layout: the (unimportable) converter is never called
+    assert label.is_random and label.seed == 11 and label.source.startswith("hf://zoo-test/tiny-export@")
+    original = random_state_dict(a, seed=11)
+    assert all(torch.equal(state[k], v) for k, v in original.items())
+
+
 def test_sha256_mismatch_names_both_hashes_and_removes_only_the_bad_file(
     hub_env: Path, tiny_repo: dict, tiny_entry, capsys: pytest.CaptureFixture[str],
 ) -> None:
