@@ -12,6 +12,7 @@ import zipfile
 from dataclasses import replace
 
 import pytest
+import torch
 
 from handlers.codec import RequestError
 from handlers.ftcn_handler import FtcnHandler
@@ -72,6 +73,58 @@ def test_bad_requests_name_the_problem(handler, request_, status, needle) -> Non
     with pytest.raises(RequestError, match=needle) as info:
         handler.decode(request_, 0)
     assert info.value.status == status
+
+
+class _Context:
+    """The slice of TorchServe's context that ZooHandler.handle uses."""
+
+    metrics = None
+
+    def __init__(self) -> None:
+        self.status: dict[int, int] = {}
+        self.headers: dict[int, dict[str, str]] = {}
+
+    def set_response_status(self, code: int, phrase: str, idx: int = 0) -> None:
+        self.status[idx] = code
+
+    def set_response_content_type(self, idx: int, value: str) -> None:
+        self.headers.setdefault(idx, {})["Content-Type"] = value
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.headers.setdefault(idx, {})[key] = value
+
+
+class _MeanLogit(torch.nn.Module):
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return clips.mean(dim=(1, 2, 3, 4))
+
+
+def test_one_batch_mixes_clips_of_all_requests_and_isolates_bad_ones(handler) -> None:
+    handler.entry = get_entry(MODEL)
+    handler.meta = {"weights": {"kind": "stub"}}
+    handler.model = _MeanLogit()
+    handler.max_clip_batch = 2
+    seen: list[list[tuple[int, int]]] = []
+    original = handler.pipeline.iter_batches
+
+    def spy(videos, max_batch):
+        for refs, clips in original(videos, max_batch):
+            seen.append(refs)
+            yield refs, clips
+
+    handler.pipeline.iter_batches = spy
+    try:
+        ctx = _Context()
+        answers = handler.handle([{"body": astronaut_video(32)}, {"body": b"junk" * 64},
+                                  {"video": astronaut_video(44), "stride": b"16"}], ctx)
+    finally:
+        del handler.pipeline.iter_batches
+    assert ctx.status == {1: 400} and answers[1]["status"] == 400
+    assert [answers[0]["clips_analyzed"], answers[2]["clips_analyzed"]] == [1, 2]
+    assert answers[0]["batch_size"] == 2 and ctx.headers[2]["X-Zoo-Batch-Size"] == "2"
+    assert seen == [[(0, 0), (1, 0)], [(1, 1)]]  # one chunk holds clips of both good requests
+    for i in (0, 2):
+        assert answers[i]["verdict"] in ("fake", "real") and answers[i]["model"]["weights"] == {"kind": "stub"}
 
 
 # --- served end to end --------------------------------------------------------------------------------
