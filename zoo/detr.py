@@ -719,7 +719,7 @@ register(
         name="detr_resnet50",
         task="detection",
         builder=build_detr,
-        config=dict(DETR_R50_CONFIG),
+        config={**DETR_R50_CONFIG, "backbone_depths": list(DETR_R50_CONFIG["backbone_depths"])},
         handler="handlers.detr_handler",
         inputs={
             "image": "one RGB image (JPEG/PNG/... bytes, raw or base64); any size, resized like the official "
