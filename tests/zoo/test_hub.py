@@ -538,6 +538,7 @@ def test_detr_round_trip_export_hub_pull_build_serve(mirrors: Path, tmp_path: Pa
     assert front["license"] == "apache-2.0" and "arxiv:2005.12872" in front["tags"]
     assert "WARNING: RANDOM WEIGHTS" in card and "--random-weights --seed 7" in card
     assert entry.weights.sha256 in card  # the official checkpoint and its sha256 are named
+    assert "tests/zoo/test_detr.py::test_" in card  # the parity evidence
 
     # 2. Publish it to the hub (git + lfs layout), serve it.
     commit = publish({name: export / name for name in ("model.safetensors", "config.json", "README.md")},
