@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import time
@@ -43,6 +44,7 @@ from zoo.publish import EXPORT_CONFIG_FILE, EXPORT_WEIGHTS_FILE
 from zoo.weights import RANDOM_WEIGHTS_KIND, ZOO_LAYOUT, WeightsError, WeightsLabel, sha256_of
 
 UPSTREAM_LAYOUT = "upstream"
+logger = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -288,18 +290,23 @@ def find_pulled(entry: ModelEntry) -> PulledWeights | None:
     served, nor silently replaced by random weights.
     """
     src = registry_source(entry)
-    record = read_record(entry.name)
+    try:
+        record = read_record(entry.name)
+    except HubError as exc:
+        logger.warning("%s (ignored)", exc)
+        record = None
     if record is not None and (record.origin == "override" or _record_matches_registry(record, src)):
         path = _cache_lookup(record.repo, record.filename, record.commit)
-        if path is None:
-            raise HubError(
-                f"{entry.name}: `zoo pull` recorded {record.describe()} but the file is not in the HF "
-                f"cache at {hub_cache_dir()} (HF_HOME changed or the cache was cleaned); run "
-                f"`zoo pull {entry.name}` again, or remove {record_path(entry.name)} to use the registry pin"
-            )
-        sha = verify_file(path, record.sha256, record.describe())
-        return PulledWeights(path, record.layout, record.converter if record.layout != ZOO_LAYOUT else None,
-                             record.describe(), sha, record.kind, record.seed)
+        if path is not None:
+            sha = verify_file(path, record.sha256, record.describe())
+            return PulledWeights(path, record.layout, record.converter if record.layout != ZOO_LAYOUT else None,
+                                 record.describe(), sha, record.kind, record.seed)
+        # Not an error: without the file this model simply has no pulled weights (the caller says what to do).
+        logger.warning(
+            "%s: `zoo pull` recorded %s but the file is not in the HF cache at %s (HF_HOME changed or the "
+            "cache was cleaned); run `zoo pull %s` again", entry.name, record.describe(), hub_cache_dir(),
+            entry.name,
+        )
     if src is None:
         return None
     path = _cache_lookup(src.repo, src.filename, src.revision)

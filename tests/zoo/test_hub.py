@@ -308,6 +308,11 @@ def test_override_pull_takes_precedence_until_a_plain_pull(hub_env: Path, tiny_r
     assert hub.find_pulled(entry).sha256 == tiny_repo["sha"]
     with pytest.raises(hub.HubError, match="need --repo"):
         hub.pull(entry, revision="main", **quiet)
+    shutil.rmtree(hub_env / "hf")  # the cache is cleaned: the record alone is not weights
+    assert hub.find_pulled(entry) is None
+    with pytest.raises(WeightsError, match="zoo pull hub_tiny_precedence"):
+        resolve_weights(entry)
+    assert resolve_weights(entry, random_weights=True)[1].is_random
 
 
 def test_exported_repo_is_zoo_layout_and_only_for_its_model(
