@@ -9,6 +9,7 @@ says the file already is the zoo layout). See docs/weights.md.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from zoo._registry import get_entry
 
@@ -19,11 +20,22 @@ def run(args: argparse.Namespace) -> int:
     override = args.repo or args.revision or args.filename or args.sha256
     if override and len(args.models) != 1:
         raise ValueError("--repo/--revision/--filename/--sha256 apply to one model; name exactly one")
-    for name in args.models:
-        entry = get_entry(name)
-        pulled = hub.pull(entry, repo=args.repo, revision=args.revision, filename=args.filename,
-                          sha256=args.sha256)
-        print(f"{name}: ready ({pulled.label.short()}, sha256 {pulled.sha256})", flush=True)
+    entries = [get_entry(name) for name in args.models]  # unknown names fail before any download
+    failed = []
+    for entry in entries:
+        try:
+            pulled = hub.pull(entry, repo=args.repo, revision=args.revision, filename=args.filename,
+                              sha256=args.sha256)
+        except hub.HubError as exc:
+            if len(entries) == 1:
+                raise
+            print(f"zoo pull: error: {exc}", file=sys.stderr, flush=True)
+            failed.append(entry.name)
+            continue
+        print(f"{entry.name}: ready ({pulled.label.short()}, sha256 {pulled.sha256})", flush=True)
+    if failed:
+        print(f"zoo pull: failed for {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
