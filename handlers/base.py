@@ -118,7 +118,7 @@ class ZooHandler(BaseHandler):
                 encoded = self.encode(output, items)
                 if len(encoded) != len(items):
                     raise RuntimeError(f"handler produced {len(encoded)} answers for {len(items)} requests")
-                for index, answer in zip(indices, encoded):
+                for index, answer in zip(indices, encoded, strict=True):
                     answers[index] = answer
                     context.set_response_content_type(index, "application/json")
                     context.set_response_header(index, BATCH_SIZE_HEADER, str(len(items)))

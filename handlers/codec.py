@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_IMAGE_PIXELS = 40_000_000
 MIN_IMAGE_SIDE = 8
 
-Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS  # Pillow's own guard, as a second line of defence
+# Pillow's own bomb guard fires inside Image.open() with a message that hides the size; decode_image()
+# checks the header's size against MAX_IMAGE_PIXELS itself before decoding any pixel, so it replaces it.
+Image.MAX_IMAGE_PIXELS = None
+
+
+@dataclass
+class ImageRequest:
+    """One decoded image request plus its validated per-request parameters."""
+
+    image: Image.Image
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 class RequestError(Exception):
@@ -54,7 +65,7 @@ def as_bytes(value: Any, what: str) -> bytes:
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise RequestError(f"'{what}' is a string but not valid base64") from None
+            raise RequestError(f"'{what}' is a string but not valid base64 (expected a base64-encoded image)") from None
     raise RequestError(f"'{what}' must be image bytes or a base64 string, got {type(value).__name__}")
 
 
@@ -85,31 +96,31 @@ def parse_json_body(value: Any) -> dict[str, Any] | None:
 def decode_image(data: bytes, what: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode JPEG/PNG/... bytes to an RGB image, refusing empty, corrupt and oversized inputs."""
     if not data:
-        raise RequestError(f"'{what}' is empty: send JPEG or PNG bytes")
+        raise RequestError(f"image '{what}' is empty: send JPEG or PNG bytes")
     try:
         img = Image.open(io.BytesIO(data))
         width, height = img.size  # header only: checked before any pixel is decoded
     except UnidentifiedImageError:
         raise RequestError(f"'{what}' is not a recognised image (send JPEG or PNG bytes)") from None
     except Image.DecompressionBombError as exc:
-        raise RequestError(f"'{what}' is too large: {exc}", status=413) from None
+        raise RequestError(f"image '{what}' is too large: {exc}", status=413) from None
     except Exception as exc:  # noqa: BLE001 - any parser failure is the client's bytes
-        raise RequestError(f"'{what}' cannot be decoded: {exc}") from None
+        raise RequestError(f"image '{what}' cannot be decoded: {exc}") from None
     if width * height > max_pixels:
         raise RequestError(
-            f"'{what}' is {width}x{height} = {width * height / 1e6:.1f} MP, above the limit of "
+            f"image '{what}' is {width}x{height} = {width * height / 1e6:.1f} MP, above the limit of "
             f"{max_pixels / 1e6:.0f} MP",
             status=413,
         )
     if min(width, height) < MIN_IMAGE_SIDE:
-        raise RequestError(f"'{what}' is {width}x{height}; both sides must be at least {MIN_IMAGE_SIDE} px")
+        raise RequestError(f"image '{what}' is {width}x{height}; both sides must be at least {MIN_IMAGE_SIDE} px")
     try:
         img = ImageOps.exif_transpose(img)
         return img.convert("RGB")
     except Image.DecompressionBombError as exc:
-        raise RequestError(f"'{what}' is too large: {exc}", status=413) from None
+        raise RequestError(f"image '{what}' is too large: {exc}", status=413) from None
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt pixel data
-        raise RequestError(f"'{what}' is corrupt: {exc}") from None
+        raise RequestError(f"image '{what}' is corrupt: {exc}") from None
 
 
 def image_to_array(img: Image.Image) -> np.ndarray:

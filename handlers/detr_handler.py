@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
-
-from PIL import Image
 
 from handlers.base import ZooHandler
 from handlers.codec import (
+    ImageRequest,
     RequestError,
     as_bytes,
     decode_image,
@@ -19,13 +17,6 @@ from handlers.codec import (
 from zoo.detr import postprocess, preprocess
 
 IMAGE_FIELDS = ("image", "body", "data", "file", "input")
-
-
-@dataclass
-class DetectionRequest:
-    image: Image.Image
-    threshold: float
-    top_k: int
 
 
 def _first_image_value(fields: dict[str, Any]) -> tuple[str, Any]:
@@ -42,7 +33,7 @@ def _first_image_value(fields: dict[str, Any]) -> tuple[str, Any]:
 class DetrHandler(ZooHandler):
     """Batches variable-size images with padding masks, exactly as DETR's official evaluation."""
 
-    def decode(self, request: dict[str, Any], index: int) -> DetectionRequest:
+    def decode(self, request: dict[str, Any], index: int) -> ImageRequest:
         fields = request_fields(request)
         params: dict[str, Any] = {k: v for k, v in fields.items() if k in ("threshold", "top_k")}
         name, value = _first_image_value(fields)
@@ -57,13 +48,12 @@ class DetrHandler(ZooHandler):
             name, value = "image", as_json["image"]
         params = {k: (v.decode() if isinstance(v, (bytes, bytearray)) else v) for k, v in params.items()}
         image = decode_image(as_bytes(value, name), name)
-        return DetectionRequest(
-            image=image,
-            threshold=float(number_param(params, "threshold", 0.7, 0.0, 1.0)),
-            top_k=int(number_param(params, "top_k", 100, 1, 100, integer=True)),
-        )
+        return ImageRequest(image, {
+            "threshold": float(number_param(params, "threshold", 0.7, 0.0, 1.0)),
+            "top_k": int(number_param(params, "top_k", 100, 1, 100, integer=True)),
+        })
 
-    def batch(self, items: list[DetectionRequest]) -> Any:
+    def batch(self, items: list[ImageRequest]) -> Any:
         pixel_values, padding_mask, sizes = preprocess([item.image for item in items])
         return pixel_values.to(self.device), padding_mask.to(self.device), sizes
 
@@ -72,11 +62,13 @@ class DetrHandler(ZooHandler):
         out = self.model(pixel_values, padding_mask)
         return out["logits"].float().cpu(), out["boxes"].float().cpu(), sizes
 
-    def encode(self, output: Any, items: list[DetectionRequest]) -> list[dict[str, Any]]:
+    def encode(self, output: Any, items: list[ImageRequest]) -> list[dict[str, Any]]:
         logits, boxes, sizes = output
         answers = []
         for i, item in enumerate(items):
-            detections = postprocess(logits[i : i + 1], boxes[i : i + 1], [sizes[i]], item.threshold, item.top_k)[0]
+            detections = postprocess(
+                logits[i : i + 1], boxes[i : i + 1], [sizes[i]], item.params["threshold"], item.params["top_k"]
+            )[0]
             answers.append({
                 "detections": detections,
                 "image_size": {"width": item.image.width, "height": item.image.height},

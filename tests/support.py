@@ -56,11 +56,17 @@ def json_body(raw: bytes) -> object:
     return json.loads(raw.decode("utf-8"))
 
 
-def multipart(fields: dict[str, tuple[str, bytes, str]]) -> tuple[bytes, str]:
-    """Encode {name: (filename, bytes, content_type)} as multipart/form-data; returns (body, content type)."""
+def multipart(fields: dict[str, tuple[str, bytes, str] | str]) -> tuple[bytes, str]:
+    """Encode {name: (filename, bytes, content_type) | text value} as multipart/form-data.
+
+    Returns (body, content type)."""
     boundary = "zoo-test-boundary-7d1f"
     parts = []
-    for name, (filename, data, ctype) in fields.items():
+    for name, value in fields.items():
+        if isinstance(value, str):
+            parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+            continue
+        filename, data, ctype = value
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
             f"Content-Type: {ctype}\r\n\r\n".encode() + data + b"\r\n"

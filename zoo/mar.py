@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -111,18 +112,27 @@ def build_mar(
 
         bar.set_postfix_str(steps[3])
         logging.getLogger().setLevel(logging.WARNING)
-        generate_model_archive(
-            ModelArchiverConfig(
-                model_name=entry.name,
-                handler=str(handler_file),
-                version=entry.version,
-                serialized_file=str(weights_file),
-                extra_files=str(extra),
-                export_path=str(store),
-                config_file=str(config_file),
-                force=True,
+        # torch-model-archiver stages files in <tempdir>/<model name>: give it a private tempdir so two
+        # builds of the same model (parallel tests, two users) cannot delete each other's staging folder.
+        previous_tempdir = tempfile.tempdir
+        tempfile.tempdir = str(tmp_path)
+        try:
+            generate_model_archive(
+                ModelArchiverConfig(
+                    model_name=entry.name,
+                    handler=str(handler_file),
+                    version=entry.version,
+                    serialized_file=str(weights_file),
+                    extra_files=str(extra),
+                    export_path=str(tmp_path),
+                    config_file=str(config_file),
+                    force=True,
+                )
             )
-        )
+        finally:
+            tempfile.tempdir = previous_tempdir
+        # atomic publish: a running TorchServe or a concurrent build never sees a half-written archive
+        os.replace(tmp_path / f"{entry.name}.mar", store / f"{entry.name}.mar")
         bar.update()
     return store / f"{entry.name}.mar", label
 

@@ -175,14 +175,29 @@ class TorchServe:
         except (urllib.error.URLError, ConnectionError, OSError, json.JSONDecodeError):
             return False
 
-    def wait_ready(self, timeout_s: float = 300.0, progress: bool = False) -> None:
-        """Block until every model has a READY worker; fail with the server's log if it dies or stalls."""
+    def worker_failures(self) -> tuple[int, str]:
+        """How often a model worker died while loading, and the last traceback it printed."""
+        path = self.run_dir / "logs" / "model_log.log"
+        if not path.exists():
+            return 0, ""
+        lines = [ln.split("MODEL_LOG - ", 1)[-1] for ln in path.read_text(errors="replace").splitlines()]
+        deaths = [i for i, ln in enumerate(lines) if ln.startswith("Backend worker process died")]
+        if not deaths:
+            return 0, ""
+        return len(deaths), "\n".join(lines[deaths[-1] : deaths[-1] + 30])
+
+    def wait_ready(self, timeout_s: float = 300.0, max_worker_deaths: int = 3) -> None:
+        """Block until every model has a READY worker; fail with the server's log if it dies, if a worker
+        keeps crashing while loading (TorchServe would retry forever), or if it stalls."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise TorchServeError(f"TorchServe exited with {self.proc.returncode}:\n{self.log_tail()}")
             if self.ready():
                 return
+            deaths, traceback = self.worker_failures()
+            if deaths >= max_worker_deaths:
+                raise TorchServeError(f"a model worker died {deaths} times while loading:\n{traceback}")
             time.sleep(0.5)
         raise TorchServeError(f"TorchServe not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
 
