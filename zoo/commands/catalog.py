@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> int:
         for e in entries
     ]
     if args.json:
-        print(json.dumps([{**e.summary(), "archive_weights": r["archive weights"]} for e, r in zip(entries, rows, strict=True)],
-                         indent=2, default=str))
+        summaries = [{**e.summary(), "archive_weights": r["archive weights"]}
+                     for e, r in zip(entries, rows, strict=True)]
+        print(json.dumps(summaries, indent=2, default=str))
     else:
         print_table(rows, list(rows[0]) if rows else ["name"])
     return 0
