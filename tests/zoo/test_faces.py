@@ -125,6 +125,39 @@ def test_crop_resize_area_equals_area_interpolation_of_zero_padded_crop():
         assert torch.allclose(out[k], ref, atol=1e-3), k
 
 
+# facenet-pytorch 2.6.0 ``detect_face`` (min face 20, thresholds 0.6/0.7/0.7, factor 0.709) on these images,
+# computed offline with the reference code and these weights; boxes shifted to 0-based like ours.
+REFERENCE_DETECTIONS = {
+    "photo": ((slice(None), slice(None)), [180.0514, 61.1561, 266.7473, 171.0502],
+              [[205.0109, 101.7275], [246.7626, 103.7141], [224.6714, 128.965], [201.7161, 139.2462],
+               [245.2655, 141.857]]),
+    "crop": ((slice(50, 450), slice(20, 500)), [158.5495, 9.0069, 247.1135, 124.8044],
+             [[184.8656, 50.6893], [227.7228, 54.203], [205.5564, 78.3024], [182.0556, 89.7792],
+              [225.3409, 92.4196]]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_DETECTIONS))
+def test_mtcnn_reproduces_the_reference_implementation(mtcnn_dir, name):
+    from skimage import data
+
+    window, box, marks = REFERENCE_DETECTIONS[name]
+    found = MTCNN.from_dir(mtcnn_dir, min_face_size=20).detect(data.astronaut()[window][None])[0]
+    assert len(found) == 1 and found.scores[0] > 0.9999
+    np.testing.assert_allclose(found.boxes[0], box, atol=0.05)
+    np.testing.assert_allclose(found.landmarks[0], marks, atol=0.05)
+
+
+def test_mtcnn_zero_pads_faces_cut_by_the_border(mtcnn_dir):
+    """Where the reference clamps and stretches a border crop (eyes 13 px too high here), ours stays put."""
+    from skimage import data
+
+    photo_marks = np.array(REFERENCE_DETECTIONS["photo"][2])
+    found = MTCNN.from_dir(mtcnn_dir, min_face_size=20).detect(data.astronaut()[80:400, 120:450][None])[0]
+    assert len(found) == 1
+    assert np.abs(found.landmarks[0] - (photo_marks - [120, 80])).max() < 3.0
+
+
 def test_mtcnn_loads_its_weights_strictly_and_fails_loudly(mtcnn_dir, tmp_path):
     detector = MTCNN.from_dir(mtcnn_dir)
     assert sum(p.numel() for p in detector.parameters()) > 400_000
