@@ -26,6 +26,12 @@ _FILLS: dict[str, Callable[[tuple[int, ...]], torch.Tensor]] = {
     # zoo2 (README_autoformer_mutualnet_dgc.md section 3)
     "relpos_0.02": lambda s: torch.randn(s) * 0.02,
     "gate_bias": lambda s: 1 + 0.1 * torch.randn(s),
+    # zoo2 (README_isqrtcov.md "Environment and weights": GroupNorm, AdderNet filters)
+    "gn_weight": lambda s: 1 + 0.1 * torch.randn(s),
+    "gn_bias": lambda s: 0.1 * torch.randn(s),
+    "adder_normal_1": lambda s: torch.randn(s),
+    # drawn like bn_running_mean, then shifted by the feeding adder filter's L1 norm (see below)
+    "adder_bn_running_mean": lambda s: 0.1 * torch.randn(s),
 }
 
 
@@ -34,6 +40,7 @@ def golden_state_dict(table: str | Path) -> dict[str, torch.Tensor]:
     meta = json.loads(Path(table).read_text())
     entries = meta["keys"]
     state: dict[str, torch.Tensor] = {}
+    deferred: list[dict] = []
     with torch.random.fork_rng():
         for entry in entries:
             shape = tuple(entry["shape"])
@@ -44,13 +51,26 @@ def golden_state_dict(table: str | Path) -> dict[str, torch.Tensor]:
             torch.manual_seed(entry["seed"])
             if entry["kind"] == "gate_kaiming":  # kaiming normal: the Python-float scale multiplies in float32
                 tensor = torch.randn(shape) * math.sqrt(2.0 / entry["fan_in"])
+            elif entry["kind"] == "adder_bn_running_var":  # Python float times the float32 draw
+                tensor = (0.25 * entry["fan_in"]) * (1 + 0.5 * torch.rand(shape))
             else:
                 tensor = _FILLS[entry["kind"]](shape)
             assert tensor.dtype == torch.float32
+            state[entry["key"]] = tensor
+            if entry["kind"] == "adder_bn_running_mean":  # needs its adder filter, which may come later
+                deferred.append(entry)
+                continue
             # check_sum is math.fsum (exactly rounded); a float64 tensor sum of millions of values can differ
             # from it in the last bits, far below what any wrong value would change
             total = tensor.double().sum().item()
             assert math.isclose(total, entry["check_sum"], rel_tol=1e-12, abs_tol=1e-12), f"checksum of {entry['key']}"
             assert tensor.flatten()[:3].tolist() == entry["check_first"], f"first values of {entry['key']}"
-            state[entry["key"]] = tensor
+    for entry in deferred:  # running_mean[c] = float32(float64(v[c]) - fsum|W[c]|) (README_addernet.md)
+        filters = state[entry["adder_key"]].double().abs().flatten(1).tolist()
+        l1 = torch.tensor([math.fsum(row) for row in filters], dtype=torch.float64)
+        tensor = (state[entry["key"]].double() - l1).float()
+        assert math.isclose(tensor.double().sum().item(), entry["check_sum"], rel_tol=1e-12, abs_tol=1e-12), \
+            f"checksum of {entry['key']}"
+        assert tensor.flatten()[:3].tolist() == entry["check_first"], f"first values of {entry['key']}"
+        state[entry["key"]] = tensor
     return state
