@@ -174,7 +174,15 @@ def knob_settings(specs: Mapping[str, Knob]) -> list[dict[str, Any]]:
     return settings
 
 
-# --- outputs ------------------------------------------------------------------------------------------
+# --- requests and outputs -----------------------------------------------------------------------------
+class ClassifyInput(NamedTuple):
+    """One decoded request: the preprocessed crop, its validated knob settings and how many classes to return."""
+
+    pixels: np.ndarray  # [crop, crop, 3] uint8
+    knobs: dict[str, Any]
+    top_k: int
+
+
 class Prediction(NamedTuple):
     index: int
     label: str | None
