@@ -136,4 +136,5 @@ class ZooHandler(BaseHandler):
         if context.metrics is not None:
             context.metrics.add_time("HandlerTime", round((time.perf_counter() - started) * 1000, 2), None, "ms")
             context.metrics.add_metric("ZooBatchSize", len(decoded), "count", None)
+            context.metrics.add_counter("ZooBatches", 1, None)  # mean batch = rate(ZooBatchSize) / rate(this)
         return answers

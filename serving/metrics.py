@@ -12,6 +12,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from serving.gpu_metrics import GpuCollector
+
 # 1 ms .. 30 s
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # 256 B .. 512 MiB, x4 per bucket
@@ -43,6 +45,7 @@ class GatewayMetrics:
         self.backend_errors = Counter(
             "zoo_gateway_backend_errors_total", "Backend calls that failed, by error kind",
             ["backend", "kind"], registry=r)
+        r.register(GpuCollector())  # zoo_gateway_gpu_* per device via NVML; gpu_available 0 on CPU-only hosts
 
     def observe_request(self, model: str, version: str, protocol: str, route: str, status: int,
                         seconds: float, request_bytes: int | None, response_bytes: int | None) -> None:

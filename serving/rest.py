@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from serving.backend_metrics import BackendStateCollector
 from serving.dataplane import DataPlane
 from serving.errors import (
     GatewayError,
@@ -81,6 +82,9 @@ class RestApi:
     def __init__(self, dataplane: DataPlane) -> None:
         self.dp = dataplane
         self.metrics = dataplane.metrics
+        # backend up / model ready / worker gauges, asked for at scrape time (see serving/backend_metrics.py)
+        self.backend_state = BackendStateCollector(dataplane)
+        self.metrics.registry.register(self.backend_state)
 
     # --- plumbing ---------------------------------------------------------------------------------
     def _wrap(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -185,6 +189,7 @@ class RestApi:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def metrics_route(self, request: web.Request, call: Call) -> web.Response:
+        await self.backend_state.refresh()
         body, content_type = self.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": content_type})
 

@@ -72,6 +72,9 @@ def config_properties(
         "initial_distribution_port": ports.worker_base + 500,
         "enable_grpc_ssl": "false",
         "metrics_mode": "prometheus",
+        # handler metrics not declared in TorchServe's metrics.yaml (ZooBatchSize, ZooBatches) are dropped
+        # from /metrics unless auto-detected: registered on their first report (docs/observability.md)
+        "model_metrics_auto_detect": "true",
         "max_request_size": MAX_REQUEST_BYTES,
         "max_response_size": MAX_REQUEST_BYTES,
         "job_queue_size": 1000,
