@@ -470,6 +470,7 @@ register(
         paper="https://arxiv.org/abs/2108.06693",
         serving=ServingConfig(batch_size=4, max_batch_delay_ms=50, response_timeout_s=600),
         default_serve=True,
+        assets=("zoo.faces.weights:mar_assets",),  # MTCNN face detector travels inside the archive
         description="FTCN+TT video face-forgery detector (Zheng et al., ICCV 2021): temporal-only 3D ResNet "
         "+ temporal transformer over 32-frame aligned face clips",
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import zipfile
-from dataclasses import replace
 
 import pytest
 import torch
@@ -21,7 +20,6 @@ from tests.support import http_request, json_body, multipart, running_torchserve
 from zoo._registry import get_entry
 from zoo.faces.pipeline import FacePipeline
 from zoo.faces.weights import ensure_mtcnn_weights
-from zoo.mar import build_mar
 from zoo.video import VideoLimits
 
 MODEL = "ftcn_tt"
@@ -131,10 +129,7 @@ def test_one_batch_mixes_clips_of_all_requests_and_isolates_bad_ones(handler) ->
 @pytest.fixture(scope="module")
 def torchserve(tmp_path_factory):
     work = tmp_path_factory.mktemp("ftcn_ts")
-    entry = get_entry(MODEL)
-    if MTCNN_ASSETS not in entry.assets:  # until the registry entry declares it (see the report)
-        entry = replace(entry, assets=(*entry.assets, MTCNN_ASSETS))
-    build_mar(entry, work / "store", random_weights=True, seed=0, progress=False)
+    assert MTCNN_ASSETS in get_entry(MODEL).assets  # the registry entry ships the face detector
     with running_torchserve(work, [MODEL]) as ts:
         yield ts
 
