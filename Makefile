@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup serve test lint clean
+.PHONY: setup serve test lint clean prometheus-tools
 
 setup: $(VENV)/.installed
 	$(VENV)/bin/zoo assets  # MTCNN face-detector weights for the FTCN handler (verified, cached)
@@ -36,7 +36,20 @@ $(TRITON_VENV)/.installed:
 	else touch $@; fi
 	@if test -f $(TRITON_VENV)/UNAVAILABLE; then echo "WARNING: Triton tests will skip: $$(cat $(TRITON_VENV)/UNAVAILABLE)"; fi
 
-test: setup $(TRITON_VENV)/.installed
+# Prometheus and promtool (Debian package `prometheus`) for tests/e2e/test_observability.py and
+# `zoo serve --with-prometheus`. Best effort: installed when promtool is missing and we are root; otherwise a
+# warning, and those tests skip saying why.
+prometheus-tools:
+	@if ! command -v promtool >/dev/null && ! test -x /usr/bin/promtool; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q prometheus >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q prometheus >/dev/null 2>&1; } \
+	    || echo "WARNING: 'apt-get install prometheus' failed: the Prometheus tests will skip"; \
+	  else echo "WARNING: promtool not found and not root: 'apt-get install prometheus' to run the Prometheus tests"; fi; \
+	fi
+
+test: setup $(TRITON_VENV)/.installed prometheus-tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra
 

@@ -37,6 +37,12 @@ def ensure_archives(
 def run(args: argparse.Namespace) -> int:
     from zoo.torchserve import TorchServe
 
+    if args.with_prometheus:
+        from zoo.prometheus import INSTALL_HINT, find_binary
+
+        if find_binary("prometheus") is None:
+            print(f"--with-prometheus: Prometheus is not installed: {INSTALL_HINT}")
+            return 2
     entries = [get_entry(n) for n in args.models] if args.models else list_models(default_only=True)
     store = Path(args.store)
     archives = ensure_archives(entries, store, parse_weights_args(args.weights), args.random_weights,
@@ -54,6 +60,20 @@ def run(args: argparse.Namespace) -> int:
 
             gateway = start_gateway(ts, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                                     config_path=args.gateway_config)
+        prometheus = None
+        if args.with_prometheus:
+            from zoo.prometheus import PrometheusError, start_local
+
+            try:
+                prometheus = start_local(Path(args.run_dir) / "prometheus",
+                                         f"{gateway.host}:{gateway.http_port}" if gateway else None,
+                                         f"127.0.0.1:{ts.ports.metrics}", args.prometheus_port,
+                                         args.prometheus_scrape_interval)
+            except PrometheusError as exc:
+                print(f"--with-prometheus: {exc}")
+                if gateway is not None:
+                    gateway.stop()
+                return 2
         print("ready:")
         if gateway is not None:
             print(f"  gateway REST (OIP v2 + task routes): {gateway.http_url}")
@@ -61,14 +81,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"  gateway metrics: {gateway.http_url}/metrics")
         print(f"  TorchServe (loopback only): inference {ts.inference_url}, gRPC {ts.grpc_target}, "
               f"metrics {ts.metrics_url}")
+        if prometheus is not None:
+            print(f"  Prometheus (loopback only, rules and alerts from deploy/prometheus): {prometheus.url}")
         for entry in entries:
             print(f"  model {entry.name} ({entry.task})")
         print("press Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
             if ts.proc is not None and ts.proc.poll() is not None:
                 print(f"TorchServe exited unexpectedly:\n{ts.log_tail()}")
+                if prometheus is not None:
+                    prometheus.stop()
                 return 1
         print("stopping ...", flush=True)
+        if prometheus is not None:
+            prometheus.stop()
         if gateway is not None:
             gateway.stop()
     print("stopped")
@@ -87,5 +113,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gateway-config", default=None, help="gateway YAML (routes, API keys, limits)")
     p.add_argument("--no-gateway", action="store_true", help="start TorchServe only")
     p.add_argument("--ready-timeout", type=float, default=600, help="seconds to wait for models")
+    p.add_argument("--with-prometheus", action="store_true",
+                   help="also run Prometheus (Debian's /usr/bin/prometheus) on loopback over the gateway and "
+                        "TorchServe, with deploy/prometheus's rules and alerts")
+    p.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus web/API port (loopback)")
+    p.add_argument("--prometheus-scrape-interval", default="15s", help="scrape and rule-evaluation interval")
     add_weights_options(p)
     p.set_defaults(func=run)

@@ -1,0 +1,180 @@
+"""A local Prometheus over the gateway and TorchServe: the repo's config rendered with the real ports, run on
+loopback. Used by `zoo serve --with-prometheus` and by tests/e2e/test_observability.py, so the config, rules
+and dashboards that ship in deploy/ are the ones that get exercised.
+
+Prometheus itself is Debian's package (`apt-get install prometheus`: /usr/bin/prometheus and promtool);
+`find_binary` says when it is missing so callers can explain instead of failing on a missing file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zoo.torchserve import LOOPBACK, free_port
+
+DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+CONFIG_TEMPLATE = DEPLOY_DIR / "prometheus.yml"
+GATEWAY_JOB = "zoo-gateway"
+TORCHSERVE_JOB = "torchserve"
+INSTALL_HINT = "install Debian's package (`apt-get install prometheus`) or put `prometheus` and `promtool` on PATH"
+
+
+class PrometheusError(RuntimeError):
+    pass
+
+
+def find_binary(name: str = "prometheus") -> str | None:
+    """`prometheus` / `promtool` from PATH, else Debian's /usr/bin location; None when not installed."""
+    found = shutil.which(name)
+    if found:
+        return found
+    debian = Path("/usr/bin") / name
+    return str(debian) if debian.exists() else None
+
+
+def _seconds(duration: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for unit in ("ms", "s", "m", "h"):
+        if duration.endswith(unit) and duration[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(duration[: -len(unit)]) * units[unit]
+    raise ValueError(f"not a Prometheus duration: {duration!r} (e.g. 15s, 1m)")
+
+
+def render_config(out_dir: str | Path, gateway_target: str | None, torchserve_target: str | None,
+                  scrape_interval: str = "15s") -> Path:
+    """deploy/prometheus/prometheus.yml with these targets (host:port; None drops the job), this scrape and
+    rule-evaluation interval, and absolute rule paths. Returns the written file."""
+    _seconds(scrape_interval)
+    config = yaml.safe_load(CONFIG_TEMPLATE.read_text())
+    config["global"]["scrape_interval"] = scrape_interval
+    config["global"]["evaluation_interval"] = scrape_interval
+    if _seconds(scrape_interval) < _seconds(config["global"].get("scrape_timeout", "10s")):
+        config["global"]["scrape_timeout"] = scrape_interval  # must not exceed the interval
+    config["rule_files"] = [str((DEPLOY_DIR / rule).resolve()) for rule in config.get("rule_files", [])]
+    targets = {GATEWAY_JOB: gateway_target, TORCHSERVE_JOB: torchserve_target}
+    jobs = []
+    for job in config["scrape_configs"]:
+        if job["job_name"] in targets:
+            if targets[job["job_name"]] is None:
+                continue
+            job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        jobs.append(job)
+    config["scrape_configs"] = jobs
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "prometheus.yml"
+    path.write_text("# rendered from deploy/prometheus/prometheus.yml by zoo/prometheus.py\n"
+                    + yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+class Prometheus:
+    """A Prometheus server subprocess on loopback; `stop()` also runs at interpreter exit."""
+
+    def __init__(self, config_path: str | Path, data_dir: str | Path, port: int | None = None,
+                 binary: str | None = None, retention: str = "2d") -> None:
+        self.config_path = Path(config_path).resolve()
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port or free_port()
+        self.binary = binary or find_binary("prometheus")
+        self.retention = retention
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def start(self) -> Prometheus:
+        if self.binary is None:
+            raise PrometheusError(f"Prometheus is not installed: {INSTALL_HINT}")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [self.binary, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
+               f"--storage.tsdb.retention.time={self.retention}", f"--web.listen-address={LOOPBACK}:{self.port}",
+               "--log.level=warn"]
+        self._log = open(self.data_dir / "prometheus.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=self.data_dir, stdout=self._log, stderr=subprocess.STDOUT)
+        atexit.register(self.stop)
+        return self
+
+    def log_tail(self, n: int = 30) -> str:
+        path = self.data_dir / "prometheus.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                code = None if self.proc is None else self.proc.returncode
+                raise PrometheusError(f"Prometheus exited with {code}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.2)
+        raise PrometheusError(f"Prometheus not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def api(self, path: str, params: dict[str, Any] | list[tuple[str, str]] | None = None,
+            timeout_s: float = 10.0) -> dict[str, Any]:
+        """GET /api/v1/<path>; the decoded JSON document, error answers (4xx) included."""
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/{path}{query}", timeout=timeout_s) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return json.loads(err.read() or b"{}")
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        atexit.unregister(self.stop)
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._log.close()
+        self.proc = None
+
+    def __enter__(self) -> Prometheus:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_local(run_dir: str | Path, gateway_target: str | None, torchserve_target: str | None,
+                port: int | None = None, scrape_interval: str = "15s") -> Prometheus:
+    """Render the config into `run_dir` and start Prometheus over it on loopback (ready when this returns)."""
+    if find_binary("prometheus") is None:
+        raise PrometheusError(f"Prometheus is not installed: {INSTALL_HINT}")
+    config = render_config(run_dir, gateway_target, torchserve_target, scrape_interval)
+    checker = find_binary("promtool")
+    if checker is not None:
+        check = subprocess.run([checker, "check", "config", str(config)], capture_output=True, text=True,
+                               env={**os.environ, "NO_COLOR": "1"})
+        if check.returncode != 0:
+            raise PrometheusError(f"rendered config {config} is invalid:\n{check.stdout}{check.stderr}")
+    server = Prometheus(config, run_dir, port=port).start()
+    try:
+        server.wait_ready()
+    except PrometheusError:
+        server.stop()
+        raise
+    return server
