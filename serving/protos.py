@@ -10,7 +10,8 @@ Why a private pool instead of importing generated `*_pb2.py` modules: the OIP se
 default pool; two files defining one symbol there fail at import ("duplicate symbol"). With a private pool
 the gateway, its tests and a tritonclient can share one process.
 
-Use: ``from serving.protos import oip, ts`` then ``oip.ModelInferRequest()``, ``ts.PredictionsRequest()``.
+Use: ``from serving.protos import oip, ts`` then ``oip.ModelInferRequest()``, ``ts.PredictionsRequest()``;
+``stream`` holds the gateway's own video-stream service messages (`proto/zoo_stream.proto`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from types import SimpleNamespace
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 PROTO_DIR = Path(__file__).resolve().parent.parent / "proto"
-PROTO_FILES = ("grpc_predict_v2.proto", "torchserve_inference.proto")
+PROTO_FILES = ("grpc_predict_v2.proto", "torchserve_inference.proto", "zoo_stream.proto")
 GENERATED_DIR = Path(__file__).resolve().parent / "_generated"
 DESCRIPTOR_SET = GENERATED_DIR / "protos.binpb"
 HASH_FILE = GENERATED_DIR / "protos.sha256"
@@ -34,6 +35,8 @@ OIP_PACKAGE = "inference"
 OIP_SERVICE = "inference.GRPCInferenceService"
 TS_PACKAGE = "org.pytorch.serve.grpc.inference"
 TS_SERVICE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
+STREAM_PACKAGE = "zoo.stream.v1"
+STREAM_SERVICE = "zoo.stream.v1.DetectionStream"
 
 
 def proto_hash() -> str:
@@ -79,7 +82,7 @@ def generate(force: bool = False) -> Path:
     return DESCRIPTOR_SET
 
 
-def _load() -> tuple[SimpleNamespace, SimpleNamespace, descriptor_pool.DescriptorPool]:
+def _load() -> tuple[SimpleNamespace, SimpleNamespace, SimpleNamespace, descriptor_pool.DescriptorPool]:
     generate()
     files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR_SET.read_bytes())
     pool = descriptor_pool.DescriptorPool()
@@ -96,10 +99,10 @@ def _load() -> tuple[SimpleNamespace, SimpleNamespace, descriptor_pool.Descripto
                 setattr(out, msg.name, message_factory.GetMessageClass(desc))
         return out
 
-    return namespace(OIP_PACKAGE), namespace(TS_PACKAGE), pool
+    return namespace(OIP_PACKAGE), namespace(TS_PACKAGE), namespace(STREAM_PACKAGE), pool
 
 
-oip, ts, pool = _load()
+oip, ts, stream, pool = _load()
 
 
 def main() -> int:
