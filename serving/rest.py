@@ -8,6 +8,8 @@ configured. Errors are ``{"error": "<message>"}`` with the status from `serving.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +21,7 @@ from aiohttp import web
 from serving.backend_metrics import BackendStateCollector
 from serving.dataplane import DataPlane
 from serving.errors import (
+    Forbidden,
     GatewayError,
     InvalidInput,
     PayloadTooLarge,
@@ -210,6 +213,38 @@ class RestApi:
         ready = await self.dp.model_ready(route, call.version)
         return web.json_response({"name": route.public_name, "ready": ready}, status=200 if ready else 503)
 
+    async def repository_index(self, request: web.Request, call: Call) -> web.Response:
+        """Triton's repository index (``POST /v2/repository/index``): the models this key may use, each
+        READY or UNAVAILABLE, so clients (``zoo models``) can list what the gateway serves. An optional JSON
+        body ``{"ready": true}`` keeps only ready models; any other body is ignored."""
+        key = api_key_from(request.headers)
+        self.dp.authorize(key)
+        body = await self._read_body(request, 1 << 16, call)
+        ready_only = False
+        if body.lstrip().startswith(b"{"):
+            try:
+                ready_only = bool(json.loads(body).get("ready", False))
+            except (ValueError, AttributeError):
+                raise InvalidInput("repository index body must be a JSON object like {\"ready\": true}") from None
+        allowed = []
+        for name, route in sorted(self.dp.config.models.items()):
+            try:
+                self.dp.authorize(key, name)
+            except Forbidden:
+                continue
+            allowed.append(route)
+
+        async def state(route: Any) -> str:
+            try:
+                return "READY" if await self.dp.model_ready(route) else "UNAVAILABLE"
+            except GatewayError:
+                return "UNAVAILABLE"
+
+        states = await asyncio.gather(*(state(route) for route in allowed))
+        index = [{"name": route.public_name, "state": s, "reason": ""}
+                 for route, s in zip(allowed, states, strict=True) if s == "READY" or not ready_only]
+        return web.json_response(index)
+
     # --- inference ------------------------------------------------------------------------------------
     async def infer(self, request: web.Request, call: Call) -> web.Response:
         route = await self._route(request, call)
@@ -245,6 +280,8 @@ ROUTES: list[Route] = [
     Route("GET", MV, RestApi.model_metadata, "model_metadata", True, "Model metadata (one version)"),
     Route("GET", f"{M}/ready", RestApi.model_ready, "model_ready", True, "Model readiness"),
     Route("GET", f"{MV}/ready", RestApi.model_ready, "model_ready", True, "Model readiness (one version)"),
+    Route("POST", "/v2/repository/index", RestApi.repository_index, "repository_index", True,
+          "Models this key may use, READY or UNAVAILABLE (Triton's repository index)"),
     Route("POST", f"{M}/infer", RestApi.infer, "infer", True, "Inference (OIP v2, JSON or binary tensors)"),
     Route("POST", f"{MV}/infer", RestApi.infer, "infer", True, "Inference on one version"),
     Route("POST", "/v1/models/{model}:predict", RestApi.predict, "predict", True,
@@ -281,6 +318,9 @@ def openapi_document() -> dict[str, Any]:
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
                                                  "description": f"JSON header of {HEADER_LENGTH} bytes, "
                                                                 "then binary tensors"}}}
+            elif route.label == "repository_index":
+                op["requestBody"] = {"required": False, "content": {
+                    JSON: {"schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}
             else:
                 op["requestBody"] = {"required": True, "content": {
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
