@@ -35,6 +35,9 @@ from serving.dataplane import DataPlane
 from serving.grpc_server import create_server
 from serving.metrics import GatewayMetrics
 from serving.rest import RestApi
+from serving.stream_grpc import StreamServicer
+from serving.stream_ws import StreamWebSocket
+from serving.streams import StreamManager, StreamSettings
 
 logger = logging.getLogger("serving")
 
@@ -77,6 +80,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         backends = {name: make_backend(spec, config) for name, spec in config.backends.items()}
         self.dataplane = DataPlane(config, backends, self.metrics)
+        self.streams = StreamManager(self.dataplane, StreamSettings.from_config(config.streams))
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._grpc = None
@@ -85,12 +89,14 @@ class Gateway:
         await self.dataplane.start()
         largest = self.config.largest_request_bytes
         app = RestApi(self.dataplane).application()
+        StreamWebSocket(self.streams).add_routes(app)  # GET /v1/streams/{model} (WebSocket)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, http_port, shutdown_timeout=self.config.grace_s)
         await self._site.start()
         http_bound = self._site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._grpc = create_server(self.dataplane, largest)
+        self._grpc.add_generic_rpc_handlers((StreamServicer(self.streams).handler(),))  # zoo.stream.v1
         grpc_bound = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
         if grpc_bound == 0:
             raise OSError(f"cannot bind gRPC to {host}:{grpc_port}")
@@ -100,6 +106,7 @@ class Gateway:
     async def stop(self) -> None:
         grace = self.config.grace_s
         started = time.monotonic()
+        await self.streams.shutdown()  # stream sessions end now (UNAVAILABLE / close 4503), not after grace_s
         grpc_stopped = self._grpc.stop(grace) if self._grpc is not None else None  # stops accepting now
         if self._site is not None:
             await self._site.stop()  # no new HTTP connections
@@ -171,14 +178,29 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s zoo-gateway: %(message)s")
     try:
         config = build_config(args)
+        StreamSettings.from_config(config.streams)  # a bad `streams:` section fails here, clearly
     except (ConfigError, OSError) as exc:
         print(f"zoo-gateway: config error: {exc}", file=sys.stderr)
         return 2
     if not config.backends:
         print("zoo-gateway: no backend: pass --torchserve-grpc or configure `backends`", file=sys.stderr)
         return 2
-    asyncio.run(serve(config, args.host, args.http_port, args.grpc_port))
+    run_loop(serve(config, args.host, args.http_port, args.grpc_port))
     return 0
+
+
+def run_loop(coro: Any) -> None:
+    """The standard asyncio loop; ZOO_GATEWAY_LOOP=uvloop uses uvloop when installed (opt-in: measured on the
+    2-core benchmark machine it did not lower the gateway's CPU per request, see docs/benchmarks.md)."""
+    if os.environ.get("ZOO_GATEWAY_LOOP", "asyncio") == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logger.warning("ZOO_GATEWAY_LOOP=uvloop but uvloop is not installed; using asyncio")
+        else:
+            uvloop.run(coro)
+            return
+    asyncio.run(coro)
 
 
 # ---------------------------------------------------------------------------------------------------

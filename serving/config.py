@@ -20,6 +20,9 @@ auth:
   keys_file: /etc/zoo/keys.yaml    # or env ZOO_API_KEYS_FILE
   keys:                            # or env ZOO_API_KEYS="key1=*;key2=detr,ckdn_r50"
     - {key: "s3cret", name: alice, models: ["*"]}
+streams:                           # video stream sessions (serving/streams.py, docs/streaming.md)
+  max_sessions: 64
+  idle_timeout_s: 30
 server:
   grace_s: 10                      # SIGTERM: finish in-flight requests for at most this long
   retry_after_s: 1                 # Retry-After on 503
@@ -87,6 +90,7 @@ class GatewayConfig:
     grace_s: float = 10.0
     retry_after_s: int = 1
     backend_grace_s: float = 30.0
+    streams: dict[str, Any] = field(default_factory=dict)  # the `streams:` section, read by serving.streams
 
     @property
     def auth_enabled(self) -> bool:
@@ -210,4 +214,8 @@ def load_config(path: str | Path | None = None,
             cfg.add_route(str(public), spec.get("backend"), spec.get("model"), spec.get("deadline_s"),
                           spec.get("max_request_bytes"))
     cfg.api_keys = _load_keys(doc.get("auth") or {}, base)
+    streams = doc.get("streams") or {}
+    if not isinstance(streams, dict):
+        raise ConfigError("'streams' must be a mapping")
+    cfg.streams = dict(streams)
     return cfg

@@ -145,8 +145,7 @@ class DataPlane:
             self._count_error(backend, exc)
             raise
         finally:
-            self.metrics.backend_duration.labels(route.public_name, backend.name).observe(
-                time.perf_counter() - started)
+            self.metrics.observe_backend(route.public_name, backend.name, time.perf_counter() - started)
         response.model_name = route.public_name
         response.model_version = request.model_version or response.model_version
         response.id = request.id
@@ -166,5 +165,4 @@ class DataPlane:
             self._count_error(backend, exc)
             raise
         finally:
-            self.metrics.backend_duration.labels(route.public_name, backend.name).observe(
-                time.perf_counter() - started)
+            self.metrics.observe_backend(route.public_name, backend.name, time.perf_counter() - started)

@@ -124,7 +124,7 @@ class InferenceServicer:
         self.dp.authorize(key, request.model_name)
         route = await self.dp.route_or_discover(request.model_name)
         call["model"], call["version"] = route.public_name, request.model_version
-        size = call.get("request_bytes") or request.ByteSize()
+        size = call["request_bytes"]
         if size > route.max_request_bytes:
             raise PayloadTooLarge(
                 f"request of {size} bytes is over the limit of {route.max_request_bytes} bytes")

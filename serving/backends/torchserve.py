@@ -335,11 +335,13 @@ class TorchServeBackend(Backend):
             request, timeout=None if left is None else left + self.backend_grace_s))
         self._pending.add(call)
         call.add_done_callback(self._forget)
+        # asyncio.wait never cancels what it waits for: a caller that goes away (or times out) leaves the
+        # TorchServe call running to completion
+        await asyncio.wait((call,), timeout=left)
+        if not call.done():
+            raise DeadlineExceeded(f"model '{model}': deadline exceeded waiting for TorchServe")
         try:
-            # shield: a caller that goes away (or times out) never cancels the TorchServe call itself
-            reply = await asyncio.wait_for(asyncio.shield(call), left)
-        except asyncio.TimeoutError:
-            raise DeadlineExceeded(f"model '{model}': deadline exceeded waiting for TorchServe") from None
+            reply = call.result()
         except grpc.aio.AioRpcError as exc:
             raise self._map_rpc_error(exc, model, version) from None
         body = reply.prediction
