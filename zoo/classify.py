@@ -166,11 +166,10 @@ def parse_knobs(specs: Mapping[str, Knob], raw: Mapping[str, Any]) -> dict[str, 
 
 
 def knob_settings(specs: Mapping[str, Knob]) -> list[dict[str, Any]]:
-    """Every combination of knob values (one ``{}`` for a model without knobs), defaults first."""
+    """Every combination of knob values in declaration order (one ``{}`` for a model without knobs)."""
     settings: list[dict[str, Any]] = [{}]
     for name, knob in specs.items():
-        ordered = [knob.default] + [c for c in knob.choices if c != knob.default]
-        settings = [{**s, name: c} for s in settings for c in ordered]
+        settings = [{**s, name: c} for s in settings for c in knob.choices]
     return settings
 
 
