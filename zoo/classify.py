@@ -55,13 +55,17 @@ def classifier_builder(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module
 @dataclass(frozen=True)
 class Preprocess:
     """The official evaluation transform: torchvision ``Resize(resize) + CenterCrop(crop) + ToTensor +
-    Normalize(mean, std)``, with PIL doing the resize (as torchvision does for PIL images)."""
+    Normalize(mean, std)``, with PIL doing the resize (as torchvision does for PIL images).
+
+    ``square=True`` is torchvision ``Resize((crop, crop))`` instead (both sides to ``crop``, aspect ratio not
+    kept, no crop), the evaluation transform of e.g. BiT."""
 
     resize: int = 256
     crop: int = 224
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    square: bool = False
 
     def __post_init__(self) -> None:
         if self.interpolation not in INTERPOLATIONS:
@@ -81,11 +85,17 @@ class Preprocess:
         """JSON-friendly form for ``entry.config["preprocess"]``."""
         out = asdict(self)
         out["mean"], out["std"] = list(self.mean), list(self.std)
+        if not self.square:  # the default stays implicit (configs written before the option are unchanged)
+            del out["square"]
         return out
 
     def image(self, img: Image.Image) -> np.ndarray:
         """One image -> the ``[crop, crop, 3]`` uint8 crop the official evaluation feeds the network."""
         img = img.convert("RGB")
+        if self.square:
+            size = (self.crop, self.crop)
+            return np.asarray(img if img.size == size else img.resize(size, INTERPOLATIONS[self.interpolation]),
+                              dtype=np.uint8)
         size = resized_size(img.width, img.height, self.resize)
         if size != img.size:
             img = img.resize(size, INTERPOLATIONS[self.interpolation])
