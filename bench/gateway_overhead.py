@@ -123,7 +123,13 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(paths: Paths, levels: list[int], duration_s: float, rounds: int) -> list[dict]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(paths: Paths, levels: list[int], duration_s: float, rounds: int, gateway_pid: int) -> list[dict]:
     pairs = [("REST", paths.ts_rest, paths.gw_rest), ("gRPC", paths.ts_grpc, paths.gw_grpc)]
     for _, direct, via in pairs:  # warm up connections, JITs and caches
         await closed_loop(direct, 4, 1.0)
@@ -133,34 +139,39 @@ async def measure(paths: Paths, levels: list[int], duration_s: float, rounds: in
         for protocol, direct, via in pairs:
             lat = {"direct": [], "gateway": []}
             elapsed = {"direct": 0.0, "gateway": 0.0}
+            gateway_cpu = 0.0
             for r in range(rounds):
                 order = [("direct", direct), ("gateway", via)]
                 for name, call in order if r % 2 == 0 else reversed(order):
-                    started = time.perf_counter()
+                    started, cpu = time.perf_counter(), cpu_seconds(gateway_pid)
                     lat[name] += await closed_loop(call, level, duration_s)
                     elapsed[name] += time.perf_counter() - started
+                    if name == "gateway":
+                        gateway_cpu += cpu_seconds(gateway_pid) - cpu
             rps = {k: len(v) / elapsed[k] for k, v in lat.items()}
             row = {"protocol": protocol, "concurrency": level, "direct_rps": rps["direct"],
-                   "gateway_rps": rps["gateway"], "ratio": rps["gateway"] / rps["direct"]}
+                   "gateway_rps": rps["gateway"], "ratio": rps["gateway"] / rps["direct"],
+                   "gateway_cpu_ms": gateway_cpu / len(lat["gateway"]) * 1e3}
             for q, label in ((0.5, "p50"), (0.99, "p99")):
                 d, g = pct(lat["direct"], q) * 1e3, pct(lat["gateway"], q) * 1e3
                 row.update({f"direct_{label}": d, f"gateway_{label}": g, f"added_{label}": g - d})
             rows.append(row)
             print(f"  {protocol} c={level}: ratio {row['ratio']:.2f}, added p50 {row['added_p50']:+.2f} ms, "
-                  f"p99 {row['added_p99']:+.2f} ms", file=sys.stderr, flush=True)
+                  f"p99 {row['added_p99']:+.2f} ms, gateway CPU {row['gateway_cpu_ms']:.2f} ms/request",
+                  file=sys.stderr, flush=True)
     return rows
 
 
 def table(rows: list[dict]) -> str:
     head = ("| path (direct vs gateway) | conc. | direct req/s | gateway req/s | ratio | direct p50 ms | "
-            "gateway p50 ms | added p50 ms | direct p99 ms | gateway p99 ms | added p99 ms |")
+            "gateway p50 ms | added p50 ms | direct p99 ms | gateway p99 ms | added p99 ms | gateway CPU ms/req |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     names = {"REST": "REST: /predictions vs task route", "gRPC": "gRPC: Predictions vs OIP ModelInfer"}
     for r in rows:
         lines.append(
             f"| {names[r['protocol']]} | {r['concurrency']} | {r['direct_rps']:.0f} | {r['gateway_rps']:.0f} | "
             f"{r['ratio']:.2f} | {r['direct_p50']:.2f} | {r['gateway_p50']:.2f} | {r['added_p50']:+.2f} | "
-            f"{r['direct_p99']:.2f} | {r['gateway_p99']:.2f} | {r['added_p99']:+.2f} |")
+            f"{r['direct_p99']:.2f} | {r['gateway_p99']:.2f} | {r['added_p99']:+.2f} | {r['gateway_cpu_ms']:.2f} |")
     return "\n".join(lines)
 
 
@@ -196,13 +207,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             async def run() -> list[dict]:
                 async with Paths(server, gateway.http_url, gateway.grpc_target, png()) as paths:
-                    return await measure(paths, levels, args.duration, args.rounds)
+                    return await measure(paths, levels, args.duration, args.rounds, gateway.proc.pid)
 
             rows = asyncio.run(run())
         finally:
             gateway.stop()
     loop = "uvloop" if args.gateway_loop == "uvloop" and _has_uvloop() else "asyncio"
-    print(f"\n{os.cpu_count()} cores, Python {platform.python_version()}, gateway loop {loop}, "
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"\n{os.cpu_count()} cores (load average {load} at the end), Python {platform.python_version()}, "
+          f"gateway loop {loop}, "
           f"{args.duration:g} s x {args.rounds} rounds per cell, closed-loop clients in one asyncio process\n")
     print(table(rows))
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import json
 import re
 import socket
@@ -304,6 +305,23 @@ def test_request_size_limit(gw: GatewayProcess) -> None:
                      f"\r\nContent-Length: {1 << 30}\r\n\r\n".encode())
         reply = sock.recv(4096).decode(errors="replace")
     assert reply.startswith("HTTP/1.1 413") and "over the limit" in reply
+
+
+def test_large_messages_pass(gw: GatewayProcess) -> None:
+    """Above gRPC's 4 MiB default in both directions of both hops (the limits follow max_request_bytes)."""
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 256, (1500, 1500, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, "PNG", compress_level=0)
+    big = buf.getvalue()
+    assert len(big) > 6_000_000
+    client = tgrpc.InferenceServerClient(gw.grpc_target)
+    result = client.infer("toy_echo", [image_input(tgrpc, big)], headers=dict(GRPC_AUTH))
+    assert result.as_numpy("width").tolist() == [1500] and result.as_numpy("bytes").tolist() == [len(big)]
+    status, _, answer = http_request(f"{gw.http_url}/v1/models/toy_echo:predict", big,
+                                     {**AUTH, "Content-Type": "image/png"}, "POST")
+    assert status == 200 and json_body(answer)["bytes"] == len(big)
 
 
 def test_deadline(gw: GatewayProcess) -> None:
