@@ -50,3 +50,41 @@ TOY_ECHO = register(
         description="TEST/DEMO ONLY: image size and channel means, for serving-path tests and benchmarks",
     )
 )
+
+
+class ToyDetect(nn.Module):
+    """(N, 4) boxes in [0, 1] (x1, y1, x2, y2) -> the boxes clamped to the image, and one score per box."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.score_logit = nn.Parameter(torch.full((1,), 2.0))  # fixed init: "random" weights keep it
+
+    def forward(self, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return boxes.clamp(0.0, 1.0), torch.sigmoid(self.score_logit).expand(boxes.shape[0])
+
+
+TOY_DETECT = register(
+    ModelEntry(
+        name="toy_detect",
+        task="test-detection",
+        builder=ToyDetect,
+        config={},
+        handler="handlers.toy_detect_handler",
+        inputs={"image": "image bytes (raw, multipart, or JSON base64); optional threshold, top_k like DETR"},
+        outputs={
+            "detections": "at most one box around the pixels brighter than the image's mean, DETR's layout",
+            "image_size": "{width, height} of the input",
+        },
+        weights=WeightsSource(
+            upstream_url="none: test-only model, always built with random weights",
+            description="test/demo-only toy; its weights mean nothing",
+        ),
+        license="Apache-2.0",
+        paper="https://arxiv.org/abs/2005.10420",  # Towards Streaming Perception: what streams are for
+        serving=ServingConfig(batch_size=1, max_batch_delay_ms=0, min_workers=1, max_workers=1,
+                              response_timeout_s=60, device_type="cpu"),
+        default_serve=False,
+        description="TEST/DEMO ONLY: a detector in DETR's answer format that runs in milliseconds, for stream "
+                    "sessions and observability tests",
+    )
+)

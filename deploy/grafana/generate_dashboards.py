@@ -192,17 +192,20 @@ def model_detail() -> dict[str, Any]:
                (f"sum by (model_name) (rate(ts_inference_requests_total{{{ts}}}[{RATE}]))",
                 "{{model_name}} TorchServe requests")], "ops"),
         row("Where the time goes"),
-        panel("Queue vs inference per request (TorchServe, 5m mean)",
-              [(f"model_name:ts_queue_latency_seconds:mean5m{{{ts}}}", "{{model_name}} queue"),
-               (f"model_name:ts_inference_latency_seconds:mean5m{{{ts}}}", "{{model_name}} inference (total)"),
-               (f"sum by (model) (rate(zoo_gateway_backend_duration_seconds_sum{{{m}}}[{RATE}]))"
-                f" / sum by (model) (rate(zoo_gateway_backend_duration_seconds_count{{{m}}}[{RATE}]))",
-                "{{model}} seen by the gateway")], "s",
-              description="alert ZooQueueTimeRising fires when the queue mean is above 0.5 s and growing"),
-        panel("Last batch: handler vs model time",
-              [(f"HandlerTime{{{handler}}}", "{{ModelName}} handler"),
-               (f"PredictionTime{{{handler}}}", "{{ModelName}} prediction")], "ms",
-              description="TorchServe gauges: the most recent batch only"),
+        panel("Per request: gateway total, backend wait, handler",
+              [(f"sum by (model) (rate(zoo_gateway_request_duration_seconds_sum{{{m}, {INFER_ROUTES}}}[{RATE}]))"
+                f" / sum by (model) (rate(zoo_gateway_request_duration_seconds_count{{{m}, {INFER_ROUTES}}}"
+                f"[{RATE}]))", "{{model}} gateway total (mean)"),
+               (f"model:zoo_gateway_backend_duration_seconds:mean5m{{{m}}}", "{{model}} backend wait (5m mean)"),
+               (f"HandlerTime{{{handler}}} / 1000", "{{ModelName}} handler (last batch)"),
+               (f"PredictionTime{{{handler}}} / 1000", "{{ModelName}} TorchServe predict (last batch)")], "s",
+              description="backend wait minus handler time is TorchServe's queue plus transport"),
+        panel("TorchServe queue time (per host)",
+              [(f"avg by (instance) (avg_over_time(QueueTime[{RATE}])) / 1000", "{{instance}} last requests"),
+               ("instance:torchserve_queue_time_seconds:avg5m", "{{instance}} 5m mean")], "s",
+              description="TorchServe's QueueTime gauge has no model label, and its per-model queue/latency "
+                          "counters count REST calls only (the gateway uses gRPC). Alert ZooQueueTimeRising "
+                          "fires above 0.5 s and growing."),
         row("Workers"),
         panel("Workers by status", [(f"zoo_gateway_backend_workers{{{m}}}", "{{model}} {{status}}"),
                                     (f"zoo_gateway_backend_min_workers{{{m}}}", "{{model}} minimum")], "short",
