@@ -107,7 +107,8 @@ class Gateway:
         grace = self.config.grace_s
         started = time.monotonic()
         await self.streams.shutdown()  # stream sessions end now (UNAVAILABLE / close 4503), not after grace_s
-        grpc_stopped = self._grpc.stop(grace) if self._grpc is not None else None  # stops accepting now
+        # gRPC stops accepting at once, then waits up to `grace` for its in-flight RPCs
+        grpc_stopped = asyncio.ensure_future(self._grpc.stop(grace)) if self._grpc is not None else None
         if self._site is not None:
             await self._site.stop()  # no new HTTP connections
         drained = await self.dataplane.in_flight.wait_idle(grace)

@@ -26,6 +26,16 @@ SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_stream_infer", "zoo_task_routes"]
 
 
+def api_key(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The client's API key: ``Authorization: Bearer <key>``, else ``x-api-key: <key>`` (REST headers and gRPC
+    metadata alike); None when neither is given."""
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    return x_api_key or None
+
+
 class InFlight:
     """Counts requests being handled (both front-ends), so shutdown can wait for them to finish."""
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import grpc
 
-from serving.dataplane import DataPlane
+from serving.dataplane import DataPlane, api_key
 from serving.errors import GatewayError, PayloadTooLarge, as_gateway_error
 from serving.metrics import UNKNOWN_MODEL
-from serving.protos import OIP_SERVICE, oip
+from serving.protos import OIP_SERVICE, oip, serialize
 from serving.types import InferRequest
 
 logger = logging.getLogger(__name__)
@@ -36,15 +36,8 @@ STREAM_WINDOW = 16
 
 
 def api_key_from(context: grpc.aio.ServicerContext) -> str | None:
-    key = None
-    for name, value in context.invocation_metadata() or ():
-        if name == "authorization":
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        elif name == "x-api-key":
-            key = value
-    return key or None
+    metadata = dict(context.invocation_metadata() or ())
+    return api_key(metadata.get("authorization"), metadata.get("x-api-key"))
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
@@ -52,10 +45,6 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     if err.retry_after_s is not None:
         context.set_trailing_metadata((("retry-after", str(err.retry_after_s)),))
     await context.abort(err.grpc_code, err.message)
-
-
-def _serialize(msg: Any) -> bytes:
-    return msg.SerializeToString()
 
 
 class InferenceServicer:
@@ -66,7 +55,7 @@ class InferenceServicer:
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Any, request_cls: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=request_cls.FromString, response_serializer=_serialize)
+                fn, request_deserializer=request_cls.FromString, response_serializer=serialize)
 
         return grpc.method_handlers_generic_handler(OIP_SERVICE, {
             "ServerLive": unary(self.ServerLive, oip.ServerLiveRequest),
@@ -77,7 +66,7 @@ class InferenceServicer:
             "ModelInfer": unary(self.ModelInfer, oip.ModelInferRequest),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
                 self.ModelStreamInfer, request_deserializer=oip.ModelInferRequest.FromString,
-                response_serializer=_serialize),
+                response_serializer=serialize),
         })
 
     # --- health and metadata -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
@@ -37,6 +38,11 @@ TS_PACKAGE = "org.pytorch.serve.grpc.inference"
 TS_SERVICE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
 STREAM_PACKAGE = "zoo.stream.v1"
 STREAM_SERVICE = "zoo.stream.v1.DetectionStream"
+
+
+def serialize(msg: Any) -> bytes:
+    """gRPC request/response serializer for these message classes."""
+    return msg.SerializeToString()
 
 
 def proto_hash() -> str:

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from serving.backend_metrics import BackendStateCollector
-from serving.dataplane import DataPlane
+from serving.dataplane import DataPlane, api_key
 from serving.errors import (
     Forbidden,
     GatewayError,
@@ -40,13 +40,7 @@ JSON = "application/json"
 
 
 def api_key_from(headers: Any) -> str | None:
-    """The API key from ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (None if neither)."""
-    auth = headers.get("Authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    return headers.get("x-api-key") or None
+    return api_key(headers.get("Authorization"), headers.get("x-api-key"))
 
 
 def error_response(exc: BaseException) -> web.Response:

@@ -54,7 +54,7 @@ from serving.errors import (
     PayloadTooLarge,
     error_for_status,
 )
-from serving.protos import ts
+from serving.protos import serialize, ts
 from serving.types import InferOutput, InferRequest, InferResponse
 
 logger = logging.getLogger(__name__)
@@ -68,10 +68,6 @@ PROTOCOL_PARAMETERS = frozenset({
     "sequence_start", "sequence_end", "triton_enable_empty_final_response", "headers",
 })
 OUTPUT = "output"
-
-
-def _serialize(msg: Any) -> bytes:
-    return msg.SerializeToString()
 
 
 def _field_value(value: Any) -> bytes:
@@ -187,10 +183,10 @@ class TorchServeBackend(Backend):
             ("grpc.enable_retries", 0),
         ])
         self._predict = self._channel.unary_unary(
-            PREDICTIONS, request_serializer=_serialize,
+            PREDICTIONS, request_serializer=serialize,
             response_deserializer=ts.PredictionResponse.FromString)
         self._ping = self._channel.unary_unary(
-            PING, request_serializer=_serialize,
+            PING, request_serializer=serialize,
             response_deserializer=ts.TorchServeHealthResponse.FromString)
         if self.management_url:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
