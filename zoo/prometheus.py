@@ -45,7 +45,8 @@ def find_binary(name: str = "prometheus") -> str | None:
     return str(debian) if debian.exists() else None
 
 
-def _seconds(duration: str) -> float:
+def parse_duration(duration: str) -> float:
+    """Seconds in a Prometheus duration such as ``15s``, ``1m``, ``500ms`` (ValueError otherwise)."""
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     for unit in ("ms", "s", "m", "h"):
         if duration.endswith(unit) and duration[: -len(unit)].replace(".", "", 1).isdigit():
@@ -57,11 +58,11 @@ def render_config(out_dir: str | Path, gateway_target: str | None, torchserve_ta
                   scrape_interval: str = "15s") -> Path:
     """deploy/prometheus/prometheus.yml with these targets (host:port; None drops the job), this scrape and
     rule-evaluation interval, and absolute rule paths. Returns the written file."""
-    _seconds(scrape_interval)
+    parse_duration(scrape_interval)
     config = yaml.safe_load(CONFIG_TEMPLATE.read_text())
     config["global"]["scrape_interval"] = scrape_interval
     config["global"]["evaluation_interval"] = scrape_interval
-    if _seconds(scrape_interval) < _seconds(config["global"].get("scrape_timeout", "10s")):
+    if parse_duration(scrape_interval) < parse_duration(config["global"].get("scrape_timeout", "10s")):
         config["global"]["scrape_timeout"] = scrape_interval  # must not exceed the interval
     config["rule_files"] = [str((DEPLOY_DIR / rule).resolve()) for rule in config.get("rule_files", [])]
     targets = {GATEWAY_JOB: gateway_target, TORCHSERVE_JOB: torchserve_target}

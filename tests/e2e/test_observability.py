@@ -227,6 +227,32 @@ def test_streams_contract_is_documented() -> None:
         assert name.removesuffix("_total") in exprs and name in doc, name
 
 
+# --- zoo serve --with-prometheus: refusals before anything starts ---------------------------------------------
+def test_zoo_serve_without_prometheus_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """Prometheus is installed here, so its absence is simulated by hiding the binary from the lookup."""
+    import zoo.prometheus
+    from zoo.cli import main
+
+    monkeypatch.setattr(zoo.prometheus, "find_binary", lambda name="prometheus": None)
+    code = main(["serve", "toy_echo", "--random-weights", "--with-prometheus", "--store", str(tmp_path / "store"),
+                 "--run-dir", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 2 and "Prometheus is not installed" in out and "apt-get install prometheus" in out
+    assert not (tmp_path / "store").exists() and not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_zoo_serve_refuses_a_bad_scrape_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if PROMETHEUS is None:
+        pytest.skip(f"prometheus not found: {INSTALL}")
+    from zoo.cli import main
+
+    code = main(["serve", "toy_echo", "--random-weights", "--with-prometheus", "--prometheus-scrape-interval",
+                 "soon", "--store", str(tmp_path / "store"), "--run-dir", str(tmp_path / "run")])
+    assert code == 1 and "not a Prometheus duration: 'soon'" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
+
+
 # --- gateway collectors ------------------------------------------------------------------------------------------
 def scrape(collector: Any) -> dict[str, list[tuple[dict[str, str], float]]]:
     registry = CollectorRegistry()

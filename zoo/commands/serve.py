@@ -38,11 +38,12 @@ def run(args: argparse.Namespace) -> int:
     from zoo.torchserve import TorchServe
 
     if args.with_prometheus:
-        from zoo.prometheus import INSTALL_HINT, find_binary
+        from zoo.prometheus import INSTALL_HINT, find_binary, parse_duration
 
         if find_binary("prometheus") is None:
             print(f"--with-prometheus: Prometheus is not installed: {INSTALL_HINT}")
             return 2
+        parse_duration(args.prometheus_scrape_interval)  # a bad interval fails before anything starts
     entries = [get_entry(n) for n in args.models] if args.models else list_models(default_only=True)
     store = Path(args.store)
     archives = ensure_archives(entries, store, parse_weights_args(args.weights), args.random_weights,
