@@ -107,6 +107,10 @@ MODEL_MODULES = (
     "zoo.autoformer",  # image-classification, opt-in (default_serve=False)
     "zoo.mutualnet",  # image-classification, opt-in (default_serve=False)
     "zoo.dgc",  # image-classification, opt-in (default_serve=False)
+    "zoo.isqrtcov",  # image-classification, opt-in (default_serve=False)
+    "zoo.addernet",  # image-classification, opt-in (default_serve=False)
+    "zoo.bit",  # image-classification, opt-in (default_serve=False)
+    "zoo.patchforensics",  # image-forensics, opt-in (default_serve=False)
 )
 
 

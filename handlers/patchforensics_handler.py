@@ -1,0 +1,112 @@
+"""Patch-Forensics: image in, fake probability and per-patch heatmap out (``task="image-forensics"``).
+
+* input: the image as the raw body, a multipart field ``image`` (or ``file``/``input``), a JSON object
+  ``{"image": "<base64>", "overlay": true}``, or a named input ``image``; decoded and checked by
+  ``handlers.codec`` (bad, empty, tiny or oversized images are 400/413);
+* parameter ``overlay`` (JSON boolean, or true/false/1/0/yes/no as a multipart field or named input; TorchServe
+  does not pass URL query parameters of a POST to handlers): also return the heatmap drawn over the image.
+  Any other field, or another value, is a 400 naming the allowed ones;
+* preprocessing: the entry's ``config["preprocess"]`` (official: shorter side to 299 with Lanczos, centre
+  crop 299, ``(x - 0.5) / 0.5``), per request; one forward per TorchServe batch;
+* answer: ``{"fake_probability", "heatmap", "patch_grid", "model"}`` plus ``"overlay_png"`` when asked for.
+  ``heatmap[i][j]`` is the softmax P(fake) of patch (i, j) (``patch_grid`` = [rows, columns], 37x37 for
+  block2); ``fake_probability`` is their mean, the official "after softmax" averaging of
+  ``patch_discriminator_model.get_predictions`` used by the released evaluation scripts (not a vote and not
+  the softmax of averaged logits). ``overlay_png`` is a base64 PNG of the uploaded image (its own size, up to
+  4096 px on the longer side) with the heatmap, on an absolute 0..1 jet scale, blended over the centre crop
+  the model saw (``heat * 0.3 + image * 0.5`` as the official visualisation) and the rest dimmed.
+"""
+
+from __future__ import annotations
+
+import base64
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from handlers.base import ZooHandler
+from handlers.codec import RequestError, as_bytes, decode_image, parse_json_body, request_fields
+from zoo.classify import Preprocess
+from zoo.patchforensics import FAKE_CLASS, ForensicsInput, crop_box_in_input, patch_probabilities, render_overlay
+
+IMAGE_FIELDS = ("image", "body", "data", "file", "input")
+PARAM_FIELDS = ("overlay",)
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+
+
+class PatchForensicsHandler(ZooHandler):
+    """Fake probability + patch heatmap (+ optional overlay PNG) for a Patch-Forensics entry."""
+
+    @cached_property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_config(self.entry.config.get("preprocess"))
+
+    @cached_property
+    def fake_class(self) -> int:
+        return int(self.entry.config.get("fake_class", FAKE_CLASS))
+
+    def setup(self, model_dir: Path) -> None:
+        _ = self.preprocess  # a misdeclared entry fails at load, not on the first request
+        if self.fake_class not in (0, 1):
+            raise ValueError(f"{self.entry.name}: fake_class must be 0 or 1, got {self.fake_class}")
+
+    # --- decode -----------------------------------------------------------------------------------
+    @staticmethod
+    def _overlay(raw: Any) -> bool:
+        if isinstance(raw, (bytes, bytearray)):
+            raw = bytes(raw).decode("utf-8", errors="replace")
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, int) and raw in (0, 1):
+            return bool(raw)
+        if isinstance(raw, str) and raw.strip().lower() in TRUE_WORDS + FALSE_WORDS:
+            return raw.strip().lower() in TRUE_WORDS
+        raise RequestError(f"'overlay' must be true or false; got {raw!r}")
+
+    def decode(self, request: dict[str, Any], index: int) -> ForensicsInput:
+        fields = request_fields(request)
+        for key in ("body", "data"):  # a JSON body TorchServe did not parse (e.g. sent without a JSON type)
+            as_json = parse_json_body(fields.get(key))
+            if as_json is not None:
+                fields.pop(key)
+                fields.update(as_json)
+        image_field = next((name for name in IMAGE_FIELDS if name in fields), None)
+        if image_field is None:
+            raise RequestError("no image in the request: send image bytes as the body, a multipart field "
+                               "'image', or JSON {\"image\": \"<base64>\"}")
+        unknown = sorted(set(fields) - {image_field, *PARAM_FIELDS})
+        if unknown:
+            raise RequestError(f"unknown field(s) {', '.join(repr(u) for u in unknown)} for {self.entry.name}; "
+                               f"allowed: image, {', '.join(PARAM_FIELDS)}")
+        overlay = self._overlay(fields["overlay"]) if fields.get("overlay") is not None else False
+        image = decode_image(as_bytes(fields[image_field], image_field), image_field)
+        box = crop_box_in_input(image.width, image.height, self.preprocess)
+        return ForensicsInput(self.preprocess.image(image), image if overlay else None, box)
+
+    # --- batch / predict / encode -----------------------------------------------------------------
+    def batch(self, items: list[ForensicsInput]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([item.pixels for item in items]))
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        x = self.preprocess.normalize(batch.to(self.device), torch.float32)
+        return self.model(x).float().cpu()
+
+    def encode(self, output: torch.Tensor, items: list[ForensicsInput]) -> list[dict[str, Any]]:
+        heat = patch_probabilities(output)[:, self.fake_class]  # [B, h, w]
+        answers = []
+        for item_heat, item in zip(heat, items, strict=True):
+            rows, cols = item_heat.shape
+            answer: dict[str, Any] = {
+                "fake_probability": float(item_heat.mean()),
+                "heatmap": item_heat.tolist(),
+                "patch_grid": [rows, cols],
+                "model": self.model_info(),
+            }
+            if item.image is not None:
+                png = render_overlay(item.image, item_heat.numpy(), item.box)
+                answer["overlay_png"] = base64.b64encode(png).decode("ascii")
+            answers.append(answer)
+        return answers
