@@ -72,6 +72,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise WeightsError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         return load_safetensors(str(path))
+    if path.suffix == ".npz":  # TF-exported weights (e.g. BiT): arrays by variable name, never pickles
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {name: torch.from_numpy(np.ascontiguousarray(arrays[name])) for name in arrays.files}
+        except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+            raise WeightsError(f"cannot read npz checkpoint {path}: {exc}") from exc
     safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     allow = safe_globals(list(CHECKPOINT_SAFE_GLOBALS)) if safe_globals else contextlib.nullcontext()
     try:
