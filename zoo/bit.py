@@ -158,24 +158,29 @@ def _tf2th(value: Any) -> Tensor:
     return tensor.permute(3, 2, 0, 1).contiguous() if tensor.ndim == 4 else tensor
 
 
-def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Official BiT weights -> zoo layout: the ``BiT-M-R50x1.npz`` variables (``resnet/...``, HWIO) or a
-    ``bit_pytorch`` state dict. Raises ``WeightsError`` naming missing and unused variables (a checkpoint of
-    another depth or width, or an npz without its head, never loads partially); shapes are checked by the
-    strict load."""
+def npz_to_state_dict(arrays: Mapping[str, Any], keys: tuple[str, ...], what: str) -> dict[str, Tensor]:
+    """TF variables of a BiT ``.npz`` -> the state dict with ``keys`` (``ResNetV2.load_from``'s mapping, HWIO
+    kernels transposed to OIHW). Raises ``WeightsError`` naming missing and unused variables, so a checkpoint
+    of another depth, or one without its head, never loads partially; shapes are the strict load's job."""
     from zoo.weights import WeightsError  # local: zoo.weights imports the registry
 
-    names = [str(k) for k in checkpoint]
-    if not any("/" in k for k in names):
-        return convert_state_dict(checkpoint, zoo_keys(), "BiT-M R50x1")
-    wanted = {key: npz_name(key) for key in zoo_keys()}
-    missing = sorted(name for name in wanted.values() if name not in checkpoint)
-    unused = sorted(set(names) - set(wanted.values()))
+    wanted = {key: npz_name(key) for key in keys}
+    missing = sorted(name for name in wanted.values() if name not in arrays)
+    unused = sorted(set(map(str, arrays)) - set(wanted.values()))
     if missing or unused:
         parts = [f"{len(v)} {kind}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
                  for kind, v in (("missing", missing), ("unused", unused)) if v]
-        raise WeightsError("BiT npz checkpoint does not fit BiT-M R50x1 (head 21843): " + "; ".join(parts))
-    return {key: _tf2th(checkpoint[name]).float() for key, name in wanted.items()}
+        raise WeightsError(f"{what} npz checkpoint does not fit: " + "; ".join(parts))
+    return {key: _tf2th(arrays[name]).float() for key, name in wanted.items()}
+
+
+def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Official BiT weights -> zoo layout: the ``BiT-M-R50x1.npz`` variables (``resnet/...``, HWIO; read by
+    ``zoo.weights.read_checkpoint``) or a ``bit_pytorch`` state dict. Fails loudly on anything that does not
+    fit (``WeightsError``)."""
+    if not any("/" in str(k) for k in checkpoint):
+        return convert_state_dict(checkpoint, zoo_keys(), "BiT-M R50x1")
+    return npz_to_state_dict(checkpoint, zoo_keys(), "BiT-M R50x1")
 
 
 # --- registry -------------------------------------------------------------------------------------------
