@@ -94,10 +94,14 @@ class InferenceServicer:
         async def run(call: dict[str, Any]) -> Any:
             route = await self._route(request.name, request.version, context, call)
             meta = await self.dp.model_metadata(route, request.version)
+
+            def tensors(items: list[dict[str, Any]]) -> list[Any]:
+                return [oip.ModelMetadataResponse.TensorMetadata(
+                    name=t["name"], datatype=t["datatype"], shape=t.get("shape", [])) for t in items]
+
             return oip.ModelMetadataResponse(
                 name=meta["name"], versions=meta.get("versions", []), platform=meta.get("platform", ""),
-                inputs=[oip.ModelMetadataResponse.TensorMetadata(**t) for t in meta.get("inputs", [])],
-                outputs=[oip.ModelMetadataResponse.TensorMetadata(**t) for t in meta.get("outputs", [])])
+                inputs=tensors(meta.get("inputs", [])), outputs=tensors(meta.get("outputs", [])))
 
         return await self._metered("model_metadata", context, run)
 

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 from serving.backend_metrics import BackendStateCollector
 from serving.dataplane import DataPlane, api_key
@@ -27,6 +27,7 @@ from serving.errors import (
     PayloadTooLarge,
     Unauthenticated,
     as_gateway_error,
+    error_for_status,
 )
 from serving.metrics import UNKNOWN_MODEL
 from serving.types import InferRequest
@@ -102,8 +103,8 @@ class RestApi:
                     response = await route.handler(self, request, call)
                 except GatewayError as exc:
                     response = error_response(exc)
-                except web.HTTPRequestEntityTooLarge as exc:
-                    response = error_response(PayloadTooLarge(exc.text or "request body too large"))
+                except web.HTTPException as exc:  # aiohttp's own (413 over client_max_size, 400 ...)
+                    response = error_response(error_for_status(exc.status, exc.text or exc.reason))
                 except Exception as exc:  # noqa: BLE001
                     logger.exception("unexpected error on %s %s", request.method, request.path)
                     response = error_response(exc)
@@ -159,17 +160,22 @@ class RestApi:
         fields: dict[str, bytes] = {}
         if request.content_type.startswith("multipart/"):
             total = 0
-            reader = await request.multipart()
-            index = 0
-            while (part := await reader.next()) is not None:
-                buf = bytearray()
-                while chunk := await part.read_chunk(CHUNK):
-                    buf += chunk
-                    total += len(chunk)
-                    if total > limit:
-                        raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-                fields[part.name or f"part{index}"] = bytes(buf)
-                index += 1
+            try:
+                reader = await request.multipart()
+                index = 0
+                while (part := await reader.next()) is not None:
+                    if not isinstance(part, BodyPartReader):
+                        raise InvalidInput("nested multipart bodies are not supported")
+                    buf = bytearray()
+                    while chunk := await part.read_chunk(CHUNK):
+                        buf += chunk
+                        total += len(chunk)
+                        if total > limit:
+                            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                    fields[part.name or f"part{index}"] = bytes(buf)
+                    index += 1
+            except (ValueError, AssertionError, RuntimeError) as exc:  # aiohttp's parser on a broken body
+                raise InvalidInput(f"malformed multipart body: {exc}") from None
             call.request_bytes = total
         else:
             fields["body"] = await self._read_body(request, limit, call)

@@ -183,6 +183,9 @@ def test_task_route_equals_torchserve(gw: GatewayProcess, ts: TorchServe) -> Non
     assert without_fields(answer) == without_fields(direct_rest(ts, doc, "application/json"))
     status, _, answer = http_request(url, b"garbage", {**AUTH, "Content-Type": "image/png"}, "POST")
     assert status == 400 and "not a recognised image" in json_body(answer)["error"]
+    status, _, answer = http_request(url, b"--other\r\nnot multipart at all",
+                                     {**AUTH, "Content-Type": "multipart/form-data; boundary=zzz"}, "POST")
+    assert status == 400 and "multipart" in json_body(answer)["error"], answer
 
 
 # --- auth --------------------------------------------------------------------------------------------
