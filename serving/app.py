@@ -241,6 +241,15 @@ class GatewayProcess:
         self.stop()
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec: SIGTERM it when the thread that started it dies (a killed test run or
+    `zoo serve` must not leave gateways behind). Linux only."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def launch(args: list[str], host: str = "127.0.0.1", env: dict[str, str] | None = None,
            timeout_s: float = 60.0) -> GatewayProcess:
     """Start `python -m serving.app ARGS` and wait for its READY line."""
@@ -250,7 +259,8 @@ def launch(args: list[str], host: str = "127.0.0.1", env: dict[str, str] | None 
     child_env = {**os.environ, **(env or {})}
     child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), child_env.get("PYTHONPATH")]))
     proc = subprocess.Popen([sys.executable, "-m", "serving.app", "--host", host, *args],
-                            stdout=subprocess.PIPE, env=child_env, cwd=str(REPO_ROOT), text=True)
+                            stdout=subprocess.PIPE, env=child_env, cwd=str(REPO_ROOT), text=True,
+                            preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
     ready: dict[str, Any] = {}
 
     def read_stdout() -> None:
