@@ -428,3 +428,32 @@ def test_patchforensics_overlay_covers_the_crop_the_model_saw() -> None:
     assert_array_equal(out[100, 390], [100, 100, 100])
     assert_array_equal(out[100, 120], [100, 100, 138])  # P(fake) 0: jet blue * 0.3 over image * 0.5
     assert_array_equal(out[100, 280], [138, 100, 100])  # P(fake) 1: jet red
+
+
+# --- the classification entries under the generic handler ---------------------------------------------
+def test_classification_entries_work_with_the_generic_handler() -> None:
+    from handlers.classify_handler import ClassifyHandler
+    from handlers.codec import RequestError
+
+    def handler_for(name: str) -> ClassifyHandler:
+        handler = ClassifyHandler()
+        handler.entry, handler.device, handler.meta = get_entry(name), torch.device("cpu"), {"weights": {}}
+        return handler
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    adder = handler_for("addernet_resnet20")
+    torch.manual_seed(0)
+    adder.model = adder.entry.build().eval()
+    item = adder.decode({"body": buf.getvalue(), "top_k": "3"}, 0)
+    assert item.pixels.shape == (32, 32, 3)
+    with torch.inference_mode():
+        answer = adder.encode(adder.predict(adder.batch([item])), [item])[0]
+    assert [p["label"] for p in answer["top_k"]][0] in ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                                                        "frog", "horse", "ship", "truck")
+    assert len(answer["top_k"]) == 3
+    bit = handler_for("bit_m_r50x1")
+    assert bit.decode({"body": buf.getvalue(), "top_k": "21843"}, 0).pixels.shape == (224, 224, 3)
+    with pytest.raises(RequestError, match="'top_k' must be between 1 and 21843"):
+        bit.decode({"body": buf.getvalue(), "top_k": "21844"}, 0)
