@@ -4,9 +4,10 @@ https://arxiv.org/abs/2008.10588): a truncated Xception that classifies every im
 The network is an Xception cut after an early block, with a 1x1 conv (``convout``, 2 classes, with bias)
 in place of everything after it, so each output position sees only a patch of the input (its receptive
 field) and answers with its own real/fake logits. Official code: ``chail/patch-forensics``
-(``models/networks/customnet.py::make_patch_xceptionnet``, ``models/networks/xception.py``; MIT). The paper's
-main model is ``xception_block2`` (checkpoint ``gp1-gan-winversion_seed0_xception_block2_constant_p20``);
-``xception_block3`` is the next cut (larger patches, coarser map).
+(``models/networks/customnet.py::make_patch_xceptionnet``, ``models/networks/xception.py``; the repository
+has no licence file). The paper's main model is ``xception_block2`` (checkpoint
+``gp1-gan-winversion_seed0_xception_block2_constant_p20``); ``xception_block3`` is the next cut (larger
+patches, coarser map).
 
 Layers (block2 model; the block3 model adds ``block3``):
 
@@ -255,7 +256,7 @@ def _entry(layer: str, grid: int, checkpoint: str, description: str) -> ModelEnt
             upstream_sha256=None,
             description=f"official Patch-Forensics {checkpoint} (CelebA-HQ real vs PGAN fakes)",
         ),
-        license="MIT",
+        license="unspecified (chail/patch-forensics has no licence file; ask the authors before redistributing)",
         paper="https://arxiv.org/abs/2008.10588",
         serving=ServingConfig(batch_size=8, max_batch_delay_ms=20, response_timeout_s=120),
         default_serve=False,
