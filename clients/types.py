@@ -1,0 +1,250 @@
+"""Typed results of the zoo client (dataclasses built from the gateway's JSON answers).
+
+Every result keeps the server's full answer in ``raw`` (fields a handler adds later stay reachable) and the
+model that produced it in ``model`` (a `ModelInfo`; ``model.random_weights`` is True when the server runs
+seeded random weights, whose outputs mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+RANDOM_WEIGHTS_KIND = "random-seeded"
+
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model answered, and with which weights."""
+
+    name: str
+    version: str = ""
+    weights: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def weights_kind(self) -> str:
+        return str(self.weights.get("kind", "unknown"))
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights_kind == RANDOM_WEIGHTS_KIND
+
+    @property
+    def weights_label(self) -> str:
+        """Short human label, e.g. ``RANDOM (seed 0, not trained)`` or ``pretrained: hf://...``."""
+        if self.random_weights:
+            return f"RANDOM (seed {self.weights.get('seed')}, not trained)"
+        source = self.weights.get("source")
+        return f"{self.weights_kind}: {source}" if source else self.weights_kind
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any] | None) -> ModelInfo:
+        doc = doc or {}
+        return cls(str(doc.get("name", "")), str(doc.get("version", "")), dict(doc.get("weights") or {}))
+
+
+def _box(values: Any) -> Box:
+    x0, y0, x1, y1 = (float(v) for v in values)
+    return (x0, y0, x1, y1)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object: COCO label, score in [0, 1], box (x0, y0, x1, y1) in image pixels."""
+
+    label: str
+    score: float
+    box: Box
+    label_id: int = -1
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Detection:
+        return cls(str(doc["label"]), float(doc["score"]), _box(doc["box"]), int(doc.get("label_id", -1)))
+
+
+@dataclass(frozen=True)
+class DetectionResult:
+    """Detections of one image, best first."""
+
+    detections: list[Detection]
+    image_size: tuple[int, int]  # (width, height)
+    model: ModelInfo
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.detections)
+
+    def __iter__(self):  # noqa: ANN204 - iterator of Detection
+        return iter(self.detections)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DetectionResult:
+        size = doc.get("image_size") or {}
+        return cls([Detection.from_json(d) for d in doc.get("detections", [])],
+                   (int(size.get("width", 0)), int(size.get("height", 0))), ModelInfo.from_json(doc.get("model")),
+                   doc)
+
+
+@dataclass(frozen=True)
+class QualityResult:
+    """Degraded-reference quality of one restoration: higher is better, in [0, 1]."""
+
+    score: float
+    model: ModelInfo
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> QualityResult:
+        return cls(float(doc["score"]), ModelInfo.from_json(doc.get("model")), doc)
+
+
+@dataclass(frozen=True)
+class BoxSample:
+    """A face box of a track at one frame (frame number in the decoded video, box in video pixels)."""
+
+    frame: int
+    box: Box
+
+
+@dataclass(frozen=True)
+class Track:
+    """One face followed through the video, with its fake probability (None if no clip was scored)."""
+
+    track_id: int
+    frames: tuple[int, int]  # first and last frame, inclusive
+    time_s: tuple[float, float]
+    score: float | None
+    clips: int
+    boxes_sample: list[BoxSample]
+    frame_scores: list[float | None]
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Track:
+        first, last = doc.get("frames", (0, 0))
+        t0, t1 = doc.get("time_s", (0.0, 0.0))
+        score = doc.get("score")
+        return cls(int(doc["track_id"]), (int(first), int(last)), (float(t0), float(t1)),
+                   None if score is None else float(score), int(doc.get("clips", 0)),
+                   [BoxSample(int(s["frame"]), _box(s["box"])) for s in doc.get("boxes_sample", [])],
+                   [None if s is None else float(s) for s in doc.get("frame_scores", [])])
+
+    def box_at(self, frame: int) -> Box | None:
+        """The track's box at `frame`, linearly interpolated between the sampled boxes (None outside)."""
+        if not self.boxes_sample or not self.frames[0] <= frame <= self.frames[1]:
+            return None
+        samples = sorted(self.boxes_sample, key=lambda s: s.frame)
+        if frame <= samples[0].frame:
+            return samples[0].box
+        for a, b in zip(samples, samples[1:], strict=False):
+            if a.frame <= frame <= b.frame:
+                w = 0.0 if b.frame == a.frame else (frame - a.frame) / (b.frame - a.frame)
+                return _box([pa + w * (pb - pa) for pa, pb in zip(a.box, b.box, strict=True)])
+        return samples[-1].box
+
+
+@dataclass(frozen=True)
+class DeepfakeResult:
+    """Verdict for one video: ``fake`` / ``real`` / ``no_face``, the fake probability and the face tracks."""
+
+    verdict: str
+    fake_probability: float | None
+    tracks: list[Track]
+    frames_analyzed: int
+    clips_analyzed: int
+    video: dict[str, Any]
+    model: ModelInfo
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def is_fake(self) -> bool:
+        return self.verdict == "fake"
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DeepfakeResult:
+        prob = doc.get("fake_probability")
+        return cls(str(doc["verdict"]), None if prob is None else float(prob),
+                   [Track.from_json(t) for t in doc.get("tracks", [])], int(doc.get("frames_analyzed", 0)),
+                   int(doc.get("clips_analyzed", 0)), dict(doc.get("video") or {}),
+                   ModelInfo.from_json(doc.get("model")), doc)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """OIP model metadata plus the zoo's parameters (task, weights label, licence ...)."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        return str(self.parameters.get("task", ""))
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        return dict(self.parameters.get("weights") or {})
+
+    @property
+    def random_weights(self) -> bool:
+        if "random_weights" in self.parameters:
+            return bool(self.parameters["random_weights"])
+        return RANDOM_WEIGHTS_KIND in self.platform
+
+    @property
+    def weights_label(self) -> str:
+        if not self.weights:
+            kind = self.parameters.get("weights_kind")
+            return "RANDOM (not trained)" if self.random_weights else str(kind or "unknown")
+        return ModelInfo(self.name, "", self.weights).weights_label
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> ModelMetadata:
+        def specs(items: Any) -> list[TensorSpec]:
+            return [TensorSpec(str(t["name"]), str(t["datatype"]), [int(d) for d in t.get("shape", [])])
+                    for t in items or []]
+
+        return cls(str(doc["name"]), [str(v) for v in doc.get("versions") or []], str(doc.get("platform", "")),
+                   specs(doc.get("inputs")), specs(doc.get("outputs")), dict(doc.get("parameters") or {}))
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One row of `ZooClient.models()`: a served model, its readiness and (when asked) its metadata."""
+
+    name: str
+    ready: bool
+    metadata: ModelMetadata | None = None
+    error: str | None = None  # why the metadata could not be read
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """Raw OIP outputs: numpy arrays by name (BYTES outputs are object arrays of ``bytes``)."""
+
+    model_name: str
+    model_version: str
+    outputs: dict[str, np.ndarray]
+    id: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.outputs[name]
+
+    def json(self, name: str = "output") -> list[Any]:
+        """The BYTES output `name` decoded element-wise as JSON (the zoo handlers' answers)."""
+        return [json.loads(bytes(e)) for e in self.outputs[name].reshape(-1)]
