@@ -7,7 +7,10 @@ width x resolution) is visible in one table.
     .venv/bin/python bench/zoo_breadth.py --models mutualnet_mbv2 --batch-sizes 4 --iters 3 --warmup 1
     .venv/bin/python bench/zoo_breadth.py --threads 1 --clock cpu     # compute cost on a shared CPU
 
-Timed: the model forward on a normalised 224x224 batch, as the handler runs it (``model(x, **knobs)``),
+Patch-Forensics (image-forensics: a patch logit map, no classes) is timed the same way.
+
+Timed: the model forward on a normalised batch at the entry's crop size (224x224 unless the table note says
+otherwise), as the handler runs it (``model(x, **knobs)``),
 after ``--warmup`` untimed runs; preprocessing and serving are not included. Weights are seeded random
 (speed does not depend on their values). ``--dtype bf16`` casts the model and input to bfloat16 (meant for
 ``--device cuda``). Adding a model is one ``BenchModel`` line in ``MODELS``: by default every combination of
@@ -41,6 +44,7 @@ class BenchModel:
     name: str
     settings: tuple[dict[str, Any], ...] | None = None
     published: dict[str, str] = field(default_factory=dict)
+    dtypes: tuple[str, ...] | None = None  # the precisions the model supports (None: all)
 
 
 MODELS: tuple[BenchModel, ...] = (
@@ -57,6 +61,16 @@ MODELS: tuple[BenchModel, ...] = (
                           "width=0.7 resolution=128": "64.2"}),
     # DGC README: ResNet-18, heads 4, pruning rate 0.55, top-1 error 31.22.
     BenchModel("dgc_resnet18", published={"": "68.78"}),
+    # fast-MPN-COV README: ResNet-50, top-1 error 21.71 (reproduced; paper 22.14), single 224 crop.
+    BenchModel("isqrtcov_resnet50", published={"": "78.29"}),
+    # AdderNet README: ResNet-20 on CIFAR-10 (32x32 inputs), 91.8% test accuracy. Float32/64 only (its BN
+    # statistics are ~1e2 and cannot be resolved in bf16; the model refuses it).
+    BenchModel("addernet_resnet20", published={"": "91.8 (CIFAR-10)"}, dtypes=("fp32",)),
+    # BiT-M R50x1 upstream (ImageNet-21k head): no top-1 is published for the 21k head itself.
+    BenchModel("bit_m_r50x1"),
+    # Patch-Forensics (image-forensics, 299x299, patch logit map): reported as average precision, not top-1.
+    BenchModel("patchforensics_block2"),
+    BenchModel("patchforensics_block3"),
 )
 
 
@@ -107,6 +121,9 @@ def run(bench: BenchModel, device: torch.device, dtypes: list[str], batch_sizes:
     base = entry.build().eval()
     rows = []
     for dtype in dtypes:
+        if bench.dtypes is not None and dtype not in bench.dtypes:
+            print(f"{bench.name}: {dtype} skipped (supports {', '.join(bench.dtypes)})", file=sys.stderr)
+            continue
         model = base.to(device=device, dtype=DTYPES[dtype])
         for batch in batch_sizes:
             x = torch.randn(batch, 3, crop, crop, generator=torch.Generator().manual_seed(batch))
@@ -115,7 +132,7 @@ def run(bench: BenchModel, device: torch.device, dtypes: list[str], batch_sizes:
                 seconds = time_forward(model, x, knobs, iters, warmup, clock)
                 row = {"model": bench.name, "knobs": label(knobs) or "—", "published": bench.published.get(
                     label(knobs), "—"), "batch": batch, "dtype": dtype, "images_per_s": batch / seconds,
-                    "ms": seconds * 1000}
+                    "ms": seconds * 1000, "input": crop}
                 rows.append(row)
                 print(f"{bench.name} {row['knobs']} batch {batch} {dtype}: {row['images_per_s']:.1f} images/s",
                       file=sys.stderr)
@@ -156,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     for bench in MODELS:
         if bench.name in args.models:
             rows += run(bench, device, args.dtype, args.batch_sizes, args.iters, args.warmup, args.clock)
-    note = (f"Model forward, 224x224 inputs, {device_name(device)}, torch {torch.__version__}, median of "
+    other_sizes = sorted({(r["model"], r["input"]) for r in rows if r["input"] != 224})
+    sizes = "224x224 inputs" + (" (" + ", ".join(f"{m}: {c}x{c}" for m, c in other_sizes) + ")" if other_sizes
+                                else "")
+    note = (f"Model forward, {sizes}, {device_name(device)}, torch {torch.__version__}, median of "
             f"{args.iters} timed forwards ({args.clock} clock) after {args.warmup} warm-up; seeded random weights. "
             f"* = published for a different checkpoint (see bench/zoo_breadth.py).")
     table = markdown(rows) + "\n\n" + note
