@@ -333,6 +333,16 @@ def test_bit_weight_standardisation_is_biased_with_eps_1e10() -> None:
         w = conv.standardized_weight().flatten(1)
     assert_allclose(w[0].numpy(), (np.array([1.0, 2.0, 6.0]) - 3.0) / np.sqrt(14.0 / 3.0 + 1e-10), rtol=1e-15)
     assert torch.equal(w[1], torch.zeros(3, dtype=torch.float64))  # zero variance: eps keeps it finite
+    x = torch.randn(1, 3, 4, 4, dtype=torch.float64)
+    with torch.inference_mode():  # serving: standardised once, reused, recomputed when the weight changes
+        first = conv(x)
+        assert conv._cache is not None and torch.equal(conv(x), first)
+    conv.load_state_dict({"weight": conv.weight.detach().flip(1)})  # other values (scaling would not show)
+    with torch.inference_mode():
+        changed = conv(x)
+    expected = torch.nn.functional.conv2d(x, conv.standardized_weight().detach())  # the per-call official way
+    assert torch.equal(changed, expected) and not torch.equal(changed, first)
+    assert conv(x).requires_grad  # with gradients the official per-call path runs (nothing cached)
 
 
 def test_bit_npz_file_loads_through_read_checkpoint(tmp_path: Path) -> None:
