@@ -27,6 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("convert", help="convert an official checkpoint to zoo-layout safetensors",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="registered model name (see `zoo list`)")
-    p.add_argument("checkpoint", help="official checkpoint (.pth/.pt/.bin/.safetensors, any layout it knows)")
+    p.add_argument("checkpoint", help="official checkpoint (.pth/.pt/.bin/.safetensors/.npz, any layout it knows)")
     p.add_argument("-o", "--output", help="output file (default: ./MODEL.safetensors)")
     p.set_defaults(func=run)
