@@ -17,7 +17,7 @@ Two paths compute the adder layer, with bit-identical results:
   every filter;
 * ``lean``: the same distances over bounded chunks of output positions (groups of images, or bands of output
   rows of one image), each unfolded from the padded input rows it needs, so memory stays under
-  ``max_temp_bytes`` whatever the batch.
+  ``max_temp_bytes`` whatever the batch (at least one output row is taken at a time).
 
 Both measure each (patch, filter) pair with ``torch.cdist(p=1)`` accumulated in float64, whose value for a
 pair does not depend on the other pairs in the call, so the chunking cannot change a bit. (The official
@@ -49,7 +49,7 @@ from zoo.classify import Preprocess, classifier_builder, convert_state_dict, exp
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-MAX_TEMP_BYTES = 64 * 2**20  # the reference path's broadcast temporary above which the lean path runs
+MAX_TEMP_BYTES = 64 * 2**20  # reference unfold size (bytes) above which the lean path runs; its chunk bound
 
 AdderPath = Literal["auto", "reference", "lean"]
 
@@ -118,7 +118,8 @@ def adder2d_lean(x: Tensor, weight: Tensor, stride: int = 1, padding: int = 0,
 
 
 class Adder2d(nn.Module):
-    """The official ``adder2d`` (parameter ``adder``, no bias), with the path chosen by the temporary's size."""
+    """The official ``adder2d`` (parameter ``adder``, no bias); ``path="auto"`` takes the lean path when the
+    reference unfold would exceed ``max_temp_bytes``."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                  padding: int = 0) -> None:
