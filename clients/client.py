@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -270,9 +270,14 @@ class ZooClient:
         """Any model's task route: multipart `fields` (bytes as files, str as values) -> its JSON answer."""
         return self._run(self._requests.predict(model, fields, version), timeout_s)
 
-    def stream(self, frames: Any, **kwargs: Any) -> Any:
-        """Per-frame results over the gateway's bidirectional stream (see `clients.streams`)."""
-        return _stream(self, frames, kwargs)
+    def stream(self, frames: Iterable[Any], model: str = DETECTION_MODEL, *, threshold: float | None = None,
+               top_k: int | None = None, fps: float | None = None, realtime: bool = False) -> Any:
+        """One `FrameResult` per frame, in order, over the gateway's bidirectional stream (its WebSocket route
+        on this client's URL; see `clients.streams`). Iterate it with ``for`` (or ``async for``).
+
+        `frames`: images (path, bytes, PIL, numpy; frame i captured at i / `fps`) or ``(index,
+        capture_time_s, image)`` tuples. `realtime`: send each frame at its capture time, as a camera would."""
+        return _stream(self, frames, model, threshold, top_k, fps, realtime)
 
     # --- raw OIP --------------------------------------------------------------------------------------
     def infer(self, model: str, inputs: Mapping[str, Any], *, outputs: Iterable[str] | None = None,
@@ -368,9 +373,11 @@ class AsyncZooClient:
                       timeout_s: float | None = None) -> Any:
         return await self._run(self._requests.predict(model, fields, version), timeout_s)
 
-    def stream(self, frames: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        """Async iterator of per-frame results over the gateway's bidirectional stream."""
-        return _stream(self, frames, kwargs)
+    def stream(self, frames: Iterable[Any] | AsyncIterable[Any], model: str = DETECTION_MODEL, *,
+               threshold: float | None = None, top_k: int | None = None, fps: float | None = None,
+               realtime: bool = False) -> AsyncIterator[Any]:
+        """Like `ZooClient.stream`, iterated with ``async for``; `frames` may be an async iterable."""
+        return _stream(self, frames, model, threshold, top_k, fps, realtime)
 
     # --- raw OIP --------------------------------------------------------------------------------------
     async def infer(self, model: str, inputs: Mapping[str, Any], *, outputs: Iterable[str] | None = None,
@@ -408,11 +415,36 @@ class AsyncZooClient:
         return list(await asyncio.gather(*(row(name, ready) for name, ready in index)))
 
 
-def _stream(client: ZooClient | AsyncZooClient, frames: Any, kwargs: dict[str, Any]) -> Any:
+STREAM_FPS = 30.0  # capture rate assumed for bare images when no fps is given
+
+
+def _as_frame(item: Any, position: int, fps: float | None) -> tuple[int, float, bytes]:
+    if isinstance(item, tuple) and len(item) == 3:
+        index, capture_time_s, image = item
+        return int(index), float(capture_time_s), image_bytes(image, f"frame {index}")
+    return position, position / (fps or STREAM_FPS), image_bytes(item, f"frame {position}")
+
+
+def _frame_tuples(frames: Any, fps: float | None) -> Any:
+    """`frames` as the ``(index, capture_time_s, image bytes)`` items `stream_frames` sends, lazily."""
+    if hasattr(frames, "__aiter__"):
+        async def converted() -> AsyncIterator[tuple[int, float, bytes]]:
+            position = 0
+            async for item in frames:
+                yield _as_frame(item, position, fps)
+                position += 1
+
+        return converted()
+    return (_as_frame(item, position, fps) for position, item in enumerate(frames))
+
+
+def _stream(client: ZooClient | AsyncZooClient, frames: Any, model: str, threshold: float | None,
+            top_k: int | None, fps: float | None, realtime: bool) -> Any:
     try:
         from clients.streams import stream_frames
     except ImportError:
         raise NotImplementedError(
             "streaming is not available in this installation: clients/streams.py (the gateway's "
-            "bidirectional stream client) is missing") from None
-    return stream_frames(client, frames, **kwargs)
+            "stream client) is missing") from None
+    return stream_frames(client, _frame_tuples(frames, fps), model=model, threshold=threshold, top_k=top_k,
+                         fps=fps, realtime=realtime)

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,3 +341,32 @@ def test_drawings_of_quality_and_deepfake_results(samples) -> None:
     banner = sheet.height - (256 + max(11, 320 // 26) + 10)  # the frames row sits under the banner
     for k in range(4):  # every frame shows the track's box in the "real" colour at its left edge
         assert tuple(pixels[banner + 120, k * (320 + 6) + 101]) == (30, 190, 60)
+
+
+# --- streams --------------------------------------------------------------------------------------------
+def test_stream_answers_every_frame_in_order_sync_and_async(flagship, samples) -> None:
+    pytest.importorskip("clients.streams", reason="the served-streams client is not in this checkout")
+    import av
+
+    with av.open(str(samples["face.mp4"])) as container:
+        frames = [f.to_ndarray(format="rgb24") for _, f in zip(range(5), container.decode(video=0), strict=False)]
+
+    with ZooClient(flagship.url, timeout_s=TIMEOUT_S) as zoo:  # bare images: frame i at i / fps
+        results = list(zoo.stream(frames[:3], threshold=0, top_k=2, fps=25))
+    assert [r.index for r in results] == [0, 1, 2]
+    assert [r.capture_time_s for r in results] == pytest.approx([0, 0.04, 0.08])
+    assert all(r.status in ("processed", "dropped") for r in results) and results[0].processed
+    for r in results:
+        assert len(r.detections) <= 2 and r.computed_from_frame <= r.index
+        if r.computed_from_frame >= 0:
+            assert r.image_size == (320, 256)
+
+    async def tagged() -> AsyncIterator[tuple[int, float, object]]:
+        for k, frame in enumerate(frames[3:]):
+            yield 10 + k, k / 25, Image.fromarray(frame)
+
+    async def main() -> list:
+        async with AsyncZooClient(flagship.url, timeout_s=TIMEOUT_S) as azoo:
+            return [r async for r in azoo.stream(tagged(), top_k=1)]
+
+    assert [r.index for r in asyncio.run(main())] == [10, 11]
