@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.http
 from PIL import Image
 
 from clients import (
@@ -205,9 +206,9 @@ def test_errors_carry_the_servers_message_and_a_400_is_tried_once(flagship, samp
 
 
 # --- retries: only 503 / connection refused, honouring Retry-After ---------------------------------------
-def test_retries_on_503_with_backoff_and_never_on_client_errors(tmp_path) -> None:
+def test_retries_on_503_with_backoff_and_never_on_client_errors(tmp_path, zoo_cli) -> None:
     png = png_bytes(32, 24)
-    keys = {"ZOO_API_KEYS": f"{API_KEY}=*"}
+    keys = {"ZOO_API_KEYS": f"{API_KEY}=*;limited-key=ckdn_r50"}
     with running_torchserve(tmp_path / "ts", ["toy_echo"]) as ts, \
             running_gateway(ts, tmp_path / "gw", {"server": {"retry_after_s": 1}}, env=keys) as gw:
         url = gw.http_url
@@ -216,6 +217,18 @@ def test_retries_on_503_with_backoff_and_never_on_client_errors(tmp_path) -> Non
             ZooClient(url).predict("toy_echo", fields)
         zoo = ZooClient(url, API_KEY, retry=RetryPolicy(max_attempts=3, initial_backoff_s=0.01, jitter=0))
         assert zoo.predict("toy_echo", fields)["width"] == 32
+        # the model list is per key, and is Triton's repository index
+        assert [(m.name, m.ready) for m in zoo.models(metadata=False)] == [("toy_echo", True)]
+        assert ZooClient(url, "limited-key").models() == []
+        index = tritonclient.http.InferenceServerClient(url.split("://")[1]).get_model_repository_index(
+            headers={"x-api-key": API_KEY})
+        assert index == [{"name": "toy_echo", "state": "READY", "reason": ""}]
+        # a model of no known task: one file per declared input, the answer printed as JSON
+        image = tmp_path / "toy.png"
+        image.write_bytes(png)
+        run = zoo_cli("predict", "toy_echo", str(image), "--url", url, "--api-key", API_KEY, "--json")
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)[0]["result"]["width"] == 32
         # numeric OIP inputs travel as JSON fields to the handler (toy_echo echoes the names it got)
         out = zoo.infer("toy_echo", {"image": png, "sleep_ms": np.array([0], np.int32)})
         assert out["width"].tolist() == [32] and "sleep_ms" in out.json()[0]["fields"]
@@ -370,3 +383,29 @@ def test_stream_answers_every_frame_in_order_sync_and_async(flagship, samples) -
             return [r async for r in azoo.stream(tagged(), top_k=1)]
 
     assert [r.index for r in asyncio.run(main())] == [10, 11]
+
+
+# --- client internals without a server --------------------------------------------------------------------
+def test_retry_policy_and_retry_after_parsing() -> None:
+    from email.utils import formatdate
+
+    from clients.errors import ServerError, error_for_status
+    from clients.transport import HttpResponse, error_from_response, parse_retry_after
+
+    policy = RetryPolicy(max_attempts=4, initial_backoff_s=0.5, multiplier=2, max_backoff_s=1.5, jitter=0)
+    assert [policy.delay_s(n, None) for n in (1, 2, 3)] == [0.5, 1.0, 1.5]  # doubling, capped
+    assert policy.delay_s(1, 3.0) == 3.0  # never shorter than Retry-After
+    unavailable, bad = error_for_status(503, "down"), error_for_status(400, "bad")
+    assert policy.should_retry(unavailable, 3) and not policy.should_retry(unavailable, 4)
+    assert not policy.should_retry(bad, 1) and not policy.should_retry(error_for_status(500, "x"), 1)
+    assert not policy.should_retry(error_for_status(503, "x", retry_after_s=600), 1)  # too long to wait
+    jittered = RetryPolicy(initial_backoff_s=1.0, jitter=0.2)
+    assert all(1.0 <= jittered.delay_s(1, None) <= 1.2 for _ in range(50))
+    with pytest.raises(ValueError):
+        RetryPolicy(max_attempts=0)
+
+    assert parse_retry_after("2") == 2.0 and parse_retry_after(None) is None and parse_retry_after("soon") is None
+    assert 25 <= parse_retry_after(formatdate(time.time() + 30, usegmt=True)) <= 30
+    err = error_from_response(HttpResponse(502, {"retry-after": "1"}, b"<html>bad gateway</html>"), "http://x/")
+    assert isinstance(err, ServerError) and err.status == 502 and err.message == "<html>bad gateway</html>"
+    assert str(err) == "<html>bad gateway</html> (502 INTERNAL)"

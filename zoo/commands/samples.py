@@ -39,7 +39,8 @@ def _skimage_data():  # noqa: ANN202 - the skimage.data module
     try:
         from skimage import data
     except ImportError:
-        raise RuntimeError("zoo samples needs scikit-image (its bundled photos): pip install scikit-image") from None
+        raise RuntimeError("zoo samples needs scikit-image (its bundled photos): "
+                           "pip install 'zoo-gateway[samples]' (or scikit-image)") from None
     return data
 
 
