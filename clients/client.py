@@ -330,6 +330,7 @@ class AsyncZooClient:
         self.retry = retry or RetryPolicy()
         self._requests = _Requests(self.api_key)
         self._session: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> AsyncZooClient:
         return self
@@ -343,10 +344,11 @@ class AsyncZooClient:
             self._session = None
 
     def _get_session(self) -> Any:
-        if self._session is None or self._session.closed:
-            import aiohttp
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._session.closed or self._loop is not loop:
+            import aiohttp  # a session belongs to one event loop: a new loop (another asyncio.run) gets its own
 
-            self._session = aiohttp.ClientSession(trust_env=True)
+            self._session, self._loop = aiohttp.ClientSession(trust_env=True), loop
         return self._session
 
     async def _run(self, exchange: Exchange, timeout_s: float | None = None) -> Any:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -105,17 +105,22 @@ def run(args: argparse.Namespace) -> int:
     errors: dict[int, Exception] = {}
     from tqdm import tqdm
 
+    # a progress bar on a terminal (its clock ticks while a long request, e.g. a video, is in flight)
     with ThreadPoolExecutor(max_workers=max(1, min(args.concurrency, len(groups)))) as pool, \
             tqdm(total=len(groups), desc=args.model, unit="req", file=sys.stderr,
-                 disable=len(groups) < 2 or not sys.stderr.isatty()) as bar:
+                 disable=not sys.stderr.isatty()) as bar:
         futures = {pool.submit(one, group): i for i, group in enumerate(groups)}
-        for future in as_completed(futures):
-            i = futures[future]
-            try:
-                results[i] = future.result()
-            except (ZooError, OSError, ValueError, TypeError) as exc:
-                errors[i] = exc
-            bar.update(1)
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for future in done:
+                i = futures[future]
+                try:
+                    results[i] = future.result()
+                except (ZooError, OSError, ValueError, TypeError) as exc:
+                    errors[i] = exc
+                bar.update(1)
+            bar.refresh()
 
     if args.json:
         doc = [{"files": group, **({"result": r.raw if hasattr(r, "raw") else r} if i not in errors
