@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from clients.client import DEFAULT_TIMEOUT_S, DEFAULT_URL, ZooClient
 from clients.errors import ZooError
@@ -34,7 +35,7 @@ def error_line(command: str, exc: ZooError, what: str | None = None) -> str:
     return f"zoo {command}: error{where}: {exc}"
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out=None) -> None:  # noqa: ANN001
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO | None = None) -> None:
     """Left-aligned columns sized to their widest cell."""
     out = out or sys.stdout
     cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]

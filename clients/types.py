@@ -8,6 +8,7 @@ seeded random weights, whose outputs mean nothing).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +80,7 @@ class DetectionResult:
     def __len__(self) -> int:
         return len(self.detections)
 
-    def __iter__(self):  # noqa: ANN204 - iterator of Detection
+    def __iter__(self) -> Iterator[Detection]:
         return iter(self.detections)
 
     @classmethod

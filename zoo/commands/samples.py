@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -35,7 +36,7 @@ SAMPLES = {
 }
 
 
-def _skimage_data():  # noqa: ANN202 - the skimage.data module
+def _skimage_data() -> ModuleType:
     try:
         from skimage import data
     except ImportError:
