@@ -3,11 +3,15 @@
 One call is one session (serving/streams.py). The first message carries the `StreamConfig` (model, options)
 and may be config-only (no image): the session is opened, authorised (``authorization: Bearer <key>`` or
 ``x-api-key`` metadata) and admitted before any frame is sent, so refusals (UNAUTHENTICATED,
-PERMISSION_DENIED, NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED for too many sessions) arrive at once.
+PERMISSION_DENIED, NOT_FOUND, INVALID_ARGUMENT, RESOURCE_EXHAUSTED for too many sessions) arrive at once;
+admission is signalled by initial metadata ``zoo-stream-session: <id>``. Clients should wait for it before
+sending frames: grpc.aio marks a call INTERNAL ("Internal error from Core") when a write races with the
+server ending the call, which would hide the refusal's real status.
 Then one `FrameResult` per frame, in frame order. The client half-closing ends the session once every frame
 is answered (status OK); an invalid frame, repeated detector failures, idle expiry (DEADLINE_EXCEEDED) or
-gateway shutdown (UNAVAILABLE) end it with that status after the answers already due. A client that cancels
-frees its session at once; its detector call in flight finishes inside the backend and is discarded.
+gateway shutdown (UNAVAILABLE) end it with that status after the answers already due. Errors carry trailing
+metadata ``zoo-http-status`` (the HTTP status of the same error). A client that cancels frees its session at
+once; its detector call in flight finishes inside the backend and is discarded.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 import grpc
 
 from serving.errors import GatewayError, as_gateway_error
-from serving.grpc_server import abort, api_key_from
+from serving.grpc_server import api_key_from
 from serving.protos import STREAM_SERVICE, stream
 from serving.streams import CLIENT_GONE, PROCESSED, Frame, FrameAnswer, StreamManager, StreamOptions, StreamSession
 
@@ -29,12 +33,24 @@ logger = logging.getLogger(__name__)
 
 PROTOCOL = "grpc"
 METHOD = f"/{STREAM_SERVICE}/Stream"
+ADMITTED = "zoo-stream-session"  # initial metadata sent once a session is open (value: its id)
 STATUS = {PROCESSED: stream.FrameResult.Status.Value("PROCESSED"),
           "dropped": stream.FrameResult.Status.Value("DROPPED")}
 
 
 def _serialize(msg: Any) -> bytes:
     return msg.SerializeToString()
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+    """End the call with the error's code; trailing metadata ``zoo-http-status`` tells apart the two
+    RESOURCE_EXHAUSTED cases (413 frame too large, 429 too many sessions), ``retry-after`` as elsewhere."""
+    err = as_gateway_error(exc)
+    trailing = [("zoo-http-status", str(err.http_status))]
+    if err.retry_after_s is not None:
+        trailing.append(("retry-after", str(err.retry_after_s)))
+    context.set_trailing_metadata(tuple(trailing))
+    await context.abort(err.grpc_code, err.message)
 
 
 def options_from_proto(config: Any) -> StreamOptions:
@@ -87,6 +103,8 @@ class StreamServicer:
         status = CLIENT_GONE
         reader: asyncio.Task | None = None
         try:
+            # admitted: tell the client now (initial metadata), so it sends frames only to an open session
+            await context.send_initial_metadata(((ADMITTED, str(session.id)),))
             if first.image:
                 await session.push(Frame(first.index, first.capture_time_s, first.image))
             reader = asyncio.create_task(self._read(requests, session))

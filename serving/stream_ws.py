@@ -86,13 +86,13 @@ class StreamWebSocket:
         model = request.match_info["model"]
         key = api_key_from(request.headers) or request.query.get("api_key") or None
         try:
-            options = options_from_query(model, request.query)
-            if not web.WebSocketResponse().can_prepare(request).ok:
-                raise InvalidInput(f"{PATH.replace('{model}', model)} is a WebSocket route: connect with "
-                                   "an Upgrade: websocket request")
-            session = await self.manager.open(model, key, options, PROTOCOL)
+            session = await self.manager.open(model, key, options_from_query(model, request.query), PROTOCOL)
         except GatewayError as exc:
             return error_response(exc)
+        if not web.WebSocketResponse().can_prepare(request).ok:  # a plain GET sees the refusal an upgrade would
+            session.close(400)
+            return error_response(InvalidInput(f"{request.path} is a WebSocket route: connect with an "
+                                               "'Upgrade: websocket' request"))
         limit = session.max_frame_bytes
         ws = web.WebSocketResponse(max_msg_size=limit * 4 // 3 + 4096)  # a base64 frame in JSON fits
         status = CLIENT_GONE
