@@ -20,23 +20,13 @@ import torch
 from PIL import Image
 
 from handlers.base import ZooHandler
-from handlers.codec import RequestError, as_bytes, decode_image, parse_json_body, request_fields
+from handlers.codec import RequestError, as_bytes, decode_image, request_fields
 from zoo.ckdn import pair_batch_to_inputs, preprocess_pair
 
 PAIR_FIELDS = ("restored", "degraded")
 # Largest allowed ratio between the two images' aspect ratios (w/h), e.g. 4:3 vs 16:9 = 1.33 passes, 1:1 vs
 # 16:9 = 1.78 does not.
 MAX_ASPECT_MISMATCH = 1.5
-
-
-def _pair_fields(request: dict[str, Any]) -> dict[str, Any]:
-    fields = request_fields(request)
-    for key in ("body", "data"):  # a JSON body TorchServe did not parse (e.g. sent without a JSON type)
-        as_json = parse_json_body(fields.get(key))
-        if as_json is not None:
-            fields.pop(key)
-            fields.update(as_json)
-    return fields
 
 
 def _pair_images(fields: dict[str, Any]) -> tuple[Image.Image, Image.Image]:
@@ -67,7 +57,7 @@ class CKDNHandler(ZooHandler):
     """Scores restored images against their degraded inputs, a batch of pairs at a time."""
 
     def decode(self, request: dict[str, Any], index: int) -> np.ndarray:
-        restored, degraded = _pair_images(_pair_fields(request))
+        restored, degraded = _pair_images(request_fields(request))
         _check_aspect(restored, degraded)
         return preprocess_pair(restored, degraded)
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from handlers.base import ZooHandler
-from handlers.codec import RequestError, as_bytes, decode_image, number_param, parse_json_body, request_fields
+from handlers.codec import RequestError, as_bytes, decode_image, number_param, request_fields
 from zoo.classify import ClassifyInput, Knob, KnobError, Preprocess, knob_specs, parse_knobs, top_k
 
 IMAGE_FIELDS = ("image", "body", "data", "file", "input")
@@ -70,15 +70,6 @@ class ClassifyHandler(ZooHandler):
         _ = self.knobs, self.preprocess  # a misdeclared entry fails at load, not on the first request
 
     # --- decode -----------------------------------------------------------------------------------
-    def _fields(self, request: dict[str, Any]) -> dict[str, Any]:
-        fields = request_fields(request)
-        for key in ("body", "data"):  # a JSON body TorchServe did not parse (e.g. sent without a JSON type)
-            as_json = parse_json_body(fields.get(key))
-            if as_json is not None:
-                fields.pop(key)
-                fields.update(as_json)
-        return fields
-
     def _image_field(self, fields: dict[str, Any]) -> str:
         for name in IMAGE_FIELDS:
             if name in fields:
@@ -87,7 +78,7 @@ class ClassifyHandler(ZooHandler):
                            "or JSON {\"image\": \"<base64>\"}")
 
     def decode(self, request: dict[str, Any], index: int) -> ClassifyInput:
-        fields = self._fields(request)
+        fields = request_fields(request)
         image_field = self._image_field(fields)
         unknown = sorted(set(fields) - {image_field, *self.param_fields})
         if unknown:

@@ -46,14 +46,16 @@ class RequestError(Exception):
 def request_fields(request: dict[str, Any]) -> dict[str, Any]:
     """Normalise one TorchServe request to {field: value}.
 
-    TorchServe gives a raw body as ``body`` or ``data``; multipart parts and gRPC inputs arrive under
-    their own names. A JSON body has already been parsed into a dict by TorchServe (if it parsed).
+    TorchServe gives a raw body as ``body`` or ``data``; multipart parts and gRPC inputs arrive under their
+    own names. A JSON object body is merged into the fields, whether TorchServe parsed it (JSON content type)
+    or not (JSON sent as bytes); a body that looks like JSON but does not parse is a 400.
     """
     fields = {k: v for k, v in request.items() if v is not None}
     for key in ("body", "data"):
-        if key in fields and isinstance(fields[key], dict):
-            inner = fields.pop(key)
-            fields.update(inner)
+        as_json = parse_json_body(fields.get(key))
+        if as_json is not None:
+            fields.pop(key)
+            fields.update(as_json)
     return fields
 
 

@@ -11,23 +11,12 @@ from handlers.codec import (
     as_bytes,
     decode_image,
     number_param,
-    parse_json_body,
     request_fields,
 )
 from zoo.detr import postprocess, preprocess
 
 IMAGE_FIELDS = ("image", "body", "data", "file", "input")
-
-
-def _first_image_value(fields: dict[str, Any]) -> tuple[str, Any]:
-    for name in IMAGE_FIELDS:
-        if name in fields:
-            return name, fields[name]
-    image_like = [k for k, v in fields.items() if isinstance(v, (bytes, bytearray))]
-    if len(image_like) == 1:
-        return image_like[0], fields[image_like[0]]
-    raise RequestError("no image in the request: send image bytes as the body, a multipart field 'image', "
-                       "or JSON {\"image\": \"<base64>\"}")
+PARAMS = ("threshold", "top_k")
 
 
 class DetrHandler(ZooHandler):
@@ -35,19 +24,16 @@ class DetrHandler(ZooHandler):
 
     def decode(self, request: dict[str, Any], index: int) -> ImageRequest:
         fields = request_fields(request)
-        params: dict[str, Any] = {k: v for k, v in fields.items() if k in ("threshold", "top_k")}
-        name, value = _first_image_value(fields)
-        as_json = parse_json_body(value)
-        if as_json is not None:
-            if "image" not in as_json:
-                raise RequestError("JSON body needs an 'image' field holding base64 image bytes")
-            params.update({k: as_json[k] for k in ("threshold", "top_k") if k in as_json})
-            unknown = set(as_json) - {"image", "threshold", "top_k"}
-            if unknown:
-                raise RequestError(f"unknown JSON fields: {sorted(unknown)}; allowed: image, threshold, top_k")
-            name, value = "image", as_json["image"]
-        params = {k: (v.decode() if isinstance(v, (bytes, bytearray)) else v) for k, v in params.items()}
-        image = decode_image(as_bytes(value, name), name)
+        name = next((n for n in IMAGE_FIELDS if n in fields), None)
+        if name is None:
+            raise RequestError("no image in the request: send image bytes as the body, a multipart field "
+                               "'image', or JSON {\"image\": \"<base64>\"}")
+        unknown = sorted(set(fields) - {name, *PARAMS})
+        if unknown:
+            raise RequestError(f"unknown fields {unknown}; allowed: image, {', '.join(PARAMS)}")
+        params = {k: (v.decode() if isinstance(v, (bytes, bytearray)) else v)
+                  for k, v in fields.items() if k in PARAMS}
+        image = decode_image(as_bytes(fields[name], name), name)
         return ImageRequest(image, {
             "threshold": float(number_param(params, "threshold", 0.7, 0.0, 1.0)),
             "top_k": int(number_param(params, "top_k", 100, 1, 100, integer=True)),

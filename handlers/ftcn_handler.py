@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from handlers.base import ZooHandler
-from handlers.codec import RequestError, as_bytes, number_param, parse_json_body, request_fields
+from handlers.codec import RequestError, as_bytes, number_param, request_fields
 from zoo.faces.pipeline import AGGREGATES, FacePipeline, PreparedVideo
 from zoo.faces.weights import ARCHIVE_DIR, check_dir
 from zoo.video import VideoError, VideoLimits
@@ -55,31 +55,19 @@ class FtcnHandler(ZooHandler):
 
     # --- request parsing ---------------------------------------------------------------------------
     def video_and_params(self, request: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-        body = request.get("body") if request.get("body") is not None else request.get("data")
-        fields = request_fields(request)
+        fields = request_fields(request)  # a JSON body's fields are merged in
         params: dict[str, Any] = {k: fields[k] for k in PARAMS if k in fields}
-        as_json = body if isinstance(body, dict) else None  # JSON TorchServe already parsed
-        name, value = "video", None
-        if as_json is None:
-            name = next((n for n in VIDEO_FIELDS if n in fields), None)
-            if name is None:
-                binary = [k for k, v in fields.items()
-                          if isinstance(v, (bytes, bytearray)) and k not in PARAMS]
-                if len(binary) != 1:
-                    raise RequestError("no video in the request: send the video file as the body, a "
-                                       "multipart field 'video', or JSON {\"video\": \"<base64>\"}")
-                name = binary[0]
-            value = fields[name]
-            as_json = parse_json_body(value)
-        if as_json is not None:
-            if "video" not in as_json:
-                raise RequestError("JSON body needs a 'video' field holding base64 video bytes")
-            unknown = set(as_json) - {"video", *PARAMS}
-            if unknown:
-                raise RequestError(
-                    f"unknown JSON fields: {sorted(unknown)}; allowed: video, {', '.join(PARAMS)}")
-            params.update({k: as_json[k] for k in PARAMS if k in as_json})
-            name, value = "video", as_json["video"]
+        name = next((n for n in VIDEO_FIELDS if n in fields), None)
+        if name is None:
+            binary = [k for k, v in fields.items() if isinstance(v, (bytes, bytearray)) and k not in PARAMS]
+            if len(binary) != 1:
+                raise RequestError("no video in the request: send the video file as the body, a "
+                                   "multipart field 'video', or JSON {\"video\": \"<base64>\"}")
+            name = binary[0]
+        unknown = sorted(set(fields) - {name, *PARAMS})
+        if unknown:
+            raise RequestError(f"unknown fields: {unknown}; allowed: video, {', '.join(PARAMS)}")
+        value = fields[name]
         if not isinstance(value, (bytes, bytearray, str)):
             raise RequestError(f"'{name}' must be video bytes or a base64 string, got {type(value).__name__}")
         params = {k: (v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v)

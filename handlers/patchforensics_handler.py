@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from handlers.base import ZooHandler
-from handlers.codec import RequestError, as_bytes, decode_image, parse_json_body, request_fields
+from handlers.codec import RequestError, as_bytes, decode_image, request_fields
 from zoo.classify import Preprocess
 from zoo.patchforensics import FAKE_CLASS, ForensicsInput, crop_box_in_input, patch_probabilities, render_overlay
 
@@ -68,11 +68,6 @@ class PatchForensicsHandler(ZooHandler):
 
     def decode(self, request: dict[str, Any], index: int) -> ForensicsInput:
         fields = request_fields(request)
-        for key in ("body", "data"):  # a JSON body TorchServe did not parse (e.g. sent without a JSON type)
-            as_json = parse_json_body(fields.get(key))
-            if as_json is not None:
-                fields.pop(key)
-                fields.update(as_json)
         image_field = next((name for name in IMAGE_FIELDS if name in fields), None)
         if image_field is None:
             raise RequestError("no image in the request: send image bytes as the body, a multipart field "

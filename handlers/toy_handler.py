@@ -20,7 +20,6 @@ from handlers.codec import (
     decode_image,
     image_to_array,
     number_param,
-    parse_json_body,
     request_fields,
 )
 
@@ -33,11 +32,6 @@ ToyItem = dict[str, Any]
 class ToyHandler(ZooHandler):
     def decode(self, request: dict[str, Any], index: int) -> ToyItem:
         fields = request_fields(request)
-        for key in ("body", "data"):
-            as_json = parse_json_body(fields.get(key))
-            if as_json is not None:
-                fields.pop(key)
-                fields.update(as_json)
         name = next((k for k in IMAGE_FIELDS if k in fields), None)
         if name is None:
             raise RequestError("no image: send image bytes as the body, a field 'image', or JSON "
