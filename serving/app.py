@@ -38,6 +38,7 @@ from serving.rest import RestApi
 from serving.stream_grpc import StreamServicer
 from serving.stream_ws import StreamWebSocket
 from serving.streams import StreamManager, StreamSettings
+from zoo._process import stop_process
 
 logger = logging.getLogger("serving")
 
@@ -225,14 +226,7 @@ class GatewayProcess:
         return f"{self.host}:{self.grpc_port}"
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        return self.proc.returncode
+        return stop_process(self.proc, timeout_s)
 
     def __enter__(self) -> GatewayProcess:
         return self

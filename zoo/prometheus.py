@@ -12,7 +12,6 @@ import atexit
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -23,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from zoo._process import stop_process
 from zoo.torchserve import LOOPBACK, free_port
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
@@ -143,13 +143,7 @@ class Prometheus:
         atexit.unregister(self.stop)
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+        stop_process(self.proc, timeout_s)
         self._log.close()
         self.proc = None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -18,6 +17,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from zoo._process import stop_process
 
 # Large enough for a 30 s 1080p clip upload (H.264 at ~20 Mbit/s is ~75 MB) with headroom.
 MAX_REQUEST_BYTES = 512 * 1024 * 1024
@@ -207,15 +208,7 @@ class TorchServe:
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-            except ProcessLookupError:
-                pass
+        stop_process(self.proc, timeout_s, process_group=True)
         self._log.close()
         self.proc = None
 
