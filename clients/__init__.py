@@ -18,6 +18,8 @@ from clients.errors import (
     ZooError,
     ZooTimeoutError,
 )
+from clients.streams import Detection as StreamDetection
+from clients.streams import FrameResult, TooManyStreamsError
 from clients.transport import RetryPolicy
 from clients.types import (
     BoxSample,
@@ -36,7 +38,7 @@ __all__ = [
     "AsyncZooClient", "ZooClient", "RetryPolicy",
     "AuthenticationError", "DeadlineExceededError", "InvalidInputError", "NotFoundError", "PayloadTooLargeError",
     "PermissionDeniedError", "ServerError", "UnavailableError", "ZooConnectionError", "ZooError",
-    "ZooTimeoutError",
-    "BoxSample", "DeepfakeResult", "Detection", "DetectionResult", "InferResult", "ModelInfo",
-    "ModelMetadata", "ModelStatus", "QualityResult", "Track",
+    "ZooTimeoutError", "TooManyStreamsError",
+    "BoxSample", "DeepfakeResult", "Detection", "DetectionResult", "FrameResult", "InferResult", "ModelInfo",
+    "ModelMetadata", "ModelStatus", "QualityResult", "StreamDetection", "Track",
 ]
