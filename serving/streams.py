@@ -307,6 +307,9 @@ class StreamSession:
         self._input_done = False
         self._closed = False
         self._detector: asyncio.Task | None = None
+        self._detector_idle = True  # the detector loop waits for a frame (or has not started: no work yet)
+        self._claimed: Frame | None = None  # taken by `push` for an idle detector, not yet started
+        self._take_next = False  # the scheduler chose to wait: the next frame is taken on arrival
         self._output_frame: int | None = None  # frame the latest detector output was computed on
         self._image_size = (0, 0)
         self._names: dict[int, str] = {}
@@ -388,6 +391,9 @@ class StreamSession:
         if self._pending is not None:
             self._drop(self._pending)
         self._pending = frame
+        if self._detector_idle and self._claimed is None:
+            # the detector waits for work: it takes this frame now (even if another arrives before it runs)
+            self._claimed = self._claim()
         self._wake.set()
 
     def end_input(self) -> None:
@@ -461,25 +467,36 @@ class StreamSession:
         fidx, _start = self.scheduler.decide((frame.index + since) / self.fps)
         return fidx != frame.index
 
+    def _claim(self) -> Frame | None:
+        """The detector is free: take the slot's frame (answered as processed) or, when the shrinking-tail
+        scheduler says to wait for the next frame, drop it (the next one is then taken on arrival)."""
+        frame = self._pending
+        if frame is None:
+            return None
+        if self.scheduler is not None:
+            if self._take_next:
+                self._take_next = False
+                self.scheduler.last_frame = frame.index
+            elif self._should_wait(frame):
+                self._pending = None
+                self._drop(frame)
+                self._take_next = True
+                return None
+        self._pending = None
+        self._take(frame)
+        return frame
+
     async def _run_detector(self) -> None:
-        take_next = False  # the scheduler chose to wait: the next frame is taken on arrival
         while not self._finished:
-            if self._pending is None:
+            frame, self._claimed = self._claimed, None
+            if frame is None:
+                frame = self._claim()
+            if frame is None:
+                self._detector_idle = True
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            frame = self._pending
-            if self.scheduler is not None:
-                if take_next:
-                    take_next = False
-                    self.scheduler.last_frame = frame.index
-                elif self._should_wait(frame):
-                    self._pending = None
-                    self._drop(frame)
-                    take_next = True
-                    continue
-            self._pending = None
-            self._take(frame)
+            self._detector_idle = False
             started = self._clock()
             try:
                 detections = await self._detect(frame.image, self._params)

@@ -15,6 +15,7 @@ import io
 import json
 import re
 import time
+from types import SimpleNamespace
 
 import aiohttp
 import grpc
@@ -307,6 +308,15 @@ def test_auth_and_refusals(gw: GatewayProcess) -> None:
 
     messages, code = asyncio.run(ws_query_key_and_empty_stream())
     assert messages == [] and code == 1000
+    # synchronous iteration (the SDK's ZooClient.stream), an SDK-client-like target (url + api_key)
+    with pytest.raises(AuthenticationError):
+        list(stream_frames(gw.grpc_target, [(0, 0.0, jpeg(0))], MODEL))
+    client = SimpleNamespace(url=gw.http_url, api_key=FULL_KEY)
+    results = list(stream_frames(client, [(0, 0.0, jpeg(0)), (1, 1 / 30, jpeg(1))], MODEL))
+    # sent back to back: frame 0 goes to the idle detector, frame 1 is dropped at the end of the stream
+    assert [(r.index, r.status, r.computed_from_frame) for r in results] == [(0, "processed", -1),
+                                                                            (1, "dropped", -1)]
+    assert all(r.round_trip_s >= 0 for r in results)
     status, _, raw = http_request(f"{gw.http_url}/v1/streams/{MODEL}?api_key={FULL_KEY}")  # no upgrade
     assert status == 400 and "WebSocket route" in json.loads(raw)["error"]
 
@@ -355,6 +365,27 @@ def test_bad_frames_end_the_stream_with_a_clear_error(gw: GatewayProcess) -> Non
     assert [d["index"] for d in answers] == list(range(len(answers)))
     assert any(d["error"] and "detector failed on frame" in d["error"] for d in answers)
     wait_for(lambda: metric(metrics(gw), "zoo_gateway_streams_active", model=MODEL) == 0, 10, "no session")
+
+
+def test_gateway_shutdown_ends_open_streams_at_once(ts: TorchServe, tmp_path) -> None:
+    """SIGTERM: open sessions end with UNAVAILABLE right away instead of holding the shutdown for grace_s."""
+    with running_gateway(ts, tmp_path, {"auth": KEYS, "server": {"grace_s": 20}}) as gateway:
+        async def run() -> tuple[grpc.aio.AioRpcError, float]:
+            channel, call = await _open_grpc(gateway.grpc_target)
+            await call.initial_metadata()  # admitted
+            stopper = asyncio.get_running_loop().run_in_executor(None, gateway.stop)
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call.read()
+                started = time.monotonic()
+                await stopper
+                return info.value, time.monotonic() - started
+            finally:
+                await channel.close()
+
+        error, stop_s = asyncio.run(run())
+    assert error.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in error.details()
+    assert stop_s < 10 and gateway.proc.returncode == 0
 
 
 # --- the CLI --------------------------------------------------------------------------------------------------

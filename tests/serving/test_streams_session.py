@@ -154,6 +154,25 @@ def test_latest_frame_wins_every_frame_answered_in_order_with_kalman_forecasts()
     asyncio.run(run())
 
 
+def test_an_idle_detector_takes_the_frame_on_arrival() -> None:
+    """Frames arriving in one burst (no event-loop turn between them): the first goes to the idle detector,
+    it is not replaced by the second."""
+
+    async def run() -> None:
+        det = FakeDetector()
+        s = StreamSession(MODEL, det, StreamSettings(), StreamOptions(MODEL), None)
+        s.start()
+        await s.push(frame(0))
+        await s.push(frame(1))
+        s.end_input()
+        assert [(a.index, a.status) for a in drain(s)] == [(0, PROCESSED), (1, DROPPED)]
+        await settle()
+        assert det.calls == []  # the stream ended before the detector ran: no later frame needs the call
+        s.close()
+
+    asyncio.run(run())
+
+
 def test_answers_iterator_and_latency_metric() -> None:
     async def run() -> None:
         metrics = GatewayMetrics()
