@@ -112,12 +112,15 @@ class StreamServicer:
                 yield answer_to_proto(answer)
                 session.sent(answer)
             status = 200
+            session.close(status)  # freed before the client sees the end (it may open the next one at once)
         except GatewayError as exc:
             status = exc.http_status
+            session.close(status)
             await abort(context, exc)
         except Exception as exc:  # noqa: BLE001 - a bug here must not leak the session
             logger.exception("stream session %d failed", session.id)
             status = 500
+            session.close(status)
             await abort(context, as_gateway_error(exc))
         finally:
             if reader is not None:

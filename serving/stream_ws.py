@@ -170,6 +170,7 @@ class StreamWebSocket:
                 session.sent(answer)
         except GatewayError as exc:
             err = as_gateway_error(exc)
+            session.close(err.http_status)  # freed before the client sees the end
             with contextlib.suppress(Exception):
                 await ws.send_str(json.dumps({"error": err.message, "status": err.http_status}))
                 await ws.close(code=4000 + err.http_status,
@@ -177,5 +178,6 @@ class StreamWebSocket:
             return err.http_status
         except (ConnectionError, RuntimeError):  # the socket went away under us
             return CLIENT_GONE
+        session.close(200)
         await ws.close()
         return 200

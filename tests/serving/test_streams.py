@@ -40,6 +40,7 @@ KEYS = {"keys": [{"key": FULL_KEY, "name": "full", "models": ["*"]},
                  {"key": TOY_KEY, "name": "toy", "models": ["toy_echo"]}]}
 GRPC_AUTH = (("authorization", f"Bearer {FULL_KEY}"),)
 METHOD = "/zoo.stream.v1.DetectionStream/Stream"
+IDLE_S = 4.0  # gw_small's idle timeout
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +58,8 @@ def gw(ts: TorchServe, tmp_path_factory: pytest.TempPathFactory) -> GatewayProce
 
 @pytest.fixture(scope="module")
 def gw_small(ts: TorchServe, tmp_path_factory: pytest.TempPathFactory) -> GatewayProcess:
-    """One session at most, idle sessions expire after 3 s."""
-    config = {"auth": KEYS, "streams": {"max_sessions": 1, "idle_timeout_s": 3}}
+    """One session at most, idle sessions expire after IDLE_S."""
+    config = {"auth": KEYS, "streams": {"max_sessions": 1, "idle_timeout_s": IDLE_S}}
     with running_gateway(ts, tmp_path_factory.mktemp("gw_small"), config) as g:
         yield g
 
@@ -242,6 +243,7 @@ async def _open_grpc(target: str, model: str = MODEL, key: str = FULL_KEY, **con
 
 def test_session_limit_and_idle_expiry(gw_small: GatewayProcess) -> None:
     async def run() -> None:
+        opened = time.monotonic()
         channel, held = await _open_grpc(gw_small.grpc_target)  # config-only: a session with no frame yet
         for _ in range(50):
             if metric(metrics(gw_small), "zoo_gateway_streams_active", model=MODEL) == 1:
@@ -255,12 +257,11 @@ def test_session_limit_and_idle_expiry(gw_small: GatewayProcess) -> None:
             async for _ in stream_frames(gw_small.http_url, [(0, 0.0, jpeg(0))], MODEL, FULL_KEY):
                 pass
         assert info.value.status == 429
-        # the held session sends nothing: it expires after idle_timeout_s (3 s)
-        started = time.monotonic()
+        # the held session sends nothing: it expires after idle_timeout_s
         with pytest.raises(grpc.aio.AioRpcError) as expired:
             await held.read()
         assert expired.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "expired" in expired.value.details()
-        assert 2.5 < time.monotonic() - started < 8
+        assert IDLE_S - 0.5 < time.monotonic() - opened < IDLE_S + 6
         await channel.close()
 
         async def ws_idle() -> tuple[dict, int]:
