@@ -163,7 +163,7 @@ def capacity_benchmark(cfg: CapacityConfig) -> tuple[list[dict[str, Any]], dict[
     from zoo.mar import build_mar, read_archive_meta
     from zoo.torchserve import TorchServe
 
-    env, device = _device_env(cfg.device)
+    env, device = _device_env("gpu" if cfg.device == "cuda" else cfg.device)
     work = Path(tempfile.mkdtemp(prefix="zoo-bench-streams-"))
     store = cfg.store or work / "store"
     mar = store / "detr_resnet50.mar"
@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--out", type=Path, help="also write the markdown table here")
     c = sub.add_parser("capacity", help="(a) concurrent real-time streams through gateway + TorchServe (DETR)")
     dc = CapacityConfig()
-    c.add_argument("--device", choices=("auto", "cpu", "gpu"), default=dc.device)
+    c.add_argument("--device", choices=("auto", "cpu", "gpu", "cuda"), default=dc.device,
+                   help="where TorchServe runs DETR (cuda = gpu; auto: gpu when torch sees one)")
     c.add_argument("--resolution", default="x".join(map(str, dc.resolution)), help="frame size WxH")
     c.add_argument("--streams", type=int, nargs="+", default=list(dc.streams), help="stream counts to ramp")
     c.add_argument("--duration", type=float, default=dc.duration_s, help="seconds per stream count")
