@@ -338,7 +338,11 @@ class StreamSession:
             return
         self._finished = True
         self._error = error
-        self._pending = None
+        if self._pending is not None:  # never answered (the session is over) but counted: dropped
+            self._pending = None
+            self.dropped += 1
+            if self._m_frames is not None:
+                self._m_frames[DROPPED].inc()
         if self._detector is not None and self._detector is not asyncio.current_task():
             self._detector.cancel()  # an abandoned backend call finishes (and is discarded) in the backend
         self._wake.set()

@@ -173,6 +173,20 @@ def test_an_idle_detector_takes_the_frame_on_arrival() -> None:
     asyncio.run(run())
 
 
+def test_a_disconnect_counts_the_waiting_frame_as_dropped() -> None:
+    async def run() -> None:
+        metrics = GatewayMetrics()
+        s = StreamSession(MODEL, FakeDetector(), StreamSettings(), StreamOptions(MODEL), metrics)
+        s.start()
+        for i in range(3):
+            await s.push(frame(i))
+        s.close(499)  # frame 2 was waiting: never answered, but every received frame has an outcome
+        assert (s.received, s.processed, s.dropped) == (3, 1, 2)
+        assert sample(metrics, "zoo_gateway_stream_frames_total", model=MODEL, outcome="dropped") == 2
+
+    asyncio.run(run())
+
+
 def test_answers_iterator_and_latency_metric() -> None:
     async def run() -> None:
         metrics = GatewayMetrics()
