@@ -129,6 +129,23 @@ class Prometheus:
             time.sleep(0.2)
         raise PrometheusError(f"Prometheus not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
 
+    def wait_scraped(self, jobs: list[str], timeout_s: float = 30.0) -> None:
+        """Until every job in `jobs` has been scraped once (its `up` series exists). Prometheus applies new
+        targets on a 5 s tick after start, so without this the first seconds of traffic go unrecorded and a
+        counter's first increments are invisible to rate(). A target that is down still counts (up == 0):
+        that is for the alerts to report, not a reason to hang."""
+        deadline = time.monotonic() + timeout_s
+        missing = set(jobs)
+        while time.monotonic() < deadline:
+            doc = self.api("query", {"query": "up"}, timeout_s=5.0)
+            seen = {r["metric"].get("job") for r in doc.get("data", {}).get("result", [])}
+            missing = set(jobs) - seen
+            if not missing:
+                return
+            time.sleep(0.2)
+        raise PrometheusError(f"Prometheus did not scrape {sorted(missing)} within {timeout_s:.0f}s:\n"
+                              f"{self.log_tail()}")
+
     def api(self, path: str, params: dict[str, Any] | list[tuple[str, str]] | None = None,
             timeout_s: float = 10.0) -> dict[str, Any]:
         """GET /api/v1/<path>; the decoded JSON document, error answers (4xx) included."""
@@ -156,7 +173,8 @@ class Prometheus:
 
 def start_local(run_dir: str | Path, gateway_target: str | None, torchserve_target: str | None,
                 port: int | None = None, scrape_interval: str = "15s") -> Prometheus:
-    """Render the config into `run_dir` and start Prometheus over it on loopback (ready when this returns)."""
+    """Render the config into `run_dir` and start Prometheus over it on loopback. When this returns it is
+    ready and has scraped every target once, so no request sent afterwards goes unrecorded."""
     if find_binary("prometheus") is None:
         raise PrometheusError(f"Prometheus is not installed: {INSTALL_HINT}")
     config = render_config(run_dir, gateway_target, torchserve_target, scrape_interval)
@@ -169,6 +187,10 @@ def start_local(run_dir: str | Path, gateway_target: str | None, torchserve_targ
     server = Prometheus(config, run_dir, port=port).start()
     try:
         server.wait_ready()
+        scrape_s = parse_duration(scrape_interval)
+        server.wait_scraped([job for job, target in ((GATEWAY_JOB, gateway_target),
+                                                      (TORCHSERVE_JOB, torchserve_target)) if target],
+                            timeout_s=30.0 + 2 * scrape_s)
     except PrometheusError:
         server.stop()
         raise

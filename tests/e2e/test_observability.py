@@ -53,10 +53,6 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=f"promtool not foun
 DS = {"type": "prometheus", "uid": "${datasource}"}
 GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__interval_ms", "__range", "__range_s", "__range_ms"}
 RATE_INTERVAL = "15s"  # what Grafana's $__rate_interval becomes here (>= 4 scrapes of 1 s)
-# KNOWN REGRESSION (issue 8 left open): since the served-streams semantics changed (9f972b5) the live load no
-# longer yields data for the toy_slow error-ratio and stream histogram queries within 90 s. Fix next session.
-LIVE_REGRESSION = pytest.mark.skip(reason="known regression after 9f972b5: live load yields no data for "
-                                   "toy_slow error ratio and stream histograms; issue 8 left open")
 STREAM_METRICS = ("zoo_gateway_streams_active", "zoo_gateway_stream_frames_total",
                   "zoo_gateway_stream_forecast_horizon_frames", "zoo_gateway_stream_frame_latency_seconds")
 PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
@@ -417,6 +413,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
             grpc=re.search(r"gateway gRPC .*: (\S+)", text).group(1),
             prometheus=re.search(r"Prometheus .*: (http://\S+)", text).group(1))
         assert handle.prometheus == f"http://127.0.0.1:{prom_port}"
+        # "ready" promises both targets were scraped once already, so the load's first requests count
+        up = prom_api(handle.prometheus, "query", {"query": "up"})["data"]["result"]
+        assert {r["metric"]["job"] for r in up} == {"zoo-gateway", "torchserve"}, up
         handle.load_window = send_load(handle)
         wait_for_rules(handle.prometheus)
         yield handle
@@ -564,7 +563,6 @@ def substitute(expr: str, values: dict[str, str]) -> str:
 
 
 @pytest.mark.integration
-@LIVE_REGRESSION
 def test_live_targets_up_and_rules_healthy(served: Any) -> None:
     targets = prom_api(served.prometheus, "targets")["data"]["activeTargets"]
     assert sorted((t["labels"]["job"], t["health"]) for t in targets) == [("torchserve", "up"),
@@ -578,7 +576,6 @@ def test_live_targets_up_and_rules_healthy(served: Any) -> None:
 
 
 @pytest.mark.integration
-@LIVE_REGRESSION
 def test_live_every_rule_expression_evaluates(served: Any) -> None:
     exported = set(prom_api(served.prometheus, "label/__name__/values")["data"])
     gpu = gpu_available(served)
@@ -599,7 +596,6 @@ def test_live_every_rule_expression_evaluates(served: Any) -> None:
 
 
 @pytest.mark.integration
-@LIVE_REGRESSION
 def test_live_error_ratio_alert_pending_for_the_route_that_timed_out(served: Any) -> None:
     deadline = time.monotonic() + 30
     while True:
@@ -621,7 +617,6 @@ def gpu_available(served: Any) -> bool:
 
 
 @pytest.mark.integration
-@LIVE_REGRESSION
 def test_live_every_dashboard_query_returns_data(served: Any) -> None:
     declared = declared_by_gateway()
     undeclared_streams = [n for n in STREAM_METRICS if n not in declared]
@@ -677,7 +672,6 @@ def test_live_every_dashboard_query_returns_data(served: Any) -> None:
 
 
 @pytest.mark.integration
-@LIVE_REGRESSION
 def test_live_gateway_exports_worker_and_gpu_gauges(served: Any) -> None:
     def value(query: str) -> list[tuple[dict[str, str], float]]:
         result = prom_api(served.prometheus, "query", {"query": query})["data"]["result"]
@@ -694,7 +688,6 @@ def test_live_gateway_exports_worker_and_gpu_gauges(served: Any) -> None:
 
 
 @pytest.mark.integration
-@LIVE_REGRESSION
 def test_zoo_serve_ctrl_c_stops_prometheus(served: Any) -> None:
     served.proc.send_signal(signal.SIGINT)
     assert served.proc.wait(timeout=60) == 0, "".join(served.lines[-30:])
