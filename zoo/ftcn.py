@@ -464,9 +464,9 @@ register(
             upstream_sha256=None,
             description="official FTCN+TT (ftcn_tt.pth) trained on FaceForensics++ c23",
         ),
-        # TODO(unverified): the brief says MIT, but no LICENSE file is found in yinglinzheng/FTCN and a
-        # third-party project notes the repository carries no license. Verify before redistributing.
-        license="unverified (no LICENSE file upstream)",
+        # Checked against the official repository (yinglinzheng/FTCN @ 07f0c03): no LICENSE file, and the
+        # README names no licence, so none is granted; the weights are the authors' to license.
+        license="none granted (yinglinzheng/FTCN has no licence file; ask the authors before redistributing)",
         paper="https://arxiv.org/abs/2108.06693",
         serving=ServingConfig(batch_size=4, max_batch_delay_ms=50, response_timeout_s=600),
         default_serve=True,

@@ -368,12 +368,21 @@ def test_aligned_clips_put_the_face_on_the_template(prepared, pipeline):
         crops = pipeline.render(prepared, clip).numpy()
         assert crops.shape == (32, 224, 224, 3) and crops.dtype == np.uint8
         mapped = apply_affine(clip.matrix, track.landmarks[clip.positions].reshape(-1, 2)).reshape(32, 5, 2)
-        # The eyes land on the template's eyes up to what one similarity can do for this face: the fit
-        # balances all 5 points, and her broad smile and slight head turn leave the eyes ~9 px low/left
-        # of the generic template (the clip's motion adds +-3 px per frame).
-        assert np.abs(mapped.mean(0)[:2] - tpl[:2]).max() < 11.0
-        assert np.abs(mapped[:, :2] - tpl[:2]).max() < 13.0
-        assert np.linalg.norm(mapped.mean(0) - tpl, axis=1).mean() < 12.0
+        # The clip's eyes land on the template's eyes within a few px: the fit balances all 5 points, so
+        # what is left is this face's own shape against the generic template (her broad smile), which no
+        # single similarity removes. `best` is that floor, from the photo's landmarks aligned on their own;
+        # the pipeline (detection, tracking, the per-clip fit) adds under 1 px to it.
+        photo = np.array([to_photo(t, track.landmarks[t]) for t in clip.positions]).mean(0)
+        best = apply_affine(umeyama(photo, tpl), photo)
+        eyes = mapped.mean(0)[:2]
+        assert np.abs(eyes - tpl[:2]).max() < 4.0, eyes - tpl[:2]
+        assert np.abs(eyes - tpl[:2]).max() < np.abs(best[:2] - tpl[:2]).max() + 1.0
+        assert np.linalg.norm(mapped.mean(0) - tpl, axis=1).mean() < 7.0
+        # Frame by frame they move with the camera (one transform per clip, as the official code does): the
+        # known pan/zoom predicts where, to within the landmark noise.
+        expected = apply_affine(clip.matrix, np.array([to_frame(t, photo) for t in clip.positions])
+                                .reshape(-1, 2)).reshape(32, 5, 2)
+        assert np.abs(mapped[:, :2] - expected[:, :2]).max() < 5.0
         # and the pixels really are there: the detector, run on the aligned crops, finds the same points
         found = pipeline.detector.detect(crops[[0, 16, 31]])
         for k, frame in enumerate([0, 16, 31]):
