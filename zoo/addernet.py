@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, convert_state_dict, expected_keys
+from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -241,12 +241,7 @@ ADDERNET_RESNET20 = register(
             "labels": list(CIFAR10_LABELS),
         },
         handler="handlers.classify_handler",
-        inputs={
-            "image": "image (JPEG/PNG bytes, multipart field 'image', or base64 in JSON {\"image\": ...}); "
-                     "resized to 32x32",
-            "top_k": "optional: number of classes to return (default 5, at most 10)",
-        },
-        outputs={"top_k": "[{label, index, score}] CIFAR-10 classes, softmax scores, best first"},
+        **classify_io("CIFAR-10 classes", image_note="resized to 32x32", max_top_k=10),
         weights=WeightsSource(
             hf_repo=None,  # no Hugging Face mirror of the official weights is known
             converter="zoo.addernet:convert_checkpoint",

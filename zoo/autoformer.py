@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, convert_state_dict, expected_keys
+from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
 
 HEAD_DIM = 64  # per-head width in every AutoFormer supernet (q/k/v width = 64 * heads)
 NUM_PATCHES_SIDE = 14  # 224 / 16
@@ -347,13 +347,8 @@ AUTOFORMER_SUPERNET_B = register(
             "labels": None,  # ImageNet-1k class indices; the checkpoint carries no names
         },
         handler="handlers.classify_handler",
-        inputs={
-            "image": "image (JPEG/PNG bytes, multipart field 'image', or base64 in JSON {\"image\": ...})",
-            "subnet": "optional: tiny | small | base (default base), the subnet sliced from the supernet",
-            "top_k": "optional: number of classes to return (default 5)",
-        },
-        outputs={"top_k": "[{label, index, score}] ImageNet-1k classes, softmax scores, best first",
-                 "knobs": "the subnet that answered"},
+        **classify_io("ImageNet-1k classes", knob_output="the subnet that answered", knobs={
+            "subnet": "optional: tiny | small | base (default base), the subnet sliced from the supernet"}),
         weights=WeightsSource(
             hf_repo=None,  # no Hugging Face mirror of the official weights is known
             converter="zoo.autoformer:convert_checkpoint",

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, convert_state_dict, expected_keys
+from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
 
 WS_EPS = 1e-10  # official StdConv2d
 HEAD_SIZE = 21843  # BiT-M: ImageNet-21k classes
@@ -217,12 +217,7 @@ BIT_M_R50X1 = register(
             "labels": None,  # ImageNet-21k class indices; the npz carries no names
         },
         handler="handlers.classify_handler",
-        inputs={
-            "image": "image (JPEG/PNG bytes, multipart field 'image', or base64 in JSON {\"image\": ...}); "
-                     "resized to 224x224",
-            "top_k": "optional: number of classes to return (default 5)",
-        },
-        outputs={"top_k": "[{label, index, score}] ImageNet-21k class indices, softmax scores, best first"},
+        **classify_io("ImageNet-21k class indices", image_note="resized to 224x224"),
         weights=WeightsSource(
             hf_repo=None,  # the Hub's BiT copies use timm's layout, not the official one
             converter="zoo.bit:convert_checkpoint",

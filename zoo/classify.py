@@ -52,6 +52,23 @@ def classifier_builder(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module
     return functools.partial(build_classifier, cls)
 
 
+def classify_io(classes: str, image_note: str = "", knobs: Mapping[str, str] | None = None,
+                max_top_k: int | None = None, knob_output: str | None = None) -> dict[str, dict[str, str]]:
+    """The ``inputs``/``outputs`` descriptions of a classification entry (one contract, one wording).
+
+    ``classes`` names the label set ("ImageNet-1k classes"); ``image_note`` says how the image is resized
+    when that is not the usual crop; ``knobs`` describes the per-request knobs; ``knob_output`` describes
+    the ``knobs`` echo that knob-taking entries return."""
+    image = "image (JPEG/PNG bytes, multipart field 'image', or base64 in JSON {\"image\": ...})"
+    limit = f", at most {max_top_k}" if max_top_k else ""
+    inputs = {"image": f"{image}; {image_note}" if image_note else image, **(knobs or {}),
+              "top_k": f"optional: number of classes to return (default 5{limit})"}
+    outputs = {"top_k": f"[{{label, index, score}}] {classes}, softmax scores, best first"}
+    if knob_output:
+        outputs["knobs"] = knob_output
+    return {"inputs": inputs, "outputs": outputs}
+
+
 # --- preprocessing ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Preprocess:

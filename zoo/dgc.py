@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, convert_state_dict, expected_keys
+from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
 
 
 @dataclass
@@ -227,11 +227,7 @@ DGC_RESNET18 = register(
             "labels": None,  # ImageNet-1k class indices; the checkpoint carries no names
         },
         handler="handlers.classify_handler",
-        inputs={
-            "image": "image (JPEG/PNG bytes, multipart field 'image', or base64 in JSON {\"image\": ...})",
-            "top_k": "optional: number of classes to return (default 5)",
-        },
-        outputs={"top_k": "[{label, index, score}] ImageNet-1k classes, softmax scores, best first"},
+        **classify_io("ImageNet-1k classes"),
         weights=WeightsSource(
             hf_repo=None,  # no Hugging Face mirror of the official weights is known
             converter="zoo.dgc:convert_checkpoint",

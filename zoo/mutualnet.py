@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, convert_state_dict, expected_keys
+from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
 
 WIDTHS = (0.7, 0.9, 1.0)  # official width_mult_list: the widths with their own BatchNorm statistics
 RESOLUTIONS = (224, 192, 160, 128)  # official resolution_list
@@ -224,14 +224,9 @@ MUTUALNET_MBV2 = register(
             "labels": None,  # ImageNet-1k class indices; the checkpoint carries no names
         },
         handler="handlers.classify_handler",
-        inputs={
-            "image": "image (JPEG/PNG bytes, multipart field 'image', or base64 in JSON {\"image\": ...})",
+        **classify_io("ImageNet-1k classes", knob_output="the width and resolution that answered", knobs={
             "width": "optional: 0.7 | 0.9 | 1.0 (default 1.0), the fraction of channels used",
-            "resolution": "optional: 224 | 192 | 160 | 128 (default 224), the input resolution",
-            "top_k": "optional: number of classes to return (default 5)",
-        },
-        outputs={"top_k": "[{label, index, score}] ImageNet-1k classes, softmax scores, best first",
-                 "knobs": "the width and resolution that answered"},
+            "resolution": "optional: 224 | 192 | 160 | 128 (default 224), the input resolution"}),
         weights=WeightsSource(
             hf_repo=None,  # no Hugging Face mirror of the official weights is known
             converter="zoo.mutualnet:convert_checkpoint",
