@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import json
 import random
 import socket
@@ -203,39 +204,45 @@ def _outcome(exchange: Exchange, response: HttpResponse, url: str) -> tuple[bool
     return False, error_from_response(response, url)
 
 
+def _settle(exchange: Exchange, policy: RetryPolicy, url: str, attempt: int,
+            result: HttpResponse | ZooError) -> tuple[bool, Any]:
+    """One attempt's result -> (True, answer) when done, or (False, seconds to wait) to try again; raises
+    the error when the policy allows no further attempt. Shared by the sync and async loops."""
+    try:
+        ok, value = (False, result) if isinstance(result, ZooError) else _outcome(exchange, result, url)
+    except ZooError as err:  # an answer that cannot be read
+        ok, value = False, err
+    if ok:
+        return True, value
+    value.attempts = attempt
+    if not policy.should_retry(value, attempt):
+        raise value
+    return False, policy.delay_s(attempt, value.retry_after_s)
+
+
 def run_sync(exchange: Exchange, base_url: str, timeout_s: float, policy: RetryPolicy,
              sleep: Callable[[float], None] = time.sleep) -> Any:
-    url = base_url + exchange.request.path
     policy = policy if exchange.retry else NO_RETRY
-    attempt = 0
-    while True:
-        attempt += 1
+    for attempt in itertools.count(1):
         try:
-            ok, value = _outcome(exchange, send_sync(base_url, exchange.request, timeout_s), url)
+            result: HttpResponse | ZooError = send_sync(base_url, exchange.request, timeout_s)
         except ZooError as err:
-            ok, value = False, err
-        if ok:
+            result = err
+        done, value = _settle(exchange, policy, base_url + exchange.request.path, attempt, result)
+        if done:
             return value
-        value.attempts = attempt
-        if not policy.should_retry(value, attempt):
-            raise value
-        sleep(policy.delay_s(attempt, value.retry_after_s))
+        sleep(value)
 
 
 async def run_async(exchange: Exchange, session: Any, base_url: str, timeout_s: float,
                     policy: RetryPolicy) -> Any:
-    url = base_url + exchange.request.path
     policy = policy if exchange.retry else NO_RETRY
-    attempt = 0
-    while True:
-        attempt += 1
+    for attempt in itertools.count(1):
         try:
-            ok, value = _outcome(exchange, await send_async(session, base_url, exchange.request, timeout_s), url)
+            result: HttpResponse | ZooError = await send_async(session, base_url, exchange.request, timeout_s)
         except ZooError as err:
-            ok, value = False, err
-        if ok:
+            result = err
+        done, value = _settle(exchange, policy, base_url + exchange.request.path, attempt, result)
+        if done:
             return value
-        value.attempts = attempt
-        if not policy.should_retry(value, attempt):
-            raise value
-        await asyncio.sleep(policy.delay_s(attempt, value.retry_after_s))
+        await asyncio.sleep(value)
