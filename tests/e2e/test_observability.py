@@ -227,6 +227,22 @@ def test_streams_contract_is_documented() -> None:
         assert name.removesuffix("_total") in exprs and name in doc, name
 
 
+def test_local_prometheus_is_ready_once_every_target_was_scraped(tmp_path: Path) -> None:
+    """`start_local` returns only after the first scrape of each job (Prometheus applies new targets on a
+    5 s tick, and traffic before that went unrecorded); a target that is down counts as scraped (up == 0),
+    so a dead backend is reported by the alerts instead of hanging start-up."""
+    if PROMETHEUS is None or PROMTOOL is None:
+        pytest.skip(f"prometheus/promtool not found: {INSTALL}")
+    from zoo.prometheus import start_local
+
+    server = start_local(tmp_path, None, f"127.0.0.1:{free_port()}", scrape_interval="1s")
+    try:
+        up = server.api("query", {"query": "up"})["data"]["result"]
+        assert [(r["metric"]["job"], r["value"][1]) for r in up] == [("torchserve", "0")]
+    finally:
+        server.stop()
+
+
 # --- zoo serve --with-prometheus: refusals before anything starts ---------------------------------------------
 def test_zoo_serve_without_prometheus_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
