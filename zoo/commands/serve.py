@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         if args.with_prometheus:
             from zoo.prometheus import PrometheusError, start_local
 
+            print(f"starting Prometheus (ready after its first scrape of each target: up to "
+                  f"{args.prometheus_scrape_interval} + 5 s) ...", flush=True)
             try:
                 prometheus = start_local(Path(args.run_dir) / "prometheus",
                                          f"{gateway.host}:{gateway.http_port}" if gateway else None,
