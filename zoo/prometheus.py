@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,37 +115,43 @@ class Prometheus:
         path = self.data_dir / "prometheus.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
 
-    def wait_ready(self, timeout_s: float = 60.0) -> None:
+    def _poll(self, done: Callable[[], bool], failure: Callable[[], str], timeout_s: float) -> None:
+        """Until `done()` (a connection error counts as not yet), failing fast if Prometheus exits and with
+        `failure()` and the log tail after `timeout_s`."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
                 raise PrometheusError(f"Prometheus exited with {code}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return
+                if done():
+                    return
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
             time.sleep(0.2)
-        raise PrometheusError(f"Prometheus not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+        raise PrometheusError(f"{failure()}:\n{self.log_tail()}")
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as resp:
+                return resp.status == 200
+
+        self._poll(ready, lambda: f"Prometheus not ready after {timeout_s:.0f}s", timeout_s)
 
     def wait_scraped(self, jobs: list[str], timeout_s: float = 30.0) -> None:
         """Until every job in `jobs` has been scraped once (its `up` series exists). Prometheus applies new
         targets on a 5 s tick after start, so without this the first seconds of traffic go unrecorded and a
         counter's first increments are invisible to rate(). A target that is down still counts (up == 0):
         that is for the alerts to report, not a reason to hang."""
-        deadline = time.monotonic() + timeout_s
         missing = set(jobs)
-        while time.monotonic() < deadline:
+
+        def scraped() -> bool:
             doc = self.api("query", {"query": "up"}, timeout_s=5.0)
-            seen = {r["metric"].get("job") for r in doc.get("data", {}).get("result", [])}
-            missing = set(jobs) - seen
-            if not missing:
-                return
-            time.sleep(0.2)
-        raise PrometheusError(f"Prometheus did not scrape {sorted(missing)} within {timeout_s:.0f}s:\n"
-                              f"{self.log_tail()}")
+            missing.difference_update(r["metric"].get("job") for r in doc.get("data", {}).get("result", []))
+            return not missing
+
+        self._poll(scraped, lambda: f"Prometheus did not scrape {sorted(missing)} within {timeout_s:.0f}s",
+                   timeout_s)
 
     def api(self, path: str, params: dict[str, Any] | list[tuple[str, str]] | None = None,
             timeout_s: float = 10.0) -> dict[str, Any]:
