@@ -101,6 +101,7 @@ class StreamServicer:
             await abort(context, exc)
             return
         status = CLIENT_GONE
+        error: BaseException | None = None
         reader: asyncio.Task | None = None
         try:
             # admitted: tell the client now (initial metadata), so it sends frames only to an open session
@@ -112,22 +113,20 @@ class StreamServicer:
                 yield answer_to_proto(answer)
                 session.sent(answer)
             status = 200
-            session.close(status)  # freed before the client sees the end (it may open the next one at once)
         except GatewayError as exc:
-            status = exc.http_status
-            session.close(status)
-            await abort(context, exc)
+            status, error = exc.http_status, exc
         except Exception as exc:  # noqa: BLE001 - a bug here must not leak the session
             logger.exception("stream session %d failed", session.id)
-            status = 500
-            session.close(status)
-            await abort(context, as_gateway_error(exc))
+            status, error = 500, exc
         finally:
+            # freed before the client sees the end (it may open the next one at once), on every path
+            session.close(status)
             if reader is not None:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
-            session.close(status)
+        if error is not None:
+            await abort(context, as_gateway_error(error))
 
     @staticmethod
     async def _read(requests: AsyncIterator[Any], session: StreamSession) -> None:
