@@ -1,4 +1,4 @@
-"""Rebuild the official-layout weights behind a golden set (shared/golden/README.md, section 3).
+"""Rebuild the official-layout weights behind a golden set (tests/data/golden/README.md, section 3).
 
 The golden outputs were produced by the official code with seeded weights; the key tables
 (``<model>_state_dict_keys.json``) list every key with its shape, fill kind and seed, plus checksums. This

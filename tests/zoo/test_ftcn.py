@@ -1,4 +1,4 @@
-"""FTCN+TT against the official implementation's golden outputs (../shared/golden, README sections 3 and 5).
+"""FTCN+TT against the official implementation's golden outputs (tests/data/golden, README sections 3 and 5).
 
 The official weights are not stored; they are regenerated from the key table with the seeded recipe, every
 tensor checked against its recorded checksum, then loaded through the official-checkpoint converter. The

@@ -1,4 +1,4 @@
-"""AutoFormer, MutualNet and DGC against the official implementations' golden outputs (shared/golden/zoo2,
+"""AutoFormer, MutualNet and DGC against the official implementations' golden outputs (tests/data/golden/zoo2,
 README_autoformer_mutualnet_dgc.md), plus their checkpoint converters, entries and preprocessing.
 
 Float64 comparisons use the README's rtol 1e-9 / atol 1e-12; float32 ones atol 1e-6 on logits. To stay fast

@@ -1,5 +1,5 @@
 """iSQRT-COV, AdderNet, BiT-M and Patch-Forensics against the official implementations' golden outputs
-(shared/golden/zoo2, README_isqrtcov.md, README_addernet.md, README_bit.md, README_patchforensics.md), plus
+(tests/data/golden/zoo2, README_isqrtcov.md, README_addernet.md, README_bit.md, README_patchforensics.md), plus
 their checkpoint converters (which must fail loudly), entries and model-specific paths.
 
 Tolerances are the READMEs' recommendations. Float64 is used where the READMEs say the float32 signal is
