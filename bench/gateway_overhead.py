@@ -31,9 +31,9 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from serving.app import start_gateway  # noqa: E402
-from serving.protos import oip, ts  # noqa: E402
-from zoo.torchserve import TorchServe  # noqa: E402
+from cli.gateway import start_gateway  # noqa: E402
+from cli.torchserve import TorchServe  # noqa: E402
+from proto import oip, ts  # noqa: E402
 
 MODEL = "toy_echo"
 

@@ -158,10 +158,10 @@ def capacity_benchmark(cfg: CapacityConfig) -> tuple[list[dict[str, Any]], dict[
     `max_drop_ratio` of its frames, i.e. each stream gets at least (1 - max_drop_ratio) x fps detector runs."""
     import tempfile
 
-    from serving.app import start_gateway
+    from cli.gateway import start_gateway
+    from cli.torchserve import TorchServe
     from zoo._registry import get_entry
     from zoo.mar import build_mar, read_archive_meta
-    from zoo.torchserve import TorchServe
 
     env, device = _device_env("gpu" if cfg.device == "cuda" else cfg.device)
     work = Path(tempfile.mkdtemp(prefix="zoo-bench-streams-"))

@@ -37,6 +37,7 @@ import numpy as np
 
 from clients.errors import ZooError
 from clients.inputs import ImageLike, VideoLike, image_bytes, video_bytes
+from clients.streams import stream_frames
 from clients.transport import (
     Exchange,
     HttpRequest,
@@ -442,11 +443,5 @@ def _frame_tuples(frames: Any, fps: float | None) -> Any:
 
 def _stream(client: ZooClient | AsyncZooClient, frames: Any, model: str, threshold: float | None,
             top_k: int | None, fps: float | None, realtime: bool) -> Any:
-    try:
-        from clients.streams import stream_frames
-    except ImportError:
-        raise NotImplementedError(
-            "streaming is not available in this installation: clients/streams.py (the gateway's "
-            "stream client) is missing") from None
     return stream_frames(client, _frame_tuples(frames, fps), model=model, threshold=threshold, top_k=top_k,
                          fps=fps, realtime=realtime)

@@ -33,6 +33,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from clients.errors import ZooConnectionError, ZooError, error_for_status
+from proto import stream as pb
 
 DEFAULT_MODEL = "detr_resnet50"
 GRPC_METHOD = "/zoo.stream.v1.DetectionStream/Stream"
@@ -211,8 +212,6 @@ _GRPC_STATUS = {"INVALID_ARGUMENT": 400, "UNAUTHENTICATED": 401, "PERMISSION_DEN
 
 async def _grpc_stream(stream: FrameStream) -> AsyncIterator[FrameResult]:
     import grpc
-
-    from serving.protos import stream as pb
 
     metadata = (("authorization", f"Bearer {stream.api_key}"),) if stream.api_key else ()
     opener = pb.StreamFrame()

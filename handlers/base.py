@@ -20,13 +20,10 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.codec import RequestError
 from zoo._registry import ModelEntry, get_entry
+from zoo.contract import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE, BATCH_SIZE_HEADER
 from zoo.weights import load_strict
 
 logger = logging.getLogger(__name__)
-
-ARCHIVE_META_FILE = "zoo_model.json"
-ARCHIVE_WEIGHTS_FILE = "weights.safetensors"
-BATCH_SIZE_HEADER = "X-Zoo-Batch-Size"
 
 
 def pick_device(properties: dict[str, Any]) -> torch.device:

@@ -7,8 +7,7 @@ Prints one line ``ZOO_GATEWAY_READY {"http": PORT, "grpc": PORT}`` on stdout onc
 (ports 0 pick free ones); logs go to stderr. SIGTERM/SIGINT: stop accepting, let in-flight requests finish
 within ``server.grace_s``, close the backends, exit 0.
 
-`start_gateway(ts, ...)` (used by `zoo serve`, tests and benchmarks) runs that as a subprocess and returns a
-handle with ``.http_url``, ``.grpc_target`` and ``.stop()``.
+`cli.gateway.start_gateway(ts, ...)` (used by `zoo serve`, tests and benchmarks) runs that as a subprocess.
 """
 
 from __future__ import annotations
@@ -20,16 +19,15 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from serving.backends.base import Backend
+from serving.backends.torchserve import TorchServeBackend
+from serving.backends.triton import TritonBackend
 from serving.config import BackendConfig, ConfigError, GatewayConfig, load_config
 from serving.dataplane import DataPlane
 from serving.grpc_server import create_server
@@ -38,12 +36,10 @@ from serving.rest import RestApi
 from serving.stream_grpc import StreamServicer
 from serving.stream_ws import StreamWebSocket
 from serving.streams import StreamManager, StreamSettings
-from zoo._process import stop_process
 
 logger = logging.getLogger("serving")
 
 READY_PREFIX = "ZOO_GATEWAY_READY "
-REPO_ROOT = Path(__file__).resolve().parent.parent
 # backend type -> "module:Class"; the class is built as Class(name=<backend name>, **options)
 BACKEND_TYPES = {
     "torchserve": "serving.backends.torchserve:TorchServeBackend",
@@ -54,8 +50,6 @@ BACKEND_TYPES = {
 def make_backend(spec: BackendConfig, config: GatewayConfig) -> Backend:
     options = dict(spec.options)
     if spec.type == "torchserve":
-        from serving.backends.torchserve import TorchServeBackend
-
         if not options.get("grpc"):
             raise ConfigError(f"backend {spec.name!r}: torchserve needs 'grpc' (host:port)")
         return TorchServeBackend(
@@ -63,8 +57,6 @@ def make_backend(spec: BackendConfig, config: GatewayConfig) -> Backend:
             model_store=options.get("model_store"), max_message_bytes=config.largest_request_bytes,
             backend_grace_s=config.backend_grace_s, retry_after_s=config.retry_after_s, name=spec.name)
     if spec.type == "triton":
-        from serving.backends.triton import TritonBackend
-
         return TritonBackend.from_config(spec, config)
     if spec.type not in BACKEND_TYPES:
         raise ConfigError(f"backend {spec.name!r}: unknown type {spec.type!r} "
@@ -203,90 +195,6 @@ def run_loop(coro: Any) -> None:
             uvloop.run(coro)
             return
     asyncio.run(coro)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Running it as a subprocess
-# ---------------------------------------------------------------------------------------------------
-class GatewayProcess:
-    """A gateway subprocess; `stop()` is graceful (SIGTERM, then SIGKILL after the grace period)."""
-
-    def __init__(self, proc: subprocess.Popen, host: str, http_port: int, grpc_port: int) -> None:
-        self.proc = proc
-        self.host = host
-        self.http_port = http_port
-        self.grpc_port = grpc_port
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        return stop_process(self.proc, timeout_s)
-
-    def __enter__(self) -> GatewayProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _stop_with_parent() -> None:
-    """In the child before exec: SIGTERM it when the thread that started it dies (a killed test run or
-    `zoo serve` must not leave gateways behind). Linux only."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def launch(args: list[str], host: str = "127.0.0.1", env: dict[str, str] | None = None,
-           timeout_s: float = 60.0) -> GatewayProcess:
-    """Start `python -m serving.app ARGS` and wait for its READY line."""
-    from serving.protos import generate
-
-    generate()  # once here, not raced by the child
-    child_env = {**os.environ, **(env or {})}
-    child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), child_env.get("PYTHONPATH")]))
-    proc = subprocess.Popen([sys.executable, "-m", "serving.app", "--host", host, *args],
-                            stdout=subprocess.PIPE, env=child_env, cwd=str(REPO_ROOT), text=True,
-                            preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
-    ready: dict[str, Any] = {}
-
-    def read_stdout() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith(READY_PREFIX) and not ready:
-                ready.update(json.loads(line[len(READY_PREFIX):]))
-            else:
-                sys.stdout.write(line)
-
-    reader = threading.Thread(target=read_stdout, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout_s
-    while not ready:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the gateway exited with {proc.returncode} before it was ready")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"the gateway was not ready after {timeout_s:.0f}s")
-        time.sleep(0.05)
-    return GatewayProcess(proc, host, int(ready["http"]), int(ready["grpc"]))
-
-
-def start_gateway(ts: Any, host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0,
-                  config_path: str | Path | None = None, env: dict[str, str] | None = None) -> GatewayProcess:
-    """The gateway in front of a running `zoo.torchserve.TorchServe`, serving its models."""
-    args = ["--torchserve-grpc", ts.grpc_target, "--torchserve-management", ts.management_url,
-            "--model-store", str(ts.model_store), "--models", ",".join(ts.model_names),
-            "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
-    if config_path:
-        args += ["--config", str(config_path)]
-    return launch(args, host=host, env=env)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ from typing import Any
 
 import grpc
 
+from proto import OIP_SERVICE, oip, serialize
 from serving.dataplane import DataPlane, api_key
 from serving.errors import GatewayError, PayloadTooLarge, as_gateway_error
 from serving.metrics import UNKNOWN_MODEL
-from serving.protos import OIP_SERVICE, oip, serialize
 from serving.types import InferRequest
 
 logger = logging.getLogger(__name__)

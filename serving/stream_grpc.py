@@ -24,9 +24,9 @@ from typing import Any
 
 import grpc
 
+from proto import STREAM_SERVICE, stream
 from serving.errors import GatewayError, as_gateway_error
 from serving.grpc_server import api_key_from
-from serving.protos import STREAM_SERVICE, stream
 from serving.streams import CLIENT_GONE, PROCESSED, Frame, FrameAnswer, StreamManager, StreamOptions, StreamSession
 
 logger = logging.getLogger(__name__)

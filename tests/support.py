@@ -9,9 +9,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from cli.torchserve import TorchServe
 from zoo._registry import get_entry
 from zoo.mar import build_mar
-from zoo.torchserve import TorchServe
 
 
 def build_archives(store: Path, names: list[str], seed: int = 0) -> list[str]:

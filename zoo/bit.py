@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
 from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
+from zoo.contract import WeightsError
 
 WS_EPS = 1e-10  # official StdConv2d
 HEAD_SIZE = 21843  # BiT-M: ImageNet-21k classes
@@ -180,8 +181,6 @@ def npz_to_state_dict(arrays: Mapping[str, Any], keys: tuple[str, ...], what: st
     """TF variables of a BiT ``.npz`` -> the state dict with ``keys`` (``ResNetV2.load_from``'s mapping, HWIO
     kernels transposed to OIHW). Raises ``WeightsError`` naming missing and unused variables, so a checkpoint
     of another depth, or one without its head, never loads partially; shapes are the strict load's job."""
-    from zoo.weights import WeightsError  # local: zoo.weights imports the registry
-
     wanted = {key: npz_name(key) for key in keys}
     missing = sorted(name for name in wanted.values() if name not in arrays)
     unused = sorted(set(map(str, arrays)) - set(wanted.values()))

@@ -46,6 +46,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.contract import WeightsError
 
 # --- preprocessing constants (official evaluation settings) ------------------------------------------
 CROP_SIZE = 288
@@ -202,8 +203,6 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     flat zoo-layout dict. Drops the training-only ``aux_csp.*``/``fc1_.*`` keys by exact name and raises
     ``WeightsError`` naming every unknown or missing key.
     """
-    from zoo.weights import WeightsError  # local: zoo.weights imports the registry, not this module
-
     state = _unwrap(checkpoint)
     not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
     if not_tensors:

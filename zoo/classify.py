@@ -29,6 +29,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo.ckdn import center_crop_box, resized_size
+from zoo.contract import WeightsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -246,8 +247,6 @@ def convert_state_dict(
     the optimiser state), strips prefixes that every key shares (``module.`` from DataParallel, possibly
     repeated) and requires the remaining keys to be exactly ``expected``.
     """
-    from zoo.weights import WeightsError  # local: zoo.weights imports the registry
-
     state: Mapping[str, Any] = checkpoint
     for key in wrappers:
         inner = checkpoint.get(key)

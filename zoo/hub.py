@@ -39,11 +39,18 @@ from pathlib import Path
 from typing import Any
 
 from zoo._registry import ModelEntry
+from zoo.contract import (
+    EXPORT_CONFIG_FILE,
+    EXPORT_WEIGHTS_FILE,
+    RANDOM_WEIGHTS_KIND,
+    UPSTREAM_LAYOUT,
+    ZOO_LAYOUT,
+    WeightsError,
+    WeightsLabel,
+    sha256_of,
+)
 from zoo.paths import zoo_home
-from zoo.publish import EXPORT_CONFIG_FILE, EXPORT_WEIGHTS_FILE
-from zoo.weights import RANDOM_WEIGHTS_KIND, ZOO_LAYOUT, WeightsError, WeightsLabel, sha256_of
 
-UPSTREAM_LAYOUT = "upstream"
 logger = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")

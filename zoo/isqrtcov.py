@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
 from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
+from zoo.contract import WeightsError
 
 ITER_N = 5  # official MPNCOV(iterNum=5) for ImageNet
 REDUCED_DIM = 256  # official dimension_reduction
@@ -208,8 +209,6 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     a ``main.py`` training checkpoint (``{"state_dict": ..., "epoch", "arch", "optimizer", ...}`` with
     ``features.module.`` / ``module.`` prefixes), a model fine-tuned from the released one, and the zoo layout
     itself. Raises ``WeightsError`` naming every unknown or missing key."""
-    from zoo.weights import WeightsError  # local: zoo.weights imports the registry
-
     inner = checkpoint.get("state_dict")
     state = inner if isinstance(inner, Mapping) else checkpoint
     renamed: dict[str, Any] = {}

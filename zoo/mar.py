@@ -7,22 +7,26 @@ plus weights label) and ``model-config.yaml`` with the entry's batching and work
 
 from __future__ import annotations
 
+import ast
+import importlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from pathlib import Path
+import zipfile
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
 from tqdm import tqdm
 
-from handlers.base import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE
-from zoo._registry import ModelEntry
+from zoo._registry import MODEL_MODULES, ModelEntry
+from zoo.contract import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE
 from zoo.weights import WeightsLabel, resolve_weights, save_zoo_weights
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+# The folder holding the `zoo` and `handlers` packages: a checkout or site-packages.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_PACKAGES = ("zoo", "handlers")
 
 
@@ -42,16 +46,65 @@ def model_config_yaml(entry: ModelEntry) -> dict[str, Any]:
     return out
 
 
-def _copy_sources(dest: Path) -> None:
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "commands")
-    for package in SOURCE_PACKAGES:
-        shutil.copytree(REPO_ROOT / package, dest / package, ignore=ignore)
+def _module_file(module: str) -> Path | None:
+    base = SOURCE_ROOT.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_modules(path: Path, module: str) -> set[str]:
+    """Project modules that ``path`` imports anywhere in its body (module level or inside functions)."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                prefix = f"{base}.{node.module}" if node.module else base
+            else:
+                prefix = node.module or ""
+            names = [prefix, *(f"{prefix}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        found.update(n for n in names if n.split(".")[0] in SOURCE_PACKAGES)
+    return found
+
+
+def archive_sources(entry: ModelEntry) -> list[Path]:
+    """The source files an archive needs: the import closure of its handler and of the registry's model
+    modules (the handler looks its entry up in the registry, which imports them all), with their packages'
+    ``__init__.py``. The CLI, hub client, exporter and archive builder stay out of archives."""
+    todo = [entry.handler, "zoo._registry", *MODEL_MODULES]
+    seen: set[str] = set()
+    files: set[Path] = set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        path = _module_file(module)
+        if path is None:  # `from zoo import name` where name is not a module
+            continue
+        files.add(path)
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages' __init__
+        todo += sorted(_imported_modules(path, module) - seen)
+    return sorted(files)
+
+
+def _copy_sources(entry: ModelEntry, dest: Path) -> None:
+    for path in archive_sources(entry):
+        target = dest / path.relative_to(SOURCE_ROOT)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
 
 
 def collect_assets(entry: ModelEntry) -> dict[str, Path]:
     """{archive name: local file} from the entry's ``assets`` callables (see ``ModelEntry.assets``)."""
-    import importlib
-    from pathlib import PurePosixPath
 
     files: dict[str, Path] = {}
     for ref in entry.assets:
@@ -100,14 +153,14 @@ def build_mar(
 
         bar.set_postfix_str(steps[2])
         extra = tmp_path / "extra"
-        _copy_sources(extra)
+        _copy_sources(entry, extra)
         for name, path in collect_assets(entry).items():
             (extra / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, extra / name)
         (extra / ARCHIVE_META_FILE).write_text(json.dumps(archive_meta(entry, label), indent=2))
         config_file = tmp_path / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config_yaml(entry), sort_keys=False))
-        handler_file = REPO_ROOT / (entry.handler.replace(".", "/") + ".py")
+        handler_file = SOURCE_ROOT / (entry.handler.replace(".", "/") + ".py")
         bar.update()
 
         bar.set_postfix_str(steps[3])
@@ -139,7 +192,5 @@ def build_mar(
 
 def read_archive_meta(mar_path: str | Path) -> dict[str, Any]:
     """The zoo metadata stored in a built archive (used by `zoo list` and `zoo serve`)."""
-    import zipfile
-
     with zipfile.ZipFile(mar_path) as zf:
         return json.loads(zf.read(ARCHIVE_META_FILE))

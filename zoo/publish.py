@@ -15,6 +15,7 @@ No network here (hub I/O lives in zoo/hub.py). An exported folder is what ``hugg
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import json
 import re
 from dataclasses import asdict
@@ -24,25 +25,28 @@ from typing import Any
 import torch
 import yaml
 
+from zoo import hub
 from zoo._registry import ModelEntry
-from zoo.weights import (
+from zoo.contract import (
+    EXPORT_CARD_FILE,
+    EXPORT_CONFIG_FILE,
+    EXPORT_WEIGHTS_FILE,
     RANDOM_WEIGHTS_KIND,
     ZOO_LAYOUT,
     WeightsError,
     WeightsLabel,
+    sha256_of,
+)
+from zoo.weights import (
     convert_to_zoo,
     load_strict,
     random_state_dict,
     read_checkpoint,
     save_zoo_weights,
-    sha256_of,
     zoo_layout_metadata,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-EXPORT_WEIGHTS_FILE = "model.safetensors"
-EXPORT_CONFIG_FILE = "config.json"
-EXPORT_CARD_FILE = "README.md"
 
 # zoo task -> Hub pipeline_tag (https://huggingface.co/docs/hub/model-cards#specifying-a-task--pipelinetag-)
 PIPELINE_TAGS = {
@@ -70,9 +74,7 @@ HUB_LICENSES = {
 
 def zoo_version() -> str:
     try:
-        from importlib.metadata import version
-
-        return version("zoo-gateway")
+        return importlib.metadata.version("zoo-gateway")
     except Exception:  # noqa: BLE001 - running from a source tree that is not installed
         return "0+unknown"
 
@@ -264,8 +266,6 @@ def export_model(
         label = WeightsLabel(RANDOM_WEIGHTS_KIND, "torch.manual_seed", None, seed)
         how = [f"zoo export {entry.name} <dir> --random-weights --seed {seed}"]
     else:
-        from zoo import hub
-
         pulled = hub.find_pulled(entry)
         if pulled is None:
             raise WeightsError(

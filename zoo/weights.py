@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import importlib
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,46 +17,16 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 from safetensors.torch import save_file as save_safetensors
 
+from zoo import hub
 from zoo._registry import ModelEntry
-
-RANDOM_WEIGHTS_KIND = "random-seeded"
-ZOO_LAYOUT = "zoo"  # safetensors metadata `layout: zoo`: already the zoo layout, no converter
-ZOO_LAYOUT_KEY = "layout"
-
-
-class WeightsError(RuntimeError):
-    """Weights are missing, corrupt, or do not fit the architecture."""
-
-
-@dataclass(frozen=True)
-class WeightsLabel:
-    """What the served weights are; shown to users so random weights can never pass for real ones."""
-
-    kind: str  # "pretrained" | "local-file" | "random-seeded"
-    source: str
-    sha256: str | None = None
-    seed: int | None = None
-
-    @property
-    def is_random(self) -> bool:
-        return self.kind == RANDOM_WEIGHTS_KIND
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def short(self) -> str:
-        if self.is_random:
-            return f"RANDOM (seed {self.seed}, not trained)"
-        return f"{self.kind}: {self.source}"
-
-
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
+from zoo.contract import (  # re-exported: callers have long imported these from zoo.weights
+    RANDOM_WEIGHTS_KIND,
+    ZOO_LAYOUT,
+    ZOO_LAYOUT_KEY,
+    WeightsError,
+    WeightsLabel,
+    sha256_of,
+)
 
 # Plain-data classes that training checkpoints pickle beside their tensors and that are safe to rebuild:
 # timm's CheckpointSaver stores the training script's `argparse.Namespace` under "args".
@@ -158,8 +126,6 @@ def resolve_weights(
             seed = int(meta["seed"]) if str(meta.get("seed", "")).isdigit() else None
             return state, WeightsLabel(RANDOM_WEIGHTS_KIND, f"{path} (random weights file)", sha, seed)
         return state, WeightsLabel("local-file", str(path), sha)
-    from zoo import hub  # local import: hub pulls in huggingface_hub
-
     pulled = hub.find_pulled(entry)  # verified against its sha256 pin; see zoo/hub.py
     if pulled is not None:
         checkpoint = read_checkpoint(pulled.path)

@@ -43,6 +43,7 @@ import aiohttp
 import grpc
 import numpy as np
 
+from proto import serialize, ts
 from serving.backends.base import Backend, RawPrediction, time_left
 from serving.errors import (
     BackendError,
@@ -54,14 +55,13 @@ from serving.errors import (
     PayloadTooLarge,
     error_for_status,
 )
-from serving.protos import serialize, ts
 from serving.types import InferOutput, InferRequest, InferResponse
+from zoo.contract import ARCHIVE_META_FILE
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 PING = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping"
-ARCHIVE_META_FILE = "zoo_model.json"  # written by zoo.mar (read here without importing torch)
 # Request parameters that belong to the protocol, not to the model.
 PROTOCOL_PARAMETERS = frozenset({
     "binary_data_output", "binary_data", "binary_data_size", "timeout", "priority", "sequence_id",

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from serving.backends.base import Backend, RawPrediction, time_left
+from serving.config import ConfigError
 from serving.errors import (
     BackendError,
     BackendUnavailable,
@@ -95,8 +96,6 @@ class TritonBackend(Backend):
     def from_config(cls, spec: Any, config: Any) -> TritonBackend:
         """From a `serving.config.BackendConfig` (``type: triton``) and its `GatewayConfig`: the routes to
         this backend are what `ready()` checks; `server.retry_after_s` is the 503s' Retry-After."""
-        from serving.config import ConfigError
-
         options = dict(spec.options)
         unknown = sorted(set(options) - set(cls.OPTIONS))
         if unknown:

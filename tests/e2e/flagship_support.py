@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from serving.app import GatewayProcess
+from cli.gateway import GatewayProcess
+from cli.torchserve import TorchServe
 from tests.serving.gateway_support import running_gateway
 from tests.support import running_torchserve
-from zoo.torchserve import TorchServe
 
 FLAGSHIP_MODELS = ["detr_resnet50", "ckdn_r50", "ftcn_tt"]
 # generous: CPU DETR / FTCN on a machine shared with other work

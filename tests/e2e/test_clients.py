@@ -23,6 +23,8 @@ import pytest
 import tritonclient.http
 from PIL import Image
 
+from cli.commands.samples import encode_mp4, write_samples
+from cli.main import main as cli_main
 from clients import (
     AsyncZooClient,
     AuthenticationError,
@@ -40,8 +42,6 @@ from clients.draw import CAPTION_BG, draw_deepfake, draw_quality, label_color, l
 from clients.inputs import image_bytes
 from tests.serving.gateway_support import png_bytes, running_gateway
 from tests.support import http_request, running_torchserve
-from zoo.cli import main as cli_main
-from zoo.commands.samples import encode_mp4, write_samples
 
 pytestmark = pytest.mark.integration
 

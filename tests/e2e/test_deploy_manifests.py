@@ -40,7 +40,7 @@ def test_deployment_probes_and_ports_match_the_gateway() -> None:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": 8080, "grpc": 8081}  # `zoo serve` defaults
     assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http", "grpc"}
-    from zoo.cli import build_parser
+    from cli.main import build_parser
 
     serve = build_parser().parse_args(["serve"])
     assert (serve.http_port, serve.grpc_port) == (ports["http"], ports["grpc"])

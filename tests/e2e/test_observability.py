@@ -36,8 +36,8 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from zoo.prometheus import DEPLOY_DIR, find_binary, render_config
-from zoo.torchserve import free_port
+from cli.prometheus import DEPLOY_DIR, find_binary, render_config
+from cli.torchserve import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "deploy" / "grafana"
@@ -233,7 +233,7 @@ def test_local_prometheus_is_ready_once_every_target_was_scraped(tmp_path: Path)
     so a dead backend is reported by the alerts instead of hanging start-up."""
     if PROMETHEUS is None or PROMTOOL is None:
         pytest.skip(f"prometheus/promtool not found: {INSTALL}")
-    from zoo.prometheus import start_local
+    from cli.prometheus import start_local
 
     server = start_local(tmp_path, None, f"127.0.0.1:{free_port()}", scrape_interval="1s")
     try:
@@ -247,10 +247,10 @@ def test_local_prometheus_is_ready_once_every_target_was_scraped(tmp_path: Path)
 def test_zoo_serve_without_prometheus_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """Prometheus is installed here, so its absence is simulated by hiding the binary from the lookup."""
-    import zoo.prometheus
-    from zoo.cli import main
+    import cli.prometheus
+    from cli.main import main
 
-    monkeypatch.setattr(zoo.prometheus, "find_binary", lambda name="prometheus": None)
+    monkeypatch.setattr(cli.prometheus, "find_binary", lambda name="prometheus": None)
     code = main(["serve", "toy_echo", "--random-weights", "--with-prometheus", "--store", str(tmp_path / "store"),
                  "--run-dir", str(tmp_path / "run")])
     out = capsys.readouterr().out
@@ -261,7 +261,7 @@ def test_zoo_serve_without_prometheus_says_how_to_install(monkeypatch: pytest.Mo
 def test_zoo_serve_refuses_a_bad_scrape_interval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if PROMETHEUS is None:
         pytest.skip(f"prometheus not found: {INSTALL}")
-    from zoo.cli import main
+    from cli.main import main
 
     code = main(["serve", "toy_echo", "--random-weights", "--with-prometheus", "--prometheus-scrape-interval",
                  "soon", "--store", str(tmp_path / "store"), "--run-dir", str(tmp_path / "run")])
@@ -405,7 +405,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     gateway_config.write_text(yaml.safe_dump({"models": {
         "toy_echo": {}, "toy_slow": {"model": "toy_echo", "deadline_s": 0.3}, "toy_detect": {}}}))
     prom_port = free_port()
-    cmd = [sys.executable, "-c", "import sys; from zoo.cli import main; sys.exit(main())", "serve", "toy_echo",
+    cmd = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())", "serve", "toy_echo",
            "toy_detect", "--random-weights", "--store", str(work / "store"), "--run-dir", str(work / "run"),
            "--http-port", "0", "--grpc-port", "0", "--gateway-config", str(gateway_config),
            "--with-prometheus", "--prometheus-port", str(prom_port), "--prometheus-scrape-interval", "1s",

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoo.cli import build_parser
+from cli.main import build_parser
 
 pytestmark = pytest.mark.integration
 
@@ -171,7 +171,7 @@ def test_quickstart_commands_run_as_written(quickstart) -> None:
 def test_quickstart_stream_command(quickstart, flagship) -> None:
     streams = quickstart["streams"]
     assert streams, "the quickstart shows a stream"
-    if importlib.util.find_spec("zoo.commands.stream") is None:
+    if importlib.util.find_spec("cli.commands.stream") is None:
         pytest.skip("`zoo stream` (the served-streams client) is not in this checkout yet")
     for command in streams:
         proc = run_step(Step("bash", command), quickstart["workdir"], quickstart["env"])

@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 from PIL import Image
 
-from serving.app import GatewayProcess, start_gateway
-from zoo.torchserve import TorchServe
+from cli.gateway import GatewayProcess, start_gateway
+from cli.torchserve import TorchServe
 
 FULL_KEY = "full-key-0123"  # every model
 TOY_KEY = "toy-key-4567"  # toy_echo only

@@ -22,12 +22,12 @@ import tritonclient.grpc.aio as tgrpc_aio
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
-from serving.app import GatewayProcess
-from serving.protos import oip
+from cli.gateway import GatewayProcess
+from cli.torchserve import TorchServe
+from proto import oip
 from serving.rest import ROUTES
 from tests.serving.gateway_support import FULL_KEY, TOY_KEY, bearer, png_bytes, running_gateway
 from tests.support import http_request, json_body, multipart, running_torchserve
-from zoo.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
 

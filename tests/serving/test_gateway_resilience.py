@@ -13,10 +13,10 @@ import pytest
 import tritonclient.grpc as tgrpc
 from tritonclient.utils import InferenceServerException
 
-from serving.protos import oip
+from cli.torchserve import TorchServe
+from proto import oip
 from tests.serving.gateway_support import png_bytes, running_gateway
 from tests.support import build_archives, http_request, json_body, running_torchserve
-from zoo.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
 

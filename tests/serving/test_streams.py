@@ -24,13 +24,13 @@ import pytest
 import tritonclient.grpc as tgrpc
 from PIL import Image, ImageDraw
 
+from cli.gateway import GatewayProcess
+from cli.torchserve import TorchServe
 from clients.errors import AuthenticationError, InvalidInputError, NotFoundError, PermissionDeniedError
 from clients.streams import TooManyStreamsError, stream_frames, ws_url
-from serving.app import GatewayProcess
-from serving.protos import stream as pb
+from proto import stream as pb
 from tests.serving.gateway_support import FULL_KEY, TOY_KEY, bearer, running_gateway
 from tests.support import http_request, running_torchserve
-from zoo.torchserve import TorchServe
 
 pytestmark = pytest.mark.integration
 
@@ -393,7 +393,7 @@ def test_gateway_shutdown_ends_open_streams_at_once(ts: TorchServe, tmp_path) ->
 def test_zoo_stream_cli_writes_an_annotated_video(gw: GatewayProcess, tmp_path, capsys) -> None:
     import av
 
-    from zoo.cli import main
+    from cli.main import main
     from zoo.video import encode_video
 
     frames = np.stack([np.asarray(Image.open(io.BytesIO(jpeg(i)))) for i in range(20)])

@@ -19,7 +19,8 @@ import tritonclient.http as httpclient
 import yaml
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from serving.app import GatewayProcess, launch, make_backend
+from cli.gateway import GatewayProcess, launch
+from serving.app import make_backend
 from serving.backends.triton import TritonBackend
 from serving.config import BackendConfig, ConfigError, load_config
 from serving.errors import BackendUnavailable, DeadlineExceeded, InvalidInput, ModelNotFound

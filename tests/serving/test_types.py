@@ -13,10 +13,10 @@ import tritonclient.http as thttp
 from tritonclient.grpc import service_pb2 as triton_pb2
 from tritonclient.http._utils import _get_inference_request
 
+from proto import oip
 from serving import errors
 from serving.backends.torchserve import fan_out, handler_error
 from serving.config import load_config, parse_keys_env
-from serving.protos import oip
 from serving.types import (
     InferInput,
     InferOutput,

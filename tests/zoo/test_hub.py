@@ -32,11 +32,11 @@ import yaml
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
+from cli.main import main as zoo_main
+from cli.process import stop_process
+from cli.torchserve import free_port
 from zoo import hub
-from zoo._process import stop_process
 from zoo._registry import _REGISTRY, ModelEntry, WeightsSource, get_entry, register
-from zoo.cli import main as zoo_main
-from zoo.torchserve import free_port
 from zoo.weights import WeightsError, random_state_dict, resolve_weights
 
 pytestmark = pytest.mark.integration
@@ -491,7 +491,7 @@ def zoo_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN")}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], cwd=REPO_ROOT, env=full_env,
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], cwd=REPO_ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -576,8 +576,8 @@ def test_detr_round_trip_export_hub_pull_build_serve(mirrors: Path, tmp_path: Pa
     expected = detections(model, image)
 
     # 5. Served by a real TorchServe: the same answer.
+    from cli.torchserve import TorchServe
     from tests.support import http_request, json_body
-    from zoo.torchserve import TorchServe
 
     with TorchServe(store, [mar.name], tmp_path / "ts") as ts:
         ts.wait_ready(timeout_s=180)

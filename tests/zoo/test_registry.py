@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli.main import main as zoo_main
 from zoo import get_entry, list_models
 from zoo._registry import ModelEntry, WeightsSource
-from zoo.cli import main as zoo_main
 from zoo.mar import model_config_yaml
 from zoo.weights import WeightsError, load_strict, missing_weights_message, resolve_weights
 
@@ -110,7 +110,7 @@ def test_zoo_list_prints_every_model(capsys: pytest.CaptureFixture[str], tmp_pat
 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    from zoo.cli import build_parser
+    from cli.main import build_parser
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from zoo.cli import main as zoo_main
+from cli.main import main as zoo_main
 from zoo.streaming import (
     KalmanForecaster,
     ShrinkingTailScheduler,

@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from zoo.faces.align import CROP_SCALE, clip_transform, crop_box, warp_clip
 from zoo.faces.mtcnn import DEFAULT_THRESHOLDS, MTCNN
 from zoo.faces.tracking import Track, link_tracks, plan_windows
+from zoo.faces.weights import ensure_mtcnn_weights
+from zoo.ftcn import normalize_clips
 from zoo.video import Video, VideoLimits, decode_video
 
 AGGREGATES = ("max", "mean")
@@ -195,8 +197,6 @@ class FacePipeline:
     def score(self, model: torch.nn.Module, videos: Sequence[PreparedVideo], max_batch: int = 4
               ) -> list[np.ndarray]:
         """Fake probability of every planned clip of every video (one array per video)."""
-        from zoo.ftcn import normalize_clips
-
         probs = [np.zeros(len(p.clips), dtype=np.float64) for p in videos]
         render_s = model_s = 0.0
         with torch.inference_mode():
@@ -273,8 +273,6 @@ def analyze_video(video_bytes: bytes, model: torch.nn.Module, device: str | torc
                   limits: VideoLimits | None = None, **config: Any) -> dict[str, Any]:
     """Score one video end to end (MTCNN weights from :func:`zoo.faces.weights.ensure_mtcnn_weights`)."""
     if pipeline is None:
-        from zoo.faces.weights import ensure_mtcnn_weights
-
         pipeline = FacePipeline.from_dir(ensure_mtcnn_weights(), device)
     prepared = pipeline.prepare(video_bytes, limits=limits, stride=stride, **config)
     (probs,) = pipeline.score(model, [prepared], max_batch)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from zoo.streaming.forecast import KalmanForecaster
 from zoo.streaming.formats import StreamingOutputs, as_outputs, load_gt, sequence_frames
 
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -207,8 +208,6 @@ def streaming_eval(
 
     factory: Callable[[], Any] | None
     if forecast is True:
-        from zoo.streaming.forecast import KalmanForecaster
-
         def factory() -> Any:
             return KalmanForecaster(match_iou_th=match_iou_th)
     else:

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from zoo.streaming.formats import StreamingOutputs, StreamOutput
+
 
 def moving_boxes_gt(
     n_seqs: int = 2,
@@ -109,8 +111,6 @@ class NoisyDetector:
 
     def offline(self, gt: dict[str, Any], fps: float = 30.0) -> dict[str, Any]:
         """Zero-latency outputs: each frame answered by its own detections (the detector's offline AP)."""
-        from zoo.streaming.formats import StreamingOutputs, StreamOutput
-
         seqs: dict[str, list[StreamOutput]] = {}
         for name in gt["sequences"]:
             sid = self._sid[name]

@@ -18,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zoo._process import stop_process
+from cli.process import stop_process
 
 # Large enough for a 30 s 1080p clip upload (H.264 at ~20 Mbit/s is ~75 MB) with headroom.
 MAX_REQUEST_BYTES = 512 * 1024 * 1024

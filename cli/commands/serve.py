@@ -7,8 +7,8 @@ import signal
 import threading
 from pathlib import Path
 
+from cli.commands.build import add_weights_options, parse_weights_args, weights_for
 from zoo._registry import ModelEntry, get_entry, list_models
-from zoo.commands.build import add_weights_options, parse_weights_args, weights_for
 from zoo.paths import default_run_dir, default_store
 
 
@@ -35,10 +35,10 @@ def ensure_archives(
 
 
 def run(args: argparse.Namespace) -> int:
-    from zoo.torchserve import TorchServe
+    from cli.torchserve import TorchServe
 
     if args.with_prometheus:
-        from zoo.prometheus import INSTALL_HINT, find_binary, parse_duration
+        from cli.prometheus import INSTALL_HINT, find_binary, parse_duration
 
         if find_binary("prometheus") is None:
             print(f"--with-prometheus: Prometheus is not installed: {INSTALL_HINT}")
@@ -57,13 +57,13 @@ def run(args: argparse.Namespace) -> int:
         ts.wait_ready(timeout_s=args.ready_timeout)
         gateway = None
         if not args.no_gateway:
-            from serving.app import start_gateway
+            from cli.gateway import start_gateway
 
             gateway = start_gateway(ts, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                                     config_path=args.gateway_config)
         prometheus = None
         if args.with_prometheus:
-            from zoo.prometheus import PrometheusError, start_local
+            from cli.prometheus import PrometheusError, start_local
 
             print(f"starting Prometheus (ready after its first scrape of each target: up to "
                   f"{args.prometheus_scrape_interval} + 5 s) ...", flush=True)

@@ -1,4 +1,4 @@
-"""The `zoo` command line. Subcommands live in zoo/commands/, one module each, discovered at start."""
+"""The `zoo` command line. Subcommands live in cli/commands/, one module each, discovered at start."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 import sys
 
-import zoo.commands
+import cli.commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,8 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="zoo-gateway: build, serve and call computer-vision research models.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(zoo.commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"zoo.commands.{info.name}")
+    for info in sorted(pkgutil.iter_modules(cli.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"cli.commands.{info.name}")
         module.register(subparsers)
     return parser
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import yaml
 
-from zoo._process import stop_process
-from zoo.torchserve import LOOPBACK, free_port
+from cli.process import stop_process
+from cli.torchserve import LOOPBACK, free_port
 
 DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 CONFIG_TEMPLATE = DEPLOY_DIR / "prometheus.yml"
@@ -78,7 +78,7 @@ def render_config(out_dir: str | Path, gateway_target: str | None, torchserve_ta
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "prometheus.yml"
-    path.write_text("# rendered from deploy/prometheus/prometheus.yml by zoo/prometheus.py\n"
+    path.write_text("# rendered from deploy/prometheus/prometheus.yml by cli/prometheus.py\n"
                     + yaml.safe_dump(config, sort_keys=False))
     return path
 

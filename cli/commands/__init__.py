@@ -1,0 +1,1 @@
+"""`zoo` CLI subcommands. Each module defines `register(subparsers)`; cli.main discovers them all."""

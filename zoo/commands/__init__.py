@@ -1,1 +1,0 @@
-"""`zoo` CLI subcommands. Each module defines `register(subparsers)`; zoo.cli discovers them all."""
