@@ -1,13 +1,19 @@
 """The model registry: one named entry per servable model, looked up by name, failing loudly.
 
-Entries are declared next to the architecture they build (``zoo/detr.py`` registers ``detr_resnet50``)
-and collected by importing ``zoo.models``. Each entry carries everything needed to build, weight,
+Names follow timm's ``arch.tag``: one architecture, several sets of weights (``cut.horse2zebra``,
+``cut.cat2dog``). The bare architecture name is an alias of its default tag (the first one registered), so
+``detr_resnet50`` still names ``detr_resnet50.coco``; an entry is served, archived and routed under that short
+name when it is its architecture's default, and under its full name otherwise (``ModelEntry.serve_name``).
+
+Entries are declared next to the architecture they build (``zoo/detr.py`` registers ``detr_resnet50.coco``)
+and collected by importing the modules in ``MODEL_MODULES``. Each entry carries everything needed to build, weight,
 archive and serve the model, so the CLI, the ``.mar`` builder and the handlers share one source of truth.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -76,6 +82,31 @@ class ModelEntry:
     # returning {archive-relative name: local path}; handlers find them under model_dir/<name>.
     assets: tuple[str, ...] = ()
 
+    @property
+    def arch(self) -> str:
+        """The architecture part of ``arch.tag``."""
+        return self.name.partition(".")[0]
+
+    @property
+    def tag(self) -> str:
+        """The weights part of ``arch.tag``."""
+        return self.name.partition(".")[2]
+
+    @property
+    def is_default_tag(self) -> bool:
+        return _DEFAULT_TAGS.get(self.arch) == self.name
+
+    @property
+    def serve_name(self) -> str:
+        """The name an archive, TorchServe and the gateway use: the bare arch for its default tag (so names
+        that predate tags keep working), else ``arch.tag``."""
+        return self.arch if self.is_default_tag else self.name
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """Other names that reach this entry (the full name when it is served under the bare arch)."""
+        return (self.name,) if self.serve_name != self.name else ()
+
     def build(self, **overrides: Any) -> torch.nn.Module:
         """Build the architecture with random (untrained) parameters."""
         return self.builder(**{**self.config, **overrides})
@@ -84,6 +115,8 @@ class ModelEntry:
         """A JSON-serialisable description (used in archives, `zoo list --json` and model metadata)."""
         return {
             "name": self.name,
+            "serve_name": self.serve_name,
+            "aliases": list(self.aliases),
             "task": self.task,
             "version": self.version,
             "config": self.config,
@@ -97,6 +130,8 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_DEFAULT_TAGS: dict[str, str] = {}  # arch -> full name of its default (first registered) tag
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z0-9][a-z0-9_]*$")
 
 # Modules that declare entries. Importing them registers their models.
 MODEL_MODULES = (
@@ -115,10 +150,13 @@ MODEL_MODULES = (
 
 
 def register(entry: ModelEntry) -> ModelEntry:
-    """Add an entry; a second entry under the same name is a programming error."""
+    """Add an entry; a malformed name or a second entry under the same name is a programming error."""
+    if not NAME_RE.match(entry.name):
+        raise ValueError(f"model name {entry.name!r} is not 'arch.tag' (lower-case letters, digits, '_')")
     if entry.name in _REGISTRY and _REGISTRY[entry.name] is not entry:
         raise ValueError(f"model {entry.name!r} is registered twice")
     _REGISTRY[entry.name] = entry
+    _DEFAULT_TAGS.setdefault(entry.arch, entry.name)
     return entry
 
 
@@ -142,12 +180,13 @@ def list_models(task: str | None = None, default_only: bool = False) -> list[Mod
 
 
 def get_entry(name: str) -> ModelEntry:
+    """The entry named ``arch.tag``, or the default tag of a bare ``arch``."""
     _load_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
+    entry = _REGISTRY.get(name) or _REGISTRY.get(_DEFAULT_TAGS.get(name, ""))
+    if entry is None:
         known = ", ".join(sorted(_REGISTRY)) or "none"
-        raise KeyError(f"unknown model {name!r}; registered models: {known}") from None
+        raise KeyError(f"unknown model {name!r}; registered models: {known}")
+    return entry
 
 
 def create_model(name: str, **overrides: Any) -> torch.nn.Module:

@@ -230,7 +230,7 @@ def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
 # --- registry -------------------------------------------------------------------------------------------
 ADDERNET_RESNET20 = register(
     ModelEntry(
-        name="addernet_resnet20",
+        name="addernet_resnet20.cifar10",
         task="image-classification",
         builder=classifier_builder(AdderResNet20),
         config={

@@ -337,7 +337,7 @@ PREPROCESS = Preprocess(resize=256, crop=224, interpolation="bicubic")
 
 AUTOFORMER_SUPERNET_B = register(
     ModelEntry(
-        name="autoformer_supernet_b",
+        name="autoformer_supernet_b.in1k",
         task="image-classification",
         builder=classifier_builder(AutoFormerSupernet),
         config={

@@ -203,7 +203,7 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
 # --- registry -------------------------------------------------------------------------------------------
 BIT_M_R50X1 = register(
     ModelEntry(
-        name="bit_m_r50x1",
+        name="bit_m_r50x1.in21k",
         task="image-classification",
         builder=classifier_builder(BiTResNetV2),
         config={

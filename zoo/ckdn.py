@@ -281,7 +281,7 @@ def pair_batch_to_inputs(pairs_u8: Tensor, dtype: torch.dtype = torch.float32) -
 # --- registry ---------------------------------------------------------------------------------------
 CKDN_R50 = register(
     ModelEntry(
-        name="ckdn_r50",
+        name="ckdn_r50.pipal",
         task="image-quality",
         builder=CKDN,
         config={},

@@ -716,7 +716,7 @@ def convert_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
 
 register(
     ModelEntry(
-        name="detr_resnet50",
+        name="detr_resnet50.coco",
         task="detection",
         builder=build_detr,
         config={**DETR_R50_CONFIG, "backbone_depths": list(DETR_R50_CONFIG["backbone_depths"])},

@@ -214,7 +214,7 @@ def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
 # --- registry -------------------------------------------------------------------------------------------
 DGC_RESNET18 = register(
     ModelEntry(
-        name="dgc_resnet18",
+        name="dgc_resnet18.in1k",
         task="image-classification",
         builder=classifier_builder(DGCResNet),
         config={

@@ -439,7 +439,7 @@ def parameter_count(config: dict[str, Any] | None = None) -> int:
 
 register(
     ModelEntry(
-        name="ftcn_tt",
+        name="ftcn_tt.ffpp_c23",
         task="deepfake-detection",
         builder=FTCN,
         config=DEFAULT_CONFIG,

@@ -414,7 +414,7 @@ def _read_zoo_config(path: Path | None) -> dict[str, Any] | None:
 
 
 def _check_zoo_config(entry: ModelEntry, cfg: dict[str, Any], src: HubSource) -> None:
-    if cfg.get("name") != entry.name:
+    if cfg.get("name") not in (entry.name, entry.serve_name):  # exports made before `arch.tag` names
         raise HubError(
             f"{src.repo}@{src.revision} holds zoo weights of {cfg.get('name')!r}, not of {entry.name!r}")
 

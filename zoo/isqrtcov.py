@@ -224,7 +224,7 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
 # --- registry -------------------------------------------------------------------------------------------
 ISQRTCOV_RESNET50 = register(
     ModelEntry(
-        name="isqrtcov_resnet50",
+        name="isqrtcov_resnet50.in1k",
         task="image-classification",
         builder=classifier_builder(ISqrtCovResNet),
         config={

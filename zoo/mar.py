@@ -131,15 +131,15 @@ def build_mar(
     seed: int = 0,
     progress: bool = True,
 ) -> tuple[Path, WeightsLabel]:
-    """Write ``<store>/<entry.name>.mar`` and return its path and weights label."""
+    """Write ``<store>/<entry.serve_name>.mar`` and return its path and weights label."""
     from model_archiver.model_archiver_config import ModelArchiverConfig
     from model_archiver.model_packaging import generate_model_archive
 
     store = Path(store)
     store.mkdir(parents=True, exist_ok=True)
     steps = ["resolve weights", "write safetensors", "stage sources", "archive"]
-    with tempfile.TemporaryDirectory(prefix=f"zoo-mar-{entry.name}-") as tmp, tqdm(
-        total=len(steps), desc=f"build {entry.name}", unit="step", disable=not progress
+    with tempfile.TemporaryDirectory(prefix=f"zoo-mar-{entry.serve_name}-") as tmp, tqdm(
+        total=len(steps), desc=f"build {entry.serve_name}", unit="step", disable=not progress
     ) as bar:
         tmp_path = Path(tmp)
         bar.set_postfix_str(steps[0])
@@ -172,7 +172,7 @@ def build_mar(
         try:
             generate_model_archive(
                 ModelArchiverConfig(
-                    model_name=entry.name,
+                    model_name=entry.serve_name,
                     handler=str(handler_file),
                     version=entry.version,
                     serialized_file=str(weights_file),
@@ -185,9 +185,9 @@ def build_mar(
         finally:
             tempfile.tempdir = previous_tempdir
         # atomic publish: a running TorchServe or a concurrent build never sees a half-written archive
-        os.replace(tmp_path / f"{entry.name}.mar", store / f"{entry.name}.mar")
+        os.replace(tmp_path / f"{entry.serve_name}.mar", store / f"{entry.serve_name}.mar")
         bar.update()
-    return store / f"{entry.name}.mar", label
+    return store / f"{entry.serve_name}.mar", label
 
 
 def read_archive_meta(mar_path: str | Path) -> dict[str, Any]:

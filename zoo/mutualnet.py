@@ -211,7 +211,7 @@ def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
 # --- registry -------------------------------------------------------------------------------------------
 MUTUALNET_MBV2 = register(
     ModelEntry(
-        name="mutualnet_mbv2",
+        name="mutualnet_mbv2.in1k",
         task="image-classification",
         builder=classifier_builder(MutualNetMobileNetV2),
         config={

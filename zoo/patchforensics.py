@@ -225,7 +225,7 @@ def build_patch_model(layer: str = "block2", **serving: object) -> PatchXception
 
 def _entry(layer: str, grid: int, checkpoint: str, description: str) -> ModelEntry:
     return ModelEntry(
-        name=f"patchforensics_{layer}",
+        name=f"patchforensics_{layer}.celebahq_pgan",
         task="image-forensics",
         builder=build_patch_model,
         config={

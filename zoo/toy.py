@@ -26,7 +26,7 @@ class ToyEcho(nn.Module):
 
 TOY_ECHO = register(
     ModelEntry(
-        name="toy_echo",
+        name="toy_echo.seeded",
         task="test-echo",
         builder=ToyEcho,
         config={"channels": 3},
@@ -65,7 +65,7 @@ class ToyDetect(nn.Module):
 
 TOY_DETECT = register(
     ModelEntry(
-        name="toy_detect",
+        name="toy_detect.seeded",
         task="test-detection",
         builder=ToyDetect,
         config={},

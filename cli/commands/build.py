@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoo._registry import get_entry
+from zoo._registry import ModelEntry, get_entry
 from zoo.paths import default_store
 
 
@@ -28,9 +28,11 @@ def add_weights_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
 
 
-def weights_for(name: str, weights: dict[str, str], single: bool) -> str | None:
-    if name in weights:
-        return weights[name]
+def weights_for(entry: ModelEntry, weights: dict[str, str], single: bool) -> str | None:
+    """The `--weights` path given for this entry under any of its names (`arch.tag`, or the bare arch)."""
+    for name in (entry.name, entry.serve_name):
+        if name in weights:
+            return weights[name]
     if single and "" in weights:
         return weights[""]
     return None
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     for name in args.models:
         entry = get_entry(name)
         path, label = build_mar(
-            entry, Path(args.store), weights_for(name, weights, len(args.models) == 1),
+            entry, Path(args.store), weights_for(entry, weights, len(args.models) == 1),
             args.random_weights, args.seed,
         )
         print(f"{path}  weights: {label.short()}")

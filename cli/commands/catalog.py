@@ -33,11 +33,12 @@ def run(args: argparse.Namespace) -> int:
     rows = [
         {
             "name": e.name,
+            "served as": e.serve_name,
             "task": e.task,
             "version": e.version,
             "default": "yes" if e.default_serve else "opt-in",
             "weights source": e.weights.describe(),
-            "archive weights": _archive_weights(store, e.name),
+            "archive weights": _archive_weights(store, e.serve_name),
             "license": e.license,
             "paper": e.paper,
         }

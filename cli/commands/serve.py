@@ -22,8 +22,8 @@ def ensure_archives(
 
     archives = []
     for entry in entries:
-        mar = store / f"{entry.name}.mar"
-        explicit = weights_for(entry.name, weights, len(entries) == 1)
+        mar = store / f"{entry.serve_name}.mar"
+        explicit = weights_for(entry, weights, len(entries) == 1)
         needs_build = rebuild or explicit is not None or not mar.exists()
         if not needs_build and not random_weights:
             # never keep serving a random-weights archive once the user stops asking for random weights
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         if prometheus is not None:
             print(f"  Prometheus (loopback only, rules and alerts from deploy/prometheus): {prometheus.url}")
         for entry in entries:
-            print(f"  model {entry.name} ({entry.task})")
+            print(f"  model {entry.serve_name} ({entry.name}, {entry.task})")
         print("press Ctrl-C to stop", flush=True)
         while not stop.wait(0.5):
             if ts.proc is not None and ts.proc.poll() is not None:

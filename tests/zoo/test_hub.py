@@ -36,7 +36,7 @@ from cli.main import main as zoo_main
 from cli.process import stop_process
 from cli.torchserve import free_port
 from zoo import hub
-from zoo._registry import _REGISTRY, ModelEntry, WeightsSource, get_entry, register
+from zoo._registry import _DEFAULT_TAGS, _REGISTRY, ModelEntry, WeightsSource, get_entry, register
 from zoo.weights import WeightsError, random_state_dict, resolve_weights
 
 pytestmark = pytest.mark.integration
@@ -191,7 +191,8 @@ def tiny_file(seed: int, tmp: Path) -> tuple[bytes, str, dict[str, torch.Tensor]
 def tiny_entry() -> Iterator:
     names: list[str] = []
 
-    def make(name: str, **weights: str | None) -> ModelEntry:
+    def make(arch: str, **weights: str | None) -> ModelEntry:
+        name = f"{arch}.test"  # registry names are `arch.tag`
         entry = ModelEntry(
             name=name, task="image-classification", builder=tiny_builder, config={"width": 4},
             handler="handlers.detr_handler", inputs={}, outputs={}, weights=WeightsSource(**weights),
@@ -203,6 +204,7 @@ def tiny_entry() -> Iterator:
     yield make
     for name in names:
         _REGISTRY.pop(name, None)
+        _DEFAULT_TAGS.pop(name.partition(".")[0], None)
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +321,8 @@ def test_exported_repo_is_zoo_layout_and_only_for_its_model(
     assert weights["kind"] == "random-seeded"
     commit = publish({n: tmp_path / "export" / n for n in ("model.safetensors", "config.json", "README.md")},
                      mirrors, "zoo-test/tiny-export")
-    with pytest.raises(hub.HubError, match="holds zoo weights of 'hub_tiny_export_a', not of 'hub_tiny_export_b'"):
+    with pytest.raises(hub.HubError,
+                       match="holds zoo weights of 'hub_tiny_export_a.test', not of 'hub_tiny_export_b.test'"):
         hub.pull(b, repo="zoo-test/tiny-export", revision=commit, log=lambda _m: None)
     pulled = hub.pull(a, repo="zoo-test/tiny-export", revision=commit, log=lambda _m: None)
     assert pulled.layout == "zoo" and pulled.converter is None and pulled.sha256 == weights["sha256"]
@@ -527,7 +530,7 @@ def test_detr_round_trip_export_hub_pull_build_serve(mirrors: Path, tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert "RANDOM" in done.stdout
     config = json.loads((export / "config.json").read_text())
-    assert config["layout"] == "zoo" and config["name"] == DETR and config["task"] == entry.task
+    assert config["layout"] == "zoo" and config["name"] == entry.name and config["task"] == entry.task
     assert config["weights"]["kind"] == "random-seeded" and config["weights"]["seed"] == DETR_SEED
     assert config["weights"]["sha256"] == hub.sha256_of(export / "model.safetensors")
     card = (export / "README.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 
 from cli.main import main as zoo_main
 from zoo import get_entry, list_models
-from zoo._registry import ModelEntry, WeightsSource
+from zoo._registry import _DEFAULT_TAGS, _REGISTRY, NAME_RE, ModelEntry, WeightsSource, register
 from zoo.mar import model_config_yaml
 from zoo.weights import WeightsError, load_strict, missing_weights_message, resolve_weights
 
@@ -19,7 +20,51 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_registry_has_the_flagship_models() -> None:
     names = {e.name for e in list_models()}
-    assert "detr_resnet50" in names
+    assert {"detr_resnet50.coco", "ckdn_r50.pipal", "ftcn_tt.ffpp_c23"} <= names
+
+
+@pytest.mark.parametrize("entry", list_models(), ids=lambda e: e.name)
+def test_names_are_arch_dot_tag_and_the_bare_arch_names_the_default_tag(entry: ModelEntry) -> None:
+    assert NAME_RE.match(entry.name) and entry.name == f"{entry.arch}.{entry.tag}"
+    assert get_entry(entry.name) is entry
+    default = get_entry(entry.arch)
+    assert default.arch == entry.arch and default.is_default_tag
+    if entry.is_default_tag:  # served under the short name it had before tags, reachable by the full one too
+        assert default is entry and entry.serve_name == entry.arch and entry.aliases == (entry.name,)
+    else:
+        assert entry.serve_name == entry.name and entry.aliases == ()
+    summary = entry.summary()
+    assert (summary["name"], summary["serve_name"], summary["aliases"]) == (
+        entry.name, entry.serve_name, list(entry.aliases))
+
+
+def test_old_names_are_aliases_of_the_default_tags() -> None:
+    for old, new in [("detr_resnet50", "detr_resnet50.coco"), ("ckdn_r50", "ckdn_r50.pipal"),
+                     ("ftcn_tt", "ftcn_tt.ffpp_c23"), ("toy_echo", "toy_echo.seeded"),
+                     ("patchforensics_block2", "patchforensics_block2.celebahq_pgan")]:
+        assert get_entry(old) is get_entry(new) and get_entry(new).serve_name == old
+
+
+def test_a_second_tag_of_an_architecture_is_served_under_its_full_name() -> None:
+    first = dataclasses.replace(_tiny_entry(), name="tiny_arch_for_test.a")
+    second = dataclasses.replace(_tiny_entry(), name="tiny_arch_for_test.b")
+    try:
+        register(first)
+        register(second)
+        assert get_entry("tiny_arch_for_test") is first and first.serve_name == "tiny_arch_for_test"
+        assert second.serve_name == "tiny_arch_for_test.b" and get_entry("tiny_arch_for_test.b") is second
+        with pytest.raises(ValueError, match="registered twice"):
+            register(dataclasses.replace(first))
+    finally:
+        _REGISTRY.pop(first.name, None)
+        _REGISTRY.pop(second.name, None)
+        _DEFAULT_TAGS.pop("tiny_arch_for_test", None)
+
+
+@pytest.mark.parametrize("bad", ["detr_resnet50", "Detr.coco", "detr.", ".coco", "detr.coco.x", "detr-r50.coco"])
+def test_names_that_are_not_arch_dot_tag_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="not 'arch.tag'"):
+        register(dataclasses.replace(_tiny_entry(), name=bad))
 
 
 @pytest.mark.parametrize("entry", list_models(), ids=lambda e: e.name)
