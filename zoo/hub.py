@@ -1,4 +1,4 @@
-"""Hugging Face Hub access for pinned weights (all hub I/O lives here).
+"""Hugging Face Hub access for pinned weights (all hub I/O lives here), and the pull records of all weights.
 
 `zoo pull` downloads a pinned file with ``huggingface_hub`` into the standard HF cache (``HF_HOME`` /
 ``HF_HUB_CACHE``) from ``HF_ENDPOINT`` (the Hub or a company mirror), with ``HF_TOKEN`` for private or gated
@@ -17,6 +17,12 @@ Which file a model's weights come from, highest precedence first (see docs/weigh
 The last ``zoo pull`` of a model decides what ``zoo build`` uses: the pull record names it. A record of a
 registry pull that no longer matches the registry (the pin changed) is ignored; without a usable record the
 registry pin is looked up in the cache directly (files placed there by other tools count too).
+
+Weights that are not on the Hub (the authors' URL, or a file handed to ``zoo pull --file``) are fetched by
+``zoo/upstream.py`` into ``$ZOO_HOME/upstream/`` and recorded here too (origin ``upstream`` / ``file``), so
+:func:`find_pulled` finds and re-verifies every pulled file the same way, against its sha256 pin or the
+trust-on-first-use lock (``zoo/weights_lock.py``). ``zoo export --to-hub`` uploads through
+:func:`publish_folder`.
 
 Verification: a file is hashed once; the result is kept in ``$ZOO_HOME/hub-verified/`` keyed by the blob's
 real path, size, mtime and inode, so later builds do not re-hash a 160 MB file, while any change to the
