@@ -36,8 +36,9 @@ from safetensors.torch import save_file
 from cli.main import main as zoo_main
 from cli.process import stop_process
 from cli.torchserve import free_port
+from tests.support import tiny_builder, tiny_entries
 from zoo import hub
-from zoo._registry import _REGISTRY, ModelEntry, WeightsSource, get_entry, register
+from zoo._registry import get_entry
 from zoo.weights import WeightsError, random_state_dict, resolve_weights
 
 pytestmark = pytest.mark.integration
@@ -175,10 +176,6 @@ def hub_env(olah: Olah, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
 
 
 # --- a tiny throwaway model (registered for one test only, never in the product registry) ------------------
-def tiny_builder(width: int = 4) -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Linear(width, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-
-
 def tiny_file(seed: int, tmp: Path) -> tuple[bytes, str, dict[str, torch.Tensor]]:
     torch.manual_seed(seed)
     state = {k: v.clone() for k, v in tiny_builder().state_dict().items()}
@@ -190,20 +187,8 @@ def tiny_file(seed: int, tmp: Path) -> tuple[bytes, str, dict[str, torch.Tensor]
 
 @pytest.fixture
 def tiny_entry() -> Iterator:
-    names: list[str] = []
-
-    def make(name: str, **weights: str | None) -> ModelEntry:
-        entry = ModelEntry(
-            name=name, task="image-classification", builder=tiny_builder, config={"width": 4},
-            handler="handlers.detr_handler", inputs={}, outputs={}, weights=WeightsSource(**weights),
-            license="MIT", paper="https://example.org/tiny",
-        )
-        names.append(name)
-        return register(entry)
-
-    yield make
-    for name in names:
-        _REGISTRY.pop(name, None)
+    with tiny_entries() as make:
+        yield make
 
 
 @pytest.fixture(scope="module")

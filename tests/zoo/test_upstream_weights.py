@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import save
 
 from cli.main import main as zoo_main
+from tests.support import tiny_builder, tiny_entries
 from zoo import hub, list_models, upstream, weights_lock
-from zoo._registry import _REGISTRY, ModelEntry, WeightsSource, register
 from zoo.weights import WeightsError, resolve_weights
 
 
@@ -76,10 +76,6 @@ def zoo_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # --- a tiny model whose "official" checkpoint stores every key under `net.` ---------------------------------
-def tiny_builder(width: int = 4) -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Linear(width, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-
-
 def tiny_converter(checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("net."): v for k, v in checkpoint.items()}
 
@@ -96,21 +92,8 @@ def sha(data: bytes) -> str:
 
 @pytest.fixture
 def tiny_entry() -> Iterator:
-    names: list[str] = []
-
-    def make(name: str, **weights: object) -> ModelEntry:
-        entry = ModelEntry(
-            name=name, task="image-classification", builder=tiny_builder, config={"width": 4},
-            handler="handlers.detr_handler", inputs={}, outputs={},
-            weights=WeightsSource(converter=f"{__name__}:tiny_converter", **weights),  # type: ignore[arg-type]
-            license="MIT", paper="https://example.org/tiny",
-        )
-        names.append(name)
-        return register(entry)
-
-    yield make
-    for name in names:
-        _REGISTRY.pop(name, None)
+    with tiny_entries(converter=f"{__name__}:tiny_converter") as make:
+        yield make
 
 
 def serve(site: Site, name: str, data: bytes) -> str:
