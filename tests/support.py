@@ -6,11 +6,14 @@ import contextlib
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from cli.torchserve import TorchServe
-from zoo._registry import get_entry
+from zoo._registry import _DEFAULT_TAGS, _REGISTRY, ModelEntry, WeightsSource, get_entry, register
 from zoo.mar import build_mar
 
 
@@ -73,3 +76,32 @@ def multipart(fields: dict[str, tuple[str, bytes, str] | str]) -> tuple[bytes, s
         )
     body = b"".join(parts) + f"--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
+
+
+def tiny_builder(width: int = 4) -> torch.nn.Module:
+    """A model small enough to publish, pull and load in milliseconds."""
+    return torch.nn.Sequential(torch.nn.Linear(width, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+
+
+@contextlib.contextmanager
+def tiny_entries(**weights_defaults: Any) -> Iterator[Callable[..., ModelEntry]]:
+    """Register throwaway tiny entries (`make(name, **WeightsSource fields)`) for one test, never kept after it."""
+    names: list[str] = []
+
+    def make(arch: str, **weights: Any) -> ModelEntry:
+        name = f"{arch}.test"  # registry names are `arch.tag`
+        entry = ModelEntry(
+            name=name, task="image-classification", builder=tiny_builder, config={"width": 4},
+            handler="handlers.detr_handler", inputs={}, outputs={},
+            weights=WeightsSource(**{**weights_defaults, **weights}), license="MIT",
+            paper="https://example.org/tiny",
+        )
+        names.append(name)
+        return register(entry)
+
+    try:
+        yield make
+    finally:
+        for name in names:
+            _REGISTRY.pop(name, None)
+            _DEFAULT_TAGS.pop(name.partition(".")[0], None)

@@ -23,12 +23,20 @@ import torch
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where the real weights of an entry come from.
+    """Where the real weights of an entry come from, and how a fleet verifies the file it gets.
 
     ``hf_repo``/``revision``/``filename``/``sha256`` pin a file on the Hugging Face Hub (or a mirror set with
     ``HF_ENDPOINT``). ``converter`` names the ``module:function`` that turns that file's state dict into
-    the zoo layout (``None``: the file already is the zoo layout). ``upstream_url`` records where the
-    official checkpoint was first published, for checkpoints the Hub does not host in zoo layout.
+    the zoo layout (``None``: the file already is the zoo layout). ``upstream_url`` is where the official
+    checkpoint was first published; without a Hub pin it is what ``zoo pull`` fetches.
+
+    Verification of the upstream file: ``upstream_sha256`` (full hash) and ``upstream_size`` from a public
+    record; ``upstream_sha256_prefix`` when the record is only a leading part of the hash (torch.hub-style
+    file names); with no full hash, ``zoo pull`` trusts the first file it sees and locks it (see
+    ``zoo/weights_lock.py``). ``sha256_record`` cites where every pinned hash comes from, so a reviewer can
+    check it. ``manual_download``: the URL is a page for a browser (Google Drive), so the user downloads the
+    file and hands it to ``zoo pull MODEL --file PATH``; ``upstream_filename`` names the file to get there.
+    ``random_only``: a test model that never has real weights.
     """
 
     hf_repo: str | None = None
@@ -39,12 +47,73 @@ class WeightsSource:
     upstream_url: str | None = None
     upstream_sha256: str | None = None
     description: str = ""
+    upstream_sha256_prefix: str | None = None
+    upstream_size: int | None = None
+    upstream_filename: str | None = None
+    manual_download: bool = False
+    sha256_record: str = ""
+    random_only: bool = False
 
     def describe(self) -> str:
         if self.hf_repo:
             rev = (self.revision or "main")[:12]
             return f"hf://{self.hf_repo}@{rev}/{self.filename}"
         return self.upstream_url or "none"
+
+    @property
+    def source_kind(self) -> str:
+        """``hub`` (a pinned Hub file), ``upstream`` (the authors' URL) or ``none`` (random-only test model)."""
+        if self.random_only:
+            return "none"
+        return "hub" if self.hf_repo else "upstream" if self.upstream_url else "none"
+
+    @property
+    def pinned_sha256(self) -> str | None:
+        """The full sha256 the file `zoo pull` fetches must have, if a public record gives one."""
+        return self.sha256 if self.source_kind == "hub" else self.upstream_sha256
+
+    @property
+    def pinned_size(self) -> int | None:
+        return self.upstream_size if self.source_kind == "upstream" else None
+
+    @property
+    def verification_method(self) -> str:
+        """``sha256`` (pinned), ``tofu`` (trust on first use, then locked) or ``none``."""
+        if self.source_kind == "none":
+            return "none"
+        return "sha256" if self.pinned_sha256 else "tofu"
+
+    def verification(self) -> dict[str, Any]:
+        """How the file of this source is verified, for `zoo list` and model cards."""
+        prefix = self.upstream_sha256_prefix if self.source_kind == "upstream" else None
+        return {
+            "method": self.verification_method,
+            "sha256": self.pinned_sha256,
+            "sha256_prefix": prefix,
+            "size": self.pinned_size,
+            "record": self.sha256_record or None,
+            "fetch": self.fetch_method,
+            "summary": self.verification_summary(),
+        }
+
+    @property
+    def fetch_method(self) -> str:
+        """How `zoo pull` gets the file: ``hub``, ``http`` (downloads the URL) or ``manual`` (``--file``)."""
+        kind = self.source_kind
+        if kind == "hub":
+            return "hub"
+        if kind == "upstream":
+            return "manual" if self.manual_download else "http"
+        return "none"
+
+    def verification_summary(self) -> str:
+        method = self.verification_method
+        if method == "none":
+            return "none (random-only test model)"
+        if method == "sha256":
+            return f"sha256 {self.pinned_sha256[:12]}... pinned"  # type: ignore[index]
+        prefix = self.upstream_sha256_prefix if self.source_kind == "upstream" else None
+        return "trust on first use, locked" + (f"; sha256 prefix {prefix} checked" if prefix else "")
 
 
 @dataclass(frozen=True)

@@ -245,10 +245,15 @@ ADDERNET_RESNET20 = register(
         weights=WeightsSource(
             hf_repo=None,  # no Hugging Face mirror of the official weights is known
             converter="zoo.addernet:convert_checkpoint",
-            # The checkpoint ships inside the official repository. TODO(unverified): sha256 not checked here.
-            upstream_url="https://github.com/huawei-noah/AdderNet/raw/2fb8aad20aa251a87480842ebea568372d5903a0/"
+            # The checkpoint was committed to the official repository in d94dc43 ("Add files via upload") and
+            # deleted in 92cf25d, so it is fetched at the commit that added it (at 2fb8aad it is gone).
+            upstream_url="https://github.com/huawei-noah/AdderNet/raw/d94dc43a0f2a7448c8c38bcf638062de89f2d34d/"
                          "models/ResNet20-AdderNet.pth",
-            upstream_sha256=None,
+            upstream_sha256="fe3ad7c15573d34cddd9b3ec2eed12d9c2c818e59cd7d0797a954d6f76ea375b",
+            upstream_size=1_121_093,
+            sha256_record="git blob e26d7084efc00d9333e1b1a736b33708ec170ddc (1,121,093 bytes) of "
+                          "models/ResNet20-AdderNet.pth in huawei-noah/AdderNet@d94dc43: the sha256 of that public, "
+                          "content-addressed object (`git cat-file -p e26d708 | sha256sum`)",
             description="official AdderNet ResNet-20, CIFAR-10 test accuracy 91.8%",
         ),
         license="BSD-3-Clause",

@@ -355,8 +355,10 @@ AUTOFORMER_SUPERNET_B = register(
             # Linked from the official README (AutoFormer-B row); Google Drive mirror:
             # https://drive.google.com/file/d/1KPjUshk0SbqkaTzlirjPHM9pu19N5w0e/view
             upstream_url="https://github.com/silent-chen/AutoFormer-model-zoo/releases/download/v1.0/supernet-base.pth",
-            # TODO(unverified): the sha256 is not published; record it once the file has been fetched.
+            # No public record of its sha256 was found (GitHub shows no digest for this 2021 release asset):
+            # `zoo pull` trusts the first download and locks it.
             upstream_sha256=None,
+            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
             description="official AutoFormer supernet-B (ImageNet-1k); AutoFormer-B top-1 82.4%",
         ),
         license="MIT",

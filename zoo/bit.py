@@ -221,8 +221,10 @@ BIT_M_R50X1 = register(
             hf_repo=None,  # the Hub's BiT copies use timm's layout, not the official one
             converter="zoo.bit:convert_checkpoint",
             upstream_url="https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz",
-            # TODO(unverified): sha256 not checked here (no network).
+            # No public record of its sha256 was found (Google publishes none; timm's Hub copies are another
+            # file, in timm's layout): `zoo pull` trusts the first download and locks it.
             upstream_sha256=None,
+            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
             description="official BiT-M R50x1 upstream model (ImageNet-21k, 21,843 classes)",
         ),
         license="Apache-2.0",

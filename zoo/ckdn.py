@@ -299,9 +299,12 @@ CKDN_R50 = register(
             revision="a9f0adbe769b3acde27af64b079a0e3ad1e2173a",
             filename="CKDN_model_best-38b27dc6.pth",
             sha256="38b27dc680955a482028f97e60bc670530fbeff9e67744d0c8116d9e796811c8",
+            sha256_record="the Hub's LFS pointer of CKDN_model_best-38b27dc6.pth at "
+                          "chaofengc/IQA-PyTorch-Weights@a9f0adb (oid sha256, size 53,729,377); the file name "
+                          "carries its first 8 hex digits",
             converter="zoo.ckdn:convert_checkpoint",
-            # The authors' model_best.pth.tar, linked from the researchmm/CKDN README.
-            # TODO: its sha256 is not published; record it once the file has been fetched and checked.
+            # The authors' model_best.pth.tar, linked from the researchmm/CKDN README. Its sha256 is not
+            # published; the Hub pin above is what `zoo pull` fetches.
             upstream_url="https://drive.google.com/file/d/13HzxPsRWdPC_CAsbvgMgU5IG_TKPVbNe/view?usp=sharing",
             upstream_sha256=None,
             description="official CKDN weights trained on PIPAL (researchmm/CKDN model_best.pth.tar)",

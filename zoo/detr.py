@@ -736,9 +736,11 @@ register(
             revision="1d5f47bd3bdd2c4bbfa585418ffe6da5028b4c0b",
             filename="model.safetensors",
             sha256="830f5e2eeaada8c8c8281779dcc8ab12833972eb8514ed0a35be6c1d4420ad81",
+            sha256_record="the Hub's LFS pointer of model.safetensors at facebook/detr-resnet-50@1d5f47b "
+                          "(oid sha256, size 166,587,896)",
             converter="zoo.detr:convert_checkpoint",
             upstream_url="https://dl.fbaipublicfiles.com/detr/detr-r50-e632da11.pth",
-            upstream_sha256="e632da11",  # sha256 prefix in the file name (what torch.hub checks)
+            upstream_sha256_prefix="e632da11",  # sha256 prefix in the file name (what torch.hub checks)
             description="DETR R50, 500 epochs on COCO 2017 train, 42.0 box AP on val (official model zoo)",
         ),
         license="Apache-2.0",

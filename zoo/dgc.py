@@ -234,8 +234,12 @@ DGC_RESNET18 = register(
             # `imagenet_dyresnet18_h4.tar` (47.2 MB), Google Drive link of the official README (OneDrive and
             # BaiduYun mirrors there too).
             upstream_url="https://drive.google.com/file/d/1rtSU3iUKlA0NhgnUJz-QksW5aL2Lt2Cg/view?usp=sharing",
-            # TODO(unverified): the sha256 is not published; record it once the file has been fetched.
+            # Google Drive: a browser download, handed to `zoo pull dgc_resnet18 --file PATH`. No sha256 is
+            # published: the first file is trusted and locked.
             upstream_sha256=None,
+            upstream_filename="imagenet_dyresnet18_h4.tar",
+            manual_download=True,
+            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
             description="official DGC ResNet-18 (heads 4, gate factor 0.45), ImageNet-1k top-1 error 31.22%",
         ),
         license="MIT",

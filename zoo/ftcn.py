@@ -458,10 +458,11 @@ register(
             # Linked from the official README ("FTCN+TT model trained on FF++"); about 59 MB, a flat
             # I3D8x8 state dict of exactly the 275 tensors of this model (14.80 M floats).
             upstream_url="https://github.com/yinglinzheng/FTCN/releases/download/weights/ftcn_tt.pth",
-            # TODO(unverified): a third-party setup script pins sha256
-            # 3d08fc78174bbfdb3fbede317b95dcac9095202ed7113649eecf6e2ef5ee77d8 (59,248,500 bytes);
-            # not checked here (no network), so upstream_sha256 stays unset.
-            upstream_sha256=None,
+            # The authors publish no hash; a third-party setup script that downloads this URL pins one. The size
+            # is in no record, so only the sha256 is checked.
+            upstream_sha256="3d08fc78174bbfdb3fbede317b95dcac9095202ed7113649eecf6e2ef5ee77d8",
+            sha256_record="third-party record: https://github.com/wjdgolfs/Graduation-project/blob/"
+                          "8ec6661bf68cf9d1a8439260cf0ab559f6198d85/scripts/setup_ftcn.py (WEIGHTS, ftcn_tt.pth)",
             description="official FTCN+TT (ftcn_tt.pth) trained on FaceForensics++ c23",
         ),
         # Checked against the official repository (yinglinzheng/FTCN @ 07f0c03): no LICENSE file, and the

@@ -1,4 +1,4 @@
-"""Hugging Face Hub access for pinned weights (all hub I/O lives here).
+"""Hugging Face Hub access for pinned weights (all hub I/O lives here), and the pull records of all weights.
 
 `zoo pull` downloads a pinned file with ``huggingface_hub`` into the standard HF cache (``HF_HOME`` /
 ``HF_HUB_CACHE``) from ``HF_ENDPOINT`` (the Hub or a company mirror), with ``HF_TOKEN`` for private or gated
@@ -17,6 +17,12 @@ Which file a model's weights come from, highest precedence first (see docs/weigh
 The last ``zoo pull`` of a model decides what ``zoo build`` uses: the pull record names it. A record of a
 registry pull that no longer matches the registry (the pin changed) is ignored; without a usable record the
 registry pin is looked up in the cache directly (files placed there by other tools count too).
+
+Weights that are not on the Hub (the authors' URL, or a file handed to ``zoo pull --file``) are fetched by
+``zoo/upstream.py`` into ``$ZOO_HOME/upstream/`` and recorded here too (origin ``upstream`` / ``file``), so
+:func:`find_pulled` finds and re-verifies every pulled file the same way, against its sha256 pin or the
+trust-on-first-use lock (``zoo/weights_lock.py``). ``zoo export --to-hub`` uploads through
+:func:`publish_folder`.
 
 Verification: a file is hashed once; the result is kept in ``$ZOO_HOME/hub-verified/`` keyed by the blob's
 real path, size, mtime and inode, so later builds do not re-hash a 160 MB file, while any change to the
@@ -38,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from zoo import weights_lock
 from zoo._registry import ModelEntry
 from zoo.contract import (
     EXPORT_CONFIG_FILE,
@@ -53,6 +60,7 @@ from zoo.paths import zoo_home
 
 logger = logging.getLogger(__name__)
 DEFAULT_ENDPOINT = "https://huggingface.co"
+LOCAL_ORIGINS = ("upstream", "file")  # pull records of files kept under $ZOO_HOME, not in the HF cache
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -63,14 +71,14 @@ class HubError(WeightsError):
 class ChecksumMismatch(HubError):
     """A file's sha256 differs from its pin."""
 
-    def __init__(self, what: str, path: Path, actual: str, expected: str, removed: list[Path]) -> None:
+    def __init__(self, what: str, path: Path, actual: str, expected: str, removed: list[Path],
+                 advice: str | None = None) -> None:
         self.path, self.actual, self.expected, self.removed = path, actual, expected, removed
         gone = ", ".join(str(p) for p in removed) if removed else "nothing"
-        super().__init__(
-            f"sha256 mismatch for {what}: the file has sha256 {actual} but {expected} is pinned. "
-            f"Removed only the bad file ({gone}); the rest of the cache is untouched. Run `zoo pull` again; "
-            f"if it fails the same way, the repo content or the pin is wrong."
-        )
+        advice = advice or (f"Removed only the bad file ({gone}); the rest of the cache is untouched. Run "
+                            f"`zoo pull` again; if it fails the same way, the repo content or the pin is wrong.")
+        super().__init__(f"sha256 mismatch for {what}: the file has sha256 {actual} but {expected} is pinned. "
+                         f"{advice}")
 
 
 # --- environment (read at call time, so in-process callers and tests can change it) ----------------------
@@ -226,8 +234,19 @@ class PullRecord:
     seed: int | None = None
     endpoint: str = DEFAULT_ENDPOINT
     pulled_at: str = ""
+    # Files outside the HF cache (origin "upstream": downloaded from `url`; "file": handed to `--file`):
+    url: str = ""  # the registry source the file stands for
+    path: str = ""  # where it is stored, under $ZOO_HOME/upstream/
+    size: int | None = None
+    verification: str = ""  # "sha256" (pinned) or "tofu" (locked on first use)
+
+    @property
+    def is_local_file(self) -> bool:
+        return self.origin in LOCAL_ORIGINS
 
     def describe(self) -> str:
+        if self.is_local_file:
+            return self.url
         return f"hf://{self.repo}@{self.commit[:12]}/{self.filename}"
 
 
@@ -293,8 +312,8 @@ def _record_matches_registry(record: PullRecord, src: HubSource | None) -> bool:
 def find_pulled(entry: ModelEntry) -> PulledWeights | None:
     """The verified pulled weights of `entry` (pull record first, then the registry pin), or None.
 
-    Raises ChecksumMismatch when the cached file no longer matches its pin: a corrupt file must never be
-    served, nor silently replaced by random weights.
+    Raises ChecksumMismatch when the file no longer matches its pin (or LockMismatch when it differs from
+    the trust-on-first-use lock): a corrupt file must never be served, nor silently replaced by random weights.
     """
     src = registry_source(entry)
     try:
@@ -302,7 +321,11 @@ def find_pulled(entry: ModelEntry) -> PulledWeights | None:
     except HubError as exc:
         logger.warning("%s (ignored)", exc)
         record = None
-    if record is not None and (record.origin == "override" or _record_matches_registry(record, src)):
+    if record is not None and record.is_local_file:
+        found = find_local_file(entry, record)
+        if found is not None:
+            return found
+    elif record is not None and (record.origin == "override" or _record_matches_registry(record, src)):
         path = _cache_lookup(record.repo, record.filename, record.commit)
         if path is not None:
             sha = verify_file(path, record.sha256, record.describe())
@@ -323,6 +346,26 @@ def find_pulled(entry: ModelEntry) -> PulledWeights | None:
     commit = path.parent.name
     return PulledWeights(path, ZOO_LAYOUT if not src.converter else UPSTREAM_LAYOUT, src.converter,
                          src.describe(commit if is_commit_hash(commit) else None), sha)
+
+
+def find_local_file(entry: ModelEntry, record: PullRecord) -> PulledWeights | None:
+    """The file of a local-file `record` (downloaded from the upstream URL or taken with `--file`), verified
+    again, or None when the record no longer stands for the registry's source or the file is gone."""
+    pinned = entry.weights.pinned_sha256
+    if record.url != entry.weights.describe() or (pinned and record.sha256 != pinned):
+        logger.warning("%s: the pulled file (%s) is not the registry's source any more; run `zoo pull %s` again",
+                       entry.name, record.url, entry.name)
+        return None
+    path = Path(record.path)
+    if not path.is_file():
+        logger.warning("%s: `zoo pull` recorded %s but %s is gone; run `zoo pull %s` again",
+                       entry.name, record.url, path, entry.name)
+        return None
+    sha = verify_file(path, record.sha256, record.describe())
+    if record.verification == "tofu":
+        weights_lock.check(entry.name, record.url, sha)  # a fleet's shared lock may have been updated since
+    return PulledWeights(path, record.layout, record.converter if record.layout != ZOO_LAYOUT else None,
+                         record.describe(), sha)
 
 
 def find_cached(entry: ModelEntry) -> Path | None:
@@ -533,3 +576,39 @@ def _finish(entry: ModelEntry, src: HubSource, path: Path, sha: str, zoo_cfg: di
             f"smoke tests; builds from it stay labelled random")
     log(f"{entry.name}: {path}")
     return PulledWeights(path, layout, record.converter, record.describe(), sha, kind, seed)
+
+
+# --- publishing (`zoo export --to-hub`) ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Published:
+    """Where an exported folder landed: pull it back with `zoo pull MODEL --repo REPO --revision COMMIT`."""
+
+    repo: str
+    commit: str
+    endpoint: str
+    url: str
+
+
+def publish_folder(folder: Path, repo: str, private: bool = False, message: str | None = None) -> Published:
+    """Upload an exported folder to `repo` on HF_ENDPOINT (created if missing) as one commit on `main`.
+
+    Uses the Hub's own API (``create_repo`` + ``upload_folder``), so it works for huggingface.co and for any
+    mirror that accepts uploads; HF_TOKEN must be allowed to write to the organisation.
+    """
+    from huggingface_hub import HfApi
+
+    endpoint = hub_endpoint()
+    api = HfApi(endpoint=endpoint)
+    where = f"{repo} at {endpoint}"
+    try:
+        api.create_repo(repo, private=private, exist_ok=True)
+    except Exception as exc:  # noqa: BLE001 - mapped to a clear HubError
+        raise HubError(f"cannot create {where}: {type(exc).__name__}: {str(exc).splitlines()[0]} "
+                       "(HF_TOKEN must hold a token with write access to the organisation)") from exc
+    try:
+        info = api.upload_folder(repo_id=repo, folder_path=str(folder),
+                                 commit_message=message or f"zoo export of {Path(folder).name}")
+    except Exception as exc:  # noqa: BLE001 - mapped to a clear HubError
+        raise HubError(f"cannot upload {folder} to {where}: {type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0]}") from exc
+    return Published(repo, info.oid, endpoint, str(info.commit_url))

@@ -241,10 +241,13 @@ ISQRTCOV_RESNET50 = register(
             hf_repo=None,  # no Hugging Face mirror of the official weights is known
             converter="zoo.isqrtcov:convert_checkpoint",
             # model_urls['mpncovresnet50'] of src/network/mpncovresnet.py (also on the README's Google Drive,
-            # 217.3 MB). TODO(unverified): sha256 not checked here (no network); the file name carries the
-            # torch.hub-style prefix 15991845 of it.
+            # 217.3 MB). The file name carries the torch.hub-style prefix 15991845 of its sha256, a partial
+            # record: `zoo pull` checks the prefix, trusts the first download and locks its full hash.
             upstream_url="http://jtxie.com/models/mpncovresnet50-15991845.pth",
             upstream_sha256=None,
+            upstream_sha256_prefix="15991845",
+            sha256_record="partial: the sha256 prefix 15991845 in the official file name (torch.hub convention); "
+                          "the full hash is trusted on first use",
             description="official fast MPN-COV (iSQRT-COV) ResNet-50, ImageNet-1k top-1 error 21.71% (224 crop)",
         ),
         license="MIT",

@@ -232,8 +232,11 @@ MUTUALNET_MBV2 = register(
             converter="zoo.mutualnet:convert_checkpoint",
             # "Model weights: [MobileNet v2]" in the official README (Google Drive; BaiduYun mirror, code 4y6m).
             upstream_url="https://drive.google.com/open?id=1GIe5Mpbkc2CptvPbqcEgJtPSoP2WYkNm",
-            # TODO(unverified): file name, layout and sha256 not checked (no network here).
+            # A browser download, handed to `zoo pull mutualnet_mbv2 --file PATH`; no sha256 is published: the
+            # first file is trusted and locked.
             upstream_sha256=None,
+            manual_download=True,
+            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
             description="official MutualNet MobileNetV2 (ImageNet-1k); 72.9% top-1 at width 1.0, 224 px",
         ),
         license="MIT",

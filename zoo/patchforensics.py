@@ -252,8 +252,12 @@ def _entry(layer: str, grid: int, checkpoint: str, description: str) -> ModelEnt
             # "We provide a number of pretrained models here" (official README, Google Drive folder);
             # the checkpoint is `checkpoints/<name>/bestval_net_D.pth` inside it.
             upstream_url="https://drive.google.com/drive/folders/1_LekvsBFE2T9N3Wikkll3xjlogI-cSoH",
-            # TODO(unverified): file layout inside the folder and sha256 not checked here (no network).
+            # A browser download (a Drive folder), handed to `zoo pull MODEL --file PATH`; no sha256 is
+            # published: the first file is trusted and locked.
             upstream_sha256=None,
+            upstream_filename="bestval_net_D.pth",
+            manual_download=True,
+            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
             description=f"official Patch-Forensics {checkpoint} (CelebA-HQ real vs PGAN fakes)",
         ),
         license="unspecified (chail/patch-forensics has no licence file; ask the authors before redistributing)",

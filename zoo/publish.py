@@ -1,7 +1,8 @@
 """`zoo convert` and `zoo export`: official checkpoints -> zoo-layout safetensors -> a Hub-ready folder.
 
-No network here (hub I/O lives in zoo/hub.py). An exported folder is what ``huggingface-cli upload`` or a
-``git push`` publishes as is, and what ``zoo pull MODEL --repo ORG/NAME`` pulls back:
+No network here (hub I/O, including ``zoo export --to-hub``'s upload, lives in zoo/hub.py). An exported folder
+is what ``zoo export --to-hub ORG`` (or ``huggingface-cli upload``, or a ``git push``) publishes as is, and what
+``zoo pull MODEL --repo ORG/NAME`` pulls back:
 
 - ``model.safetensors``: zoo layout (metadata ``layout: zoo``, the weights label, the source's sha256);
 - ``config.json``: the entry's config plus zoo metadata (``"layout": "zoo"``, name, task, version, zoo-gateway
@@ -206,8 +207,12 @@ def model_card(entry: ModelEntry, weights: dict[str, Any], tests: list[str], how
     if official:
         pin = f" (sha256 `{src.sha256}`)" if src.sha256 else ""
         lines.append(f"- Official checkpoint on the Hub: {official}{pin}")
-    if src.upstream_url:
+    if src.upstream_url and not src.random_only:
         lines.append(f"- Originally published at: {src.upstream_url}")
+    if not src.random_only:
+        record = f" (record: {src.sha256_record})" if src.sha256_record else ""
+        lines.append(f"- The registry's source ({src.describe()}) is verified by: {src.verification_summary()}"
+                     f"{record}")
     lines += [
         "",
         "## How it was made",

@@ -40,6 +40,7 @@ TOY_ECHO = register(
         weights=WeightsSource(
             upstream_url="none: test-only model, always built with random weights",
             description="test/demo-only toy; its weights mean nothing",
+            random_only=True,
         ),
         license="Apache-2.0",
         paper="https://github.com/kserve/open-inference-protocol",
@@ -78,6 +79,7 @@ TOY_DETECT = register(
         weights=WeightsSource(
             upstream_url="none: test-only model, always built with random weights",
             description="test/demo-only toy; its weights mean nothing",
+            random_only=True,
         ),
         license="Apache-2.0",
         paper="https://arxiv.org/abs/2005.10420",  # Towards Streaming Perception: what streams are for

@@ -1,6 +1,8 @@
 """Resolve, convert and strictly load model weights.
 
-Real weights come from the registry's pinned hub source (``zoo pull``) or a local file (``--weights``).
+Real weights come from a local file (``--weights``), else what ``zoo pull`` fetched and verified: the
+registry's pinned Hub file, the authors' URL, a file handed to ``zoo pull --file``, or a ``--repo`` override
+(``zoo.hub.find_pulled`` checks each again, against its sha256 pin or the trust-on-first-use lock).
 Seeded random weights exist only for smoke runs on machines that cannot download, and are always labelled
 so: the label travels into the ``.mar``, ``zoo list`` and every response's model metadata.
 """
@@ -99,11 +101,24 @@ def random_state_dict(entry: ModelEntry, seed: int = 0) -> dict[str, torch.Tenso
 
 
 def missing_weights_message(entry: ModelEntry) -> str:
+    """Why there are no weights, naming the source, how it is verified and the command that fetches it."""
     src = entry.weights
-    hub = f"the Hugging Face Hub repo {src.hf_repo!r} (file {src.filename!r})" if src.hf_repo else "no hub repo"
+    if src.source_kind == "hub":
+        where = f"the Hugging Face Hub repo {src.hf_repo!r} (file {src.filename!r})"
+        fetch = f"Run `zoo pull {entry.name}` (set HF_ENDPOINT for a mirror)"
+    elif src.manual_download:
+        where = f"{src.upstream_url}, which only a browser can open"
+        fetch = (f"Download {src.upstream_filename or 'the checkpoint'} there and run "
+                 f"`zoo pull {entry.name} --file PATH`")
+    elif src.source_kind == "upstream":
+        where = src.upstream_url
+        fetch = f"Run `zoo pull {entry.name}` (it downloads and verifies the file)"
+    else:
+        where, fetch = "nowhere: it is a random-only test model", "Build it with `--random-weights`"
     return (
-        f"no weights for {entry.name!r}: they come from {hub}. Run `zoo pull {entry.name}` "
-        f"(set HF_ENDPOINT for a mirror), or pass a local checkpoint with "
+        f"no weights for {entry.name!r}: they come from {where} (verified by "
+        f"{src.verification_summary()}). {fetch}, or `zoo pull {entry.name} --repo ORG/NAME` for a zoo "
+        f"export on your Hub, or pass a local checkpoint with "
         f"`--weights {entry.name}=/path/to/checkpoint` (official or hub layout; see `zoo convert --help`), "
         f"or `--random-weights` for an explicitly labelled untrained smoke run."
     )
@@ -115,7 +130,7 @@ def resolve_weights(
     random_weights: bool = False,
     seed: int = 0,
 ) -> tuple[dict[str, torch.Tensor], WeightsLabel]:
-    """Return zoo-layout weights and their label, in order: local file, pulled hub file, random (if asked)."""
+    """Return zoo-layout weights and their label, in order: local file, pulled file, random (if asked)."""
     if weights_path is not None:
         path = Path(weights_path)
         meta = zoo_layout_metadata(path)
@@ -126,7 +141,7 @@ def resolve_weights(
             seed = int(meta["seed"]) if str(meta.get("seed", "")).isdigit() else None
             return state, WeightsLabel(RANDOM_WEIGHTS_KIND, f"{path} (random weights file)", sha, seed)
         return state, WeightsLabel("local-file", str(path), sha)
-    pulled = hub.find_pulled(entry)  # verified against its sha256 pin; see zoo/hub.py
+    pulled = hub.find_pulled(entry)  # verified against its sha256 pin or lock; see zoo/hub.py
     if pulled is not None:
         checkpoint = read_checkpoint(pulled.path)
         state = dict(checkpoint) if pulled.layout == hub.ZOO_LAYOUT else convert_to_zoo(entry, checkpoint)

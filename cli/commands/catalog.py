@@ -1,4 +1,5 @@
-"""`zoo list`: the registry as a table, with the weights each built archive really carries."""
+"""`zoo list`: the registry as a table: each model's weights source, how that file is verified, and the
+weights each built archive really carries."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from zoo._registry import list_models
+from zoo._registry import ModelEntry, list_models
 from zoo.paths import default_store
 
 
@@ -18,6 +19,12 @@ def _archive_weights(store: Path, name: str) -> str:
     from zoo.weights import WeightsLabel
 
     return WeightsLabel(**read_archive_meta(mar)["weights"]).short()
+
+
+def weights_source(entry: ModelEntry) -> dict[str, object]:
+    """The pinned source of an entry's weights and how `zoo pull` verifies it (for `zoo list --json`)."""
+    src = entry.weights
+    return {"kind": src.source_kind, "location": src.describe(), "verification": src.verification()}
 
 
 def print_table(rows: list[dict[str, str]], columns: list[str]) -> None:
@@ -38,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
             "version": e.version,
             "default": "yes" if e.default_serve else "opt-in",
             "weights source": e.weights.describe(),
+            "verification": e.weights.verification_summary()
+            + (" (manual download: --file)" if e.weights.fetch_method == "manual" else ""),
             "archive weights": _archive_weights(store, e.serve_name),
             "license": e.license,
             "paper": e.paper,
@@ -45,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         for e in entries
     ]
     if args.json:
-        summaries = [{**e.summary(), "archive_weights": r["archive weights"]}
+        summaries = [{**e.summary(), "weights_source": weights_source(e), "archive_weights": r["archive weights"]}
                      for e, r in zip(entries, rows, strict=True)]
         print(json.dumps(summaries, indent=2, default=str))
     else:

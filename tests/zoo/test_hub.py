@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,8 +36,9 @@ from safetensors.torch import save_file
 from cli.main import main as zoo_main
 from cli.process import stop_process
 from cli.torchserve import free_port
+from tests.support import tiny_builder, tiny_entries
 from zoo import hub
-from zoo._registry import _DEFAULT_TAGS, _REGISTRY, ModelEntry, WeightsSource, get_entry, register
+from zoo._registry import get_entry
 from zoo.weights import WeightsError, random_state_dict, resolve_weights
 
 pytestmark = pytest.mark.integration
@@ -174,10 +176,6 @@ def hub_env(olah: Olah, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
 
 
 # --- a tiny throwaway model (registered for one test only, never in the product registry) ------------------
-def tiny_builder(width: int = 4) -> torch.nn.Module:
-    return torch.nn.Sequential(torch.nn.Linear(width, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
-
-
 def tiny_file(seed: int, tmp: Path) -> tuple[bytes, str, dict[str, torch.Tensor]]:
     torch.manual_seed(seed)
     state = {k: v.clone() for k, v in tiny_builder().state_dict().items()}
@@ -189,22 +187,8 @@ def tiny_file(seed: int, tmp: Path) -> tuple[bytes, str, dict[str, torch.Tensor]
 
 @pytest.fixture
 def tiny_entry() -> Iterator:
-    names: list[str] = []
-
-    def make(arch: str, **weights: str | None) -> ModelEntry:
-        name = f"{arch}.test"  # registry names are `arch.tag`
-        entry = ModelEntry(
-            name=name, task="image-classification", builder=tiny_builder, config={"width": 4},
-            handler="handlers.detr_handler", inputs={}, outputs={}, weights=WeightsSource(**weights),
-            license="MIT", paper="https://example.org/tiny",
-        )
-        names.append(name)
-        return register(entry)
-
-    yield make
-    for name in names:
-        _REGISTRY.pop(name, None)
-        _DEFAULT_TAGS.pop(name.partition(".")[0], None)
+    with tiny_entries() as make:
+        yield make
 
 
 @pytest.fixture(scope="module")
@@ -595,3 +579,128 @@ def test_detr_round_trip_export_hub_pull_build_serve(mirrors: Path, tmp_path: Pa
     for got, want in zip(served, expected, strict=True):
         assert got["score"] == pytest.approx(want["score"], abs=1e-4)
         assert got["box"] == pytest.approx(want["box"], abs=1e-2)
+
+
+# --- zoo export --to-hub: publish to your own org, then a fleet pulls only from the Hub ---------------------
+@contextlib.contextmanager
+def upload_front(mirrors: Path, token: str) -> Iterator[tuple[str, list[str]]]:
+    """The write half of the Hub API in front of olah's mirrors (olah itself only serves, it takes no uploads).
+
+    It answers what `huggingface_hub`'s ``create_repo`` and ``upload_folder`` send -- create, validate-yaml,
+    preupload, the git-lfs batch API with basic PUT transfers, and the ndjson commit -- refusing requests
+    without the token, and turns each commit into a git commit of the mirror repo (weights as git-lfs
+    objects), which olah then serves like any other repo.
+    """
+    import http.server
+    import threading
+
+    objects: dict[str, bytes] = {}
+    calls: list[str] = []
+
+    class Front(http.server.BaseHTTPRequestHandler):
+        def _reply(self, status: int, payload: object | None = None) -> None:
+            body = json.dumps(payload).encode() if payload is not None else b""
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+
+        def _authorised(self) -> bool:
+            if self.headers.get("Authorization") == f"Bearer {token}":
+                return True
+            self._body()
+            self._reply(401, {"error": "Invalid credentials"})
+            return False
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server API
+            calls.append(f"POST {self.path}")
+            if not self._authorised():
+                return
+            base = f"http://127.0.0.1:{self.server.server_address[1]}"
+            body = self._body()
+            path = self.path.split("?")[0]
+            if path == "/api/repos/create":
+                req = json.loads(body)
+                return self._reply(200, {"url": f"{base}/{req['organization']}/{req['name']}"})
+            if path == "/api/validate-yaml":
+                return self._reply(200, {"errors": [], "warnings": []})
+            if match := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/[^/]+", path):
+                files = [{"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(".safetensors") else "regular",
+                          "shouldIgnore": False, "oid": None} for f in json.loads(body)["files"]]
+                return self._reply(200, {"files": files, "commitOid": None})
+            if re.fullmatch(r"/[^/]+/[^/]+\.git/info/lfs/objects/batch", path):
+                objs = [{"oid": o["oid"], "size": o["size"],
+                         "actions": {"upload": {"href": f"{base}/lfs-upload/{o['oid']}"}}}
+                        for o in json.loads(body)["objects"]]
+                return self._reply(200, {"transfer": "basic", "objects": objs})
+            if match := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/main", path):
+                files: dict[str, Path | bytes] = {}
+                message = "upload"
+                for line in body.decode().splitlines():
+                    item = json.loads(line)
+                    if item["key"] == "header":
+                        message = item["value"]["summary"]
+                    elif item["key"] == "file":
+                        files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                    elif item["key"] == "lfsFile":
+                        files[item["value"]["path"]] = objects[item["value"]["oid"]]
+                commit = publish(files, mirrors, match.group(1), message=message)
+                return self._reply(200, {"commitOid": commit, "commitUrl": f"{base}/{match.group(1)}/commit/{commit}"})
+            self._reply(404, {"error": f"no route {path}"})
+
+        def do_PUT(self) -> None:  # noqa: N802 - http.server API
+            calls.append(f"PUT {self.path}")
+            data = self._body()
+            oid = self.path.rsplit("/", 1)[-1]
+            if hashlib.sha256(data).hexdigest() != oid:
+                return self._reply(400, {"error": "oid mismatch"})
+            objects[oid] = data
+            self._reply(200)
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Front)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", calls
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_export_to_hub_publishes_and_a_fleet_pulls_it_back_verified(
+    hub_env: Path, olah: Olah, mirrors: Path, tiny_entry, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from huggingface_hub import constants
+
+    entry = tiny_entry("hub_tiny_to_hub", upstream_url="https://example.org/tiny.pth")
+    # This front has no Xet storage (as many self-hosted hubs): plain git-lfs uploads, as HF_HUB_DISABLE_XET=1.
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    with upload_front(mirrors, token="hf_zoo_write_token") as (front, calls):
+        monkeypatch.setenv("HF_ENDPOINT", front)
+        assert zoo_main(["export", entry.name, "--random-weights", "--seed", "3", "--to-hub", "zoo-test-org"]) == 1
+        assert "cannot create zoo-test-org/hub_tiny_to_hub" in capsys.readouterr().err  # no token: clear error
+        monkeypatch.setenv("HF_TOKEN", "hf_zoo_write_token")
+        assert zoo_main(["export", entry.name, "--random-weights", "--seed", "3", "--to-hub", "zoo-test-org"]) == 0
+    out = capsys.readouterr().out
+    commit = re.search(rf"zoo pull {entry.name} --repo zoo-test-org/{entry.name} --revision ([0-9a-f]{{40}})",
+                       out).group(1)
+    assert any(c.startswith("PUT /lfs-upload/") for c in calls)  # the weights went as an LFS object
+    repo = mirrors / "models" / "zoo-test-org" / entry.name
+    assert git(repo, "rev-parse", "HEAD") == commit
+    assert git(repo, "show", "HEAD:model.safetensors").startswith("version https://git-lfs.github.com/spec/v1")
+
+    # The fleet: only the Hub (olah serving the mirror), the pull command as printed.
+    monkeypatch.setenv("HF_ENDPOINT", olah.url)
+    monkeypatch.delenv("HF_TOKEN")
+    assert zoo_main(["pull", entry.name, "--repo", f"zoo-test-org/{entry.name}", "--revision", commit]) == 0
+    assert "verified" in capsys.readouterr().out
+    state, label = resolve_weights(entry)
+    assert label.is_random and label.seed == 3 and label.source.startswith(f"hf://zoo-test-org/{entry.name}@")
+    assert all(torch.equal(state[k], v) for k, v in random_state_dict(entry, seed=3).items())
