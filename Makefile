@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup serve test lint clean prometheus-tools
+.PHONY: setup serve test lint clean prometheus-tools k8s-tools
 
 setup: $(VENV)/.installed
 	$(VENV)/bin/zoo assets  # MTCNN face-detector weights for the FTCN handler (verified, cached)
@@ -49,7 +49,21 @@ prometheus-tools:
 	  else echo "WARNING: promtool not found and not root: 'apt-get install prometheus' to run the Prometheus tests"; fi; \
 	fi
 
-test: setup $(TRITON_VENV)/.installed prometheus-tools
+# kubectl (its built-in kustomize renders deploy/k8s offline) for tests/e2e/test_deploy_manifests.py. Best effort,
+# like prometheus-tools: the `kubectl` package where the machine's apt sources have it, else Debian's
+# `kubernetes-client`; without one (or with a kustomize older than v4) the rendering tests skip saying why.
+k8s-tools:
+	@if ! command -v kubectl >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q kubectl >/dev/null 2>&1 || apt-get install -y -q kubernetes-client >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 && { apt-get install -y -q kubectl >/dev/null 2>&1 \
+	         || apt-get install -y -q kubernetes-client >/dev/null 2>&1; }; } \
+	    || echo "WARNING: 'apt-get install kubectl' failed: the Kubernetes manifest tests will skip"; \
+	  else echo "WARNING: kubectl not found and not root: install it to run the Kubernetes manifest tests"; fi; \
+	fi
+
+test: setup $(TRITON_VENV)/.installed prometheus-tools k8s-tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra
 

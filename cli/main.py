@@ -8,6 +8,7 @@ import pkgutil
 import sys
 
 import cli.commands
+from cli import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zoo",
         description="zoo-gateway: build, serve and call computer-vision research models.",
     )
+    parser.add_argument("--version", action="version", version=f"zoo-gateway {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(cli.commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"cli.commands.{info.name}")

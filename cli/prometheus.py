@@ -26,7 +26,11 @@ import yaml
 from cli.process import stop_process
 from cli.torchserve import LOOPBACK, free_port
 
-DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+# deploy/prometheus is the one source of truth. A wheel carries a copy of its config and rules as package data
+# (cli/deploy/prometheus, copied at build time by setup.py); a checkout or an editable install reads deploy/.
+PACKAGED_DEPLOY_DIR = Path(__file__).resolve().parent / "deploy" / "prometheus"
+CHECKOUT_DEPLOY_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+DEPLOY_DIR = PACKAGED_DEPLOY_DIR if PACKAGED_DEPLOY_DIR.is_dir() else CHECKOUT_DEPLOY_DIR
 CONFIG_TEMPLATE = DEPLOY_DIR / "prometheus.yml"
 GATEWAY_JOB = "zoo-gateway"
 TORCHSERVE_JOB = "torchserve"

@@ -53,18 +53,22 @@ class TorchServePorts:
     metrics: int = field(default_factory=free_port)
     grpc_inference: int = field(default_factory=free_port)
     grpc_management: int = field(default_factory=free_port)
+    # Where Prometheus scrapes TorchServe: loopback by default; a pod or container that lets its Prometheus
+    # scrape TorchServe pins the port and binds it wider (inference and management always stay on loopback).
+    metrics_host: str = LOOPBACK
     worker_base: int = field(default_factory=lambda: 20000 + (os.getpid() * 7 + int(time.time())) % 30000)
 
 
 def config_properties(
     model_store: Path, models: list[str], ports: TorchServePorts, token_auth: bool = False
 ) -> str:
-    """TorchServe `config.properties`. Token auth is off *explicitly*: TorchServe binds to loopback only
-    and the gateway in front of it is the authentication boundary (API keys per model)."""
+    """TorchServe `config.properties`. Token auth is off *explicitly*: TorchServe's APIs bind to loopback only
+    and the gateway in front of it is the authentication boundary (API keys per model). Only the read-only
+    metrics endpoint may bind elsewhere (``ports.metrics_host``), for a Prometheus outside the pod."""
     lines = {
         "inference_address": f"http://{LOOPBACK}:{ports.inference}",
         "management_address": f"http://{LOOPBACK}:{ports.management}",
-        "metrics_address": f"http://{LOOPBACK}:{ports.metrics}",
+        "metrics_address": f"http://{ports.metrics_host}:{ports.metrics}",
         "grpc_inference_address": LOOPBACK,
         "grpc_management_address": LOOPBACK,
         "grpc_inference_port": ports.grpc_inference,

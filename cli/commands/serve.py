@@ -35,7 +35,7 @@ def ensure_archives(
 
 
 def run(args: argparse.Namespace) -> int:
-    from cli.torchserve import TorchServe
+    from cli.torchserve import TorchServe, TorchServePorts
 
     if args.with_prometheus:
         from cli.prometheus import INSTALL_HINT, find_binary, parse_duration
@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     store = Path(args.store)
     archives = ensure_archives(entries, store, parse_weights_args(args.weights), args.random_weights,
                                args.seed, args.rebuild)
-    ts = TorchServe(store, archives, Path(args.run_dir) / "torchserve")
+    ports = TorchServePorts(metrics_host=args.torchserve_metrics_host)
+    if args.torchserve_metrics_port:
+        ports.metrics = args.torchserve_metrics_port
+    ts = TorchServe(store, archives, Path(args.run_dir) / "torchserve", ports=ports)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -115,6 +118,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grpc-port", type=int, default=8081, help="gateway gRPC port")
     p.add_argument("--gateway-config", default=None, help="gateway YAML (routes, API keys, limits)")
     p.add_argument("--no-gateway", action="store_true", help="start TorchServe only")
+    p.add_argument("--torchserve-metrics-port", type=int, default=None,
+                   help="TorchServe's Prometheus metrics port (default: a free one); a pod pins it to be scraped")
+    p.add_argument("--torchserve-metrics-host", default="127.0.0.1",
+                   help="TorchServe metrics bind address (its inference and management APIs stay on loopback)")
     p.add_argument("--ready-timeout", type=float, default=600, help="seconds to wait for models")
     p.add_argument("--with-prometheus", action="store_true",
                    help="also run Prometheus (Debian's /usr/bin/prometheus) on loopback over the gateway and "
