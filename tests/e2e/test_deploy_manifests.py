@@ -117,7 +117,8 @@ def pulled_models(args: list[str]) -> dict[str, list[str]]:
 
 
 def check_models(served: list[str], pulls: dict[str, list[str]], where: str) -> None:
-    """Every model is registered, and pulled with a pin: the registry's Hub pin, or `--repo` + `--revision`."""
+    """Every model is registered, and pulled with a pin a script can fetch: the registry's sha256-pinned source
+    (Hub file or the authors' URL), or `--repo` + `--revision` of a mirror."""
     for model in [*served, *pulls]:
         try:
             get_entry(model)
@@ -126,10 +127,12 @@ def check_models(served: list[str], pulls: dict[str, list[str]], where: str) -> 
     missing = sorted(set(served) - set(pulls))
     assert not missing, f"{where}: serves {missing} but no init container pulls them (the pod would crash-loop)"
     for model, args in pulls.items():
-        if registry_source(get_entry(model)) is None:
+        source = get_entry(model).weights
+        if source.verification_method != "sha256" or source.fetch_method not in ("hub", "http"):
             parsed = build_parser().parse_args(args)
             assert parsed.repo and parsed.revision, (
-                f"{where}: {model} has no Hub file pinned in the registry: pull it with --repo and --revision")
+                f"{where}: the registry pins no sha256-verified file a pod can fetch for {model}: pull it with "
+                f"--repo and --revision")
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
