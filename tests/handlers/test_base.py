@@ -17,6 +17,7 @@ from handlers.base import ZooHandler
 from handlers.codec import RequestError
 from handlers.fields import IMAGE, CheckedFields, Field, RequestSpec
 from handlers.toy_handler import ToyHandler
+from tests.handlers.handler_context import HandlerContext
 from zoo import get_entry
 from zoo.contract import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE, BATCH_SIZE_HEADER
 
@@ -25,26 +26,6 @@ def png(size: tuple[int, int] = (16, 12)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (10, 20, 30)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-class _Context:
-    """The slice of TorchServe's context that ZooHandler uses."""
-
-    metrics = None
-
-    def __init__(self, model_dir: Path) -> None:
-        self.system_properties = {"model_dir": str(model_dir)}
-        self.status: dict[int, int] = {}
-        self.headers: dict[int, dict[str, str]] = {}
-
-    def set_response_status(self, code: int, phrase: str, idx: int = 0) -> None:
-        self.status[idx] = code
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        self.headers.setdefault(idx, {})["Content-Type"] = value
-
-    def set_response_header(self, idx: int, key: str, value: str) -> None:
-        self.headers.setdefault(idx, {})[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +56,7 @@ class _Echo(ZooHandler):
 
 
 def test_base_picks_checks_and_tags(toy_dir: Path) -> None:
-    handler, context = _Echo(), _Context(toy_dir)
+    handler, context = _Echo(), HandlerContext(toy_dir)
     handler.initialize(context)
     answers = handler.handle([{"body": png(), "gain": b"0.5"}, {"body": png(), "gain": "3"},
                               {"body": png(), "colour": "red"}, {"gain": "1"}], context)
@@ -125,7 +106,7 @@ class _ClashingFields(_Echo):
 def test_inconsistent_handler_fails_at_initialize(toy_dir: Path, handler_class: type, error: type,
                                                   needle: str) -> None:
     with pytest.raises(error) as info:
-        handler_class().initialize(_Context(toy_dir))
+        handler_class().initialize(HandlerContext(toy_dir))
     assert needle in str(info.value)
 
 
@@ -152,7 +133,7 @@ def test_inconsistent_declarations_fail_when_made(declare, needle: str) -> None:
 
 
 def test_toy_handler_still_echoes_every_field_it_received(toy_dir: Path) -> None:
-    handler, context = ToyHandler(), _Context(toy_dir)
+    handler, context = ToyHandler(), HandlerContext(toy_dir)
     handler.initialize(context)
     answer = handler.handle([{"image": png(), "sleep_ms": b"0", "note": b"kept"}], context)[0]
     assert answer["fields"] == ["image", "note", "sleep_ms"] and answer["width"] == 16
