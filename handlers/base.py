@@ -1,9 +1,12 @@
 """The one handler base: decode -> batch -> predict -> encode, with per-request errors.
 
-Subclasses implement four small methods. The base owns the TorchServe plumbing: loading the archived
-zoo model and its labelled weights, picking the device TorchServe assigned, isolating each request's
-client error (a 4xx for that request only), turning unexpected failures into 500s for the affected
-requests without killing the worker, and guaranteeing exactly one answer per request.
+A handler declares the request fields it accepts (``FIELDS``, see ``handlers.fields``) and implements only
+its model's steps: ``decode_fields`` (checked fields -> one item), ``batch``, ``predict`` and ``encode``.
+The base owns everything else: loading the archived zoo model and its labelled weights, picking the device
+TorchServe assigned, checking the handler's declaration when the worker starts, picking and checking each
+request's fields (missing, unknown and out-of-range ones are that request's 4xx), isolating each request's
+client error, turning unexpected failures into 500s for the affected requests without killing the worker,
+tagging every answer with the model/weights metadata, and guaranteeing exactly one answer per request.
 """
 
 from __future__ import annotations
@@ -11,14 +14,16 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, final
 
 import torch
 from safetensors.torch import load_file
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.codec import RequestError
+from handlers.fields import CheckedFields, ExtraFields, Field, RequestSpec
 from zoo._registry import ModelEntry, get_entry
 from zoo.contract import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE, BATCH_SIZE_HEADER
 from zoo.weights import load_strict
@@ -37,6 +42,15 @@ def pick_device(properties: dict[str, Any]) -> torch.device:
 class ZooHandler(BaseHandler):
     """Base for every zoo handler (TorchServe custom service)."""
 
+    # The request fields the handler accepts; override ``fields()`` instead where they depend on the entry.
+    FIELDS: ClassVar[tuple[Field, ...]] = ()
+    # Fields a request carries beyond FIELDS: refused (400 naming them and the accepted ones) or ignored.
+    EXTRA_FIELDS: ClassVar[ExtraFields] = "reject"
+    # Whether each answer also says in its JSON how many requests its batch held (always in a header).
+    BATCH_SIZE_IN_ANSWER: ClassVar[bool] = False
+    # The steps a handler must implement itself (predict defaults to calling the model).
+    OWN_STEPS: ClassVar[tuple[str, ...]] = ("decode_fields", "batch", "encode")
+
     entry: ModelEntry
     meta: dict[str, Any]
 
@@ -49,6 +63,7 @@ class ZooHandler(BaseHandler):
         self.device = pick_device(properties)
         self.model = self.load_model(model_dir)
         self.setup(model_dir)
+        self.check_contract()
         self.initialized = True
         logger.info(
             "loaded %s on %s with weights %s", self.entry.name, self.device, self.meta.get("weights")
@@ -62,9 +77,37 @@ class ZooHandler(BaseHandler):
     def setup(self, model_dir: Path) -> None:
         """Optional per-worker setup after the model is loaded."""
 
-    # --- the four steps subclasses implement -----------------------------------------------------
+    def check_contract(self) -> None:
+        """Fail the worker's start, not its first request, when the handler's steps or fields do not add up."""
+        cls = type(self)
+        if cls.decode is not ZooHandler.decode:
+            raise TypeError(f"{cls.__name__} overrides decode: declare FIELDS and implement decode_fields instead")
+        missing = [step for step in self.OWN_STEPS if getattr(cls, step) is getattr(ZooHandler, step)]
+        if missing:
+            raise TypeError(f"{cls.__name__} does not implement {', '.join(missing)}")
+        if not self.request_spec.fields:
+            raise TypeError(f"{cls.__name__} declares no request fields (FIELDS or fields())")
+
+    # --- request fields --------------------------------------------------------------------------
+    def fields(self) -> tuple[Field, ...]:
+        """The fields this handler accepts; override where they come from the entry or the worker's setup."""
+        return self.FIELDS
+
+    @cached_property
+    def request_spec(self) -> RequestSpec:
+        """The declared fields, built (and so validated) once per worker."""
+        entry = getattr(self, "entry", None)  # unset in handlers built without TorchServe (tests)
+        return RequestSpec(self.fields(), self.EXTRA_FIELDS, entry.name if entry is not None else None)
+
+    @final
     def decode(self, request: dict[str, Any], index: int) -> Any:
-        """One raw TorchServe request -> one decoded item. Raise RequestError for client errors."""
+        """One raw TorchServe request -> one decoded item: fields picked and checked here, then decode_fields."""
+        spec = self.request_spec
+        return self.decode_fields(spec.check(spec.pick(request)))
+
+    # --- the four steps subclasses implement -----------------------------------------------------
+    def decode_fields(self, fields: CheckedFields) -> Any:
+        """One request's checked fields -> one decoded item. Raise RequestError for client errors."""
         raise NotImplementedError
 
     def batch(self, items: list[Any]) -> Any:
@@ -75,8 +118,8 @@ class ZooHandler(BaseHandler):
         """Model input -> model output (already under inference_mode)."""
         return self.model(batch)
 
-    def encode(self, output: Any, items: list[Any]) -> list[Any]:
-        """Model output -> one JSON-serialisable answer per item, in order."""
+    def encode(self, output: Any, items: list[Any]) -> list[dict[str, Any]]:
+        """Model output -> one JSON object per item, in order (the base appends the model tag)."""
         raise NotImplementedError
 
     # --- plumbing --------------------------------------------------------------------------------
@@ -87,6 +130,13 @@ class ZooHandler(BaseHandler):
             "version": self.entry.version,
             "weights": self.meta.get("weights", {}),
         }
+
+    def tag(self, answer: dict[str, Any], batch_size: int) -> dict[str, Any]:
+        """One answer with the batch size (where declared) and the model metadata appended."""
+        if self.BATCH_SIZE_IN_ANSWER:
+            answer["batch_size"] = batch_size
+        answer["model"] = self.model_info()
+        return answer
 
     def _error(self, index: int, status: int, message: str) -> dict[str, Any]:
         self.context.set_response_status(status, message, index)
@@ -116,7 +166,7 @@ class ZooHandler(BaseHandler):
                 if len(encoded) != len(items):
                     raise RuntimeError(f"handler produced {len(encoded)} answers for {len(items)} requests")
                 for index, answer in zip(indices, encoded, strict=True):
-                    answers[index] = answer
+                    answers[index] = self.tag(answer, len(items))
                     context.set_response_content_type(index, "application/json")
                     context.set_response_header(index, BATCH_SIZE_HEADER, str(len(items)))
             except RequestError as exc:

@@ -20,25 +20,13 @@ import torch
 from PIL import Image
 
 from handlers.base import ZooHandler
-from handlers.codec import RequestError, as_bytes, decode_image, request_fields
+from handlers.codec import RequestError
+from handlers.fields import CheckedFields, Field
 from zoo.ckdn import pair_batch_to_inputs, preprocess_pair
 
-PAIR_FIELDS = ("restored", "degraded")
 # Largest allowed ratio between the two images' aspect ratios (w/h), e.g. 4:3 vs 16:9 = 1.33 passes, 1:1 vs
 # 16:9 = 1.78 does not.
 MAX_ASPECT_MISMATCH = 1.5
-
-
-def _pair_images(fields: dict[str, Any]) -> tuple[Image.Image, Image.Image]:
-    missing = [name for name in PAIR_FIELDS if name not in fields]
-    if missing:
-        raise RequestError(
-            f"missing image {' and '.join(repr(m) for m in missing)}: send the pair as multipart fields "
-            "'restored' and 'degraded', as JSON {\"restored\": \"<base64>\", \"degraded\": \"<base64>\"}, "
-            "or as inputs with those names"
-        )
-    restored, degraded = (decode_image(as_bytes(fields[name], name), name) for name in PAIR_FIELDS)
-    return restored, degraded
 
 
 def _check_aspect(restored: Image.Image, degraded: Image.Image) -> None:
@@ -56,10 +44,12 @@ def _check_aspect(restored: Image.Image, degraded: Image.Image) -> None:
 class CKDNHandler(ZooHandler):
     """Scores restored images against their degraded inputs, a batch of pairs at a time."""
 
-    def decode(self, request: dict[str, Any], index: int) -> np.ndarray:
-        restored, degraded = _pair_images(request_fields(request))
-        _check_aspect(restored, degraded)
-        return preprocess_pair(restored, degraded)
+    FIELDS = (Field("restored", "image", required=True), Field("degraded", "image", required=True))
+    EXTRA_FIELDS = "ignore"  # CKDN has always ignored other fields; refusing them would change its API
+
+    def decode_fields(self, fields: CheckedFields) -> np.ndarray:
+        _check_aspect(fields["restored"], fields["degraded"])
+        return preprocess_pair(fields["restored"], fields["degraded"])
 
     def batch(self, items: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = torch.from_numpy(np.stack(items)).to(self.device)
@@ -70,4 +60,4 @@ class CKDNHandler(ZooHandler):
         return self.model(restored, degraded).float().cpu()
 
     def encode(self, output: torch.Tensor, items: list[np.ndarray]) -> list[dict[str, Any]]:
-        return [{"score": float(score), "model": self.model_info()} for score in output.tolist()]
+        return [{"score": float(score)} for score in output.tolist()]

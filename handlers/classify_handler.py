@@ -28,15 +28,10 @@ import numpy as np
 import torch
 
 from handlers.base import ZooHandler
-from handlers.codec import RequestError, as_bytes, decode_image, number_param, request_fields
-from zoo.classify import ClassifyInput, Knob, KnobError, Preprocess, knob_specs, parse_knobs, top_k
+from handlers.fields import IMAGE, CheckedFields, Field
+from zoo.classify import ClassifyInput, Knob, Preprocess, knob_specs, top_k
 
-IMAGE_FIELDS = ("image", "body", "data", "file", "input")
 DEFAULT_TOP_K = 5
-
-
-def _text(value: Any) -> Any:
-    return bytes(value).decode("utf-8", errors="replace") if isinstance(value, (bytes, bytearray)) else value
 
 
 class ClassifyHandler(ZooHandler):
@@ -60,39 +55,22 @@ class ClassifyHandler(ZooHandler):
     def num_classes(self) -> int:
         return int(self.entry.config.get("num_classes", len(self.labels or ())) or 1000)
 
-    @cached_property
-    def param_fields(self) -> tuple[str, ...]:
-        return ("top_k", *self.knobs)
-
     def setup(self, model_dir: Path) -> None:
         if self.labels is not None and len(self.labels) != self.num_classes:
             raise ValueError(f"{self.entry.name}: {len(self.labels)} labels for {self.num_classes} classes")
-        _ = self.knobs, self.preprocess  # a misdeclared entry fails at load, not on the first request
+        _ = self.preprocess  # a misdeclared entry fails at load, not on the first request
 
-    # --- decode -----------------------------------------------------------------------------------
-    def _image_field(self, fields: dict[str, Any]) -> str:
-        for name in IMAGE_FIELDS:
-            if name in fields:
-                return name
-        raise RequestError("no image in the request: send image bytes as the body, a multipart field 'image', "
-                           "or JSON {\"image\": \"<base64>\"}")
+    # --- request fields: top_k and the entry's knobs (each knob parses and names its own choices) --------
+    def fields(self) -> tuple[Field, ...]:
+        return (
+            IMAGE,
+            Field("top_k", "integer", default=min(DEFAULT_TOP_K, self.num_classes), bounds=(1, self.num_classes)),
+            *(Field(name, "custom", default=knob.default, parse=knob.parse) for name, knob in self.knobs.items()),
+        )
 
-    def decode(self, request: dict[str, Any], index: int) -> ClassifyInput:
-        fields = request_fields(request)
-        image_field = self._image_field(fields)
-        unknown = sorted(set(fields) - {image_field, *self.param_fields})
-        if unknown:
-            allowed = ", ".join(("image", *self.param_fields))
-            raise RequestError(f"unknown field(s) {', '.join(repr(u) for u in unknown)} for {self.entry.name}; "
-                               f"allowed: {allowed}")
-        params = {k: _text(fields[k]) for k in self.param_fields if k in fields}
-        try:
-            knobs = parse_knobs(self.knobs, params)
-        except KnobError as exc:
-            raise RequestError(str(exc)) from None
-        k = int(number_param(params, "top_k", DEFAULT_TOP_K, 1, self.num_classes, integer=True))
-        image = decode_image(as_bytes(fields[image_field], image_field), image_field)
-        return ClassifyInput(self.preprocess.image(image), knobs, k)
+    def decode_fields(self, fields: CheckedFields) -> ClassifyInput:
+        knobs = {name: fields[name] for name in self.knobs}
+        return ClassifyInput(self.preprocess.image(fields["image"]), knobs, fields["top_k"])
 
     # --- batch / predict / encode -----------------------------------------------------------------
     def batch(self, items: list[ClassifyInput]) -> list[tuple[dict[str, Any], list[int], torch.Tensor]]:
@@ -118,6 +96,5 @@ class ClassifyHandler(ZooHandler):
             answers.append({
                 "top_k": [{"label": p.label, "index": p.index, "score": p.score} for p in best],
                 "knobs": item.knobs,
-                "model": self.model_info(),
             })
         return answers

@@ -59,16 +59,18 @@ def request_fields(request: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def as_bytes(value: Any, what: str) -> bytes:
-    """Bytes from a raw part, or from a base64 string inside JSON."""
+def as_bytes(value: Any, what: str, kind: str = "image") -> bytes:
+    """Bytes from a raw part, or from a base64 string inside JSON; ``what`` names the field, ``kind`` its content."""
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     if isinstance(value, str):
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
-            raise RequestError(f"'{what}' is a string but not valid base64 (expected a base64-encoded image)") from None
-    raise RequestError(f"'{what}' must be image bytes or a base64 string, got {type(value).__name__}")
+            raise RequestError(
+                f"'{what}' is a string but not valid base64 (expected a base64-encoded {kind})"
+            ) from None
+    raise RequestError(f"'{what}' must be {kind} bytes or a base64 string, got {type(value).__name__}")
 
 
 def parse_json_body(value: Any) -> dict[str, Any] | None:
@@ -129,21 +131,3 @@ def image_to_array(img: Image.Image) -> np.ndarray:
     """HWC uint8 RGB array."""
     return np.asarray(img, dtype=np.uint8)
 
-
-def number_param(
-    params: dict[str, Any], name: str, default: float, lo: float, hi: float, integer: bool = False
-) -> float | int:
-    """A numeric request parameter validated against [lo, hi]."""
-    if name not in params or params[name] is None:
-        return default
-    raw = params[name]
-    try:
-        value = int(raw) if integer else float(raw)
-        if integer and float(raw) != int(raw):
-            raise ValueError
-    except (TypeError, ValueError):
-        kind = "an integer" if integer else "a number"
-        raise RequestError(f"'{name}' must be {kind}, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise RequestError(f"'{name}' must be between {lo} and {hi}, got {value}")
-    return value

@@ -5,39 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.base import ZooHandler
-from handlers.codec import (
-    ImageRequest,
-    RequestError,
-    as_bytes,
-    decode_image,
-    number_param,
-    request_fields,
-)
+from handlers.codec import ImageRequest
+from handlers.fields import IMAGE, CheckedFields, Field
 from zoo.detr import postprocess, preprocess
-
-IMAGE_FIELDS = ("image", "body", "data", "file", "input")
-PARAMS = ("threshold", "top_k")
 
 
 class DetrHandler(ZooHandler):
     """Batches variable-size images with padding masks, exactly as DETR's official evaluation."""
 
-    def decode(self, request: dict[str, Any], index: int) -> ImageRequest:
-        fields = request_fields(request)
-        name = next((n for n in IMAGE_FIELDS if n in fields), None)
-        if name is None:
-            raise RequestError("no image in the request: send image bytes as the body, a multipart field "
-                               "'image', or JSON {\"image\": \"<base64>\"}")
-        unknown = sorted(set(fields) - {name, *PARAMS})
-        if unknown:
-            raise RequestError(f"unknown fields {unknown}; allowed: image, {', '.join(PARAMS)}")
-        params = {k: (v.decode() if isinstance(v, (bytes, bytearray)) else v)
-                  for k, v in fields.items() if k in PARAMS}
-        image = decode_image(as_bytes(fields[name], name), name)
-        return ImageRequest(image, {
-            "threshold": float(number_param(params, "threshold", 0.7, 0.0, 1.0)),
-            "top_k": int(number_param(params, "top_k", 100, 1, 100, integer=True)),
-        })
+    FIELDS = (
+        IMAGE,
+        Field("threshold", "number", default=0.7, bounds=(0.0, 1.0)),
+        Field("top_k", "integer", default=100, bounds=(1, 100)),
+    )
+    BATCH_SIZE_IN_ANSWER = True
+
+    def decode_fields(self, fields: CheckedFields) -> ImageRequest:
+        return ImageRequest(fields["image"], {"threshold": fields["threshold"], "top_k": fields["top_k"]})
 
     def batch(self, items: list[ImageRequest]) -> Any:
         pixel_values, padding_mask, sizes = preprocess([item.image for item in items])
@@ -58,7 +42,5 @@ class DetrHandler(ZooHandler):
             answers.append({
                 "detections": detections,
                 "image_size": {"width": item.image.width, "height": item.image.height},
-                "batch_size": len(items),
-                "model": self.model_info(),
             })
         return answers

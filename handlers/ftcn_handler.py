@@ -27,17 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from handlers.base import ZooHandler
-from handlers.codec import RequestError, as_bytes, number_param, request_fields
+from handlers.codec import RequestError, as_bytes
+from handlers.fields import UPLOAD_ALIASES, CheckedFields, Field
 from zoo.faces.pipeline import AGGREGATES, FacePipeline, PreparedVideo
 from zoo.faces.weights import ARCHIVE_DIR, check_dir
 from zoo.video import VideoError, VideoLimits
 
-VIDEO_FIELDS = ("video", "body", "data", "file", "input")
-PARAMS = ("stride", "threshold", "aggregate", "detect_every", "max_duration_s")
-
 
 class FtcnHandler(ZooHandler):
     """Video -> MTCNN faces -> tracks -> aligned clips (batched across requests) -> FTCN -> JSON."""
+
+    BATCH_SIZE_IN_ANSWER = True
 
     def setup(self, model_dir: Path) -> None:
         folder = model_dir / ARCHIVE_DIR
@@ -53,45 +53,34 @@ class FtcnHandler(ZooHandler):
         self.max_clip_batch = int(os.environ.get("ZOO_FTCN_CLIP_BATCH") or default_batch)
         self.limits = VideoLimits.from_env()
 
-    # --- request parsing ---------------------------------------------------------------------------
+    # --- request fields: limits come from the face pipeline's config and the server's video limits ----------
+    def fields(self) -> tuple[Field, ...]:
+        cfg, limit = self.pipeline.config, self.limits.max_duration_s
+        return (
+            Field("video", "bytes", required=True, aliases=UPLOAD_ALIASES, any_name=True),
+            Field("stride", "integer", default=cfg.stride, bounds=(1, cfg.clip_len * 4)),
+            Field("threshold", "number", default=cfg.fake_threshold, bounds=(0.0, 1.0)),
+            Field("aggregate", "choice", default=cfg.aggregate, choices=tuple(AGGREGATES)),
+            Field("detect_every", "integer", default=cfg.detect_every, bounds=(1, 16)),
+            Field("max_duration_s", "number", default=limit, bounds=(0.04, limit)),  # may only lower the limit
+        )
+
     def video_and_params(self, request: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
-        fields = request_fields(request)  # a JSON body's fields are merged in
-        params: dict[str, Any] = {k: fields[k] for k in PARAMS if k in fields}
-        name = next((n for n in VIDEO_FIELDS if n in fields), None)
-        if name is None:
-            binary = [k for k, v in fields.items() if isinstance(v, (bytes, bytearray)) and k not in PARAMS]
-            if len(binary) != 1:
-                raise RequestError("no video in the request: send the video file as the body, a "
-                                   "multipart field 'video', or JSON {\"video\": \"<base64>\"}")
-            name = binary[0]
-        unknown = sorted(set(fields) - {name, *PARAMS})
-        if unknown:
-            raise RequestError(f"unknown fields: {unknown}; allowed: video, {', '.join(PARAMS)}")
-        value = fields[name]
-        if not isinstance(value, (bytes, bytearray, str)):
-            raise RequestError(f"'{name}' must be video bytes or a base64 string, got {type(value).__name__}")
-        params = {k: (v.decode("utf-8", "replace") if isinstance(v, (bytes, bytearray)) else v)
-                  for k, v in params.items()}
-        return as_bytes(value, name), params
+        """The video's bytes and the parameters as sent (text or JSON values, not yet checked)."""
+        picked = self.request_spec.pick(request)
+        params = {name: value for name, value in picked.raw.items() if name != "video"}
+        return as_bytes(picked.raw["video"], picked.arrived_as["video"], "video"), params
 
     # --- the four steps ----------------------------------------------------------------------------
-    def decode(self, request: dict[str, Any], index: int) -> PreparedVideo:
-        data, params = self.video_and_params(request)
-        cfg = self.pipeline.config
-        aggregate = str(params.get("aggregate") or cfg.aggregate).strip().lower()
-        if aggregate not in AGGREGATES:
-            raise RequestError(f"'aggregate' must be one of {list(AGGREGATES)}, got {aggregate!r}")
-        limit = self.limits.max_duration_s
-        limits = replace(self.limits, max_duration_s=float(
-            number_param(params, "max_duration_s", limit, 0.04, limit)))
+    def decode_fields(self, fields: CheckedFields) -> PreparedVideo:
         try:
             return self.pipeline.prepare(
-                data,
-                limits=limits,
-                stride=int(number_param(params, "stride", cfg.stride, 1, cfg.clip_len * 4, integer=True)),
-                fake_threshold=float(number_param(params, "threshold", cfg.fake_threshold, 0.0, 1.0)),
-                detect_every=int(number_param(params, "detect_every", cfg.detect_every, 1, 16, integer=True)),
-                aggregate=aggregate,
+                fields["video"],
+                limits=replace(self.limits, max_duration_s=fields["max_duration_s"]),
+                stride=fields["stride"],
+                fake_threshold=fields["threshold"],
+                detect_every=fields["detect_every"],
+                aggregate=fields["aggregate"],
             )
         except VideoError as exc:
             raise RequestError(exc.message, exc.status) from None
@@ -103,7 +92,4 @@ class FtcnHandler(ZooHandler):
         return self.pipeline.score(self.model, batch, self.max_clip_batch)
 
     def encode(self, output: Any, items: list[PreparedVideo]) -> list[dict[str, Any]]:
-        return [
-            {**self.pipeline.summarize(item, probs), "batch_size": len(items), "model": self.model_info()}
-            for item, probs in zip(items, output, strict=True)
-        ]
+        return [self.pipeline.summarize(item, probs) for item, probs in zip(items, output, strict=True)]

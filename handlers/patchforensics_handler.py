@@ -28,17 +28,15 @@ import numpy as np
 import torch
 
 from handlers.base import ZooHandler
-from handlers.codec import RequestError, as_bytes, decode_image, request_fields
+from handlers.fields import IMAGE, CheckedFields, Field
 from zoo.classify import Preprocess
 from zoo.patchforensics import FAKE_CLASS, ForensicsInput, crop_box_in_input, patch_probabilities, render_overlay
-
-IMAGE_FIELDS = ("image", "body", "data", "file", "input")
-PARAM_FIELDS = ("overlay",)
-TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 
 
 class PatchForensicsHandler(ZooHandler):
     """Fake probability + patch heatmap (+ optional overlay PNG) for a Patch-Forensics entry."""
+
+    FIELDS = (IMAGE, Field("overlay", "bool", default=False))
 
     @cached_property
     def preprocess(self) -> Preprocess:
@@ -53,33 +51,10 @@ class PatchForensicsHandler(ZooHandler):
         if self.fake_class not in (0, 1):
             raise ValueError(f"{self.entry.name}: fake_class must be 0 or 1, got {self.fake_class}")
 
-    # --- decode -----------------------------------------------------------------------------------
-    @staticmethod
-    def _overlay(raw: Any) -> bool:
-        if isinstance(raw, (bytes, bytearray)):
-            raw = bytes(raw).decode("utf-8", errors="replace")
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, int) and raw in (0, 1):
-            return bool(raw)
-        if isinstance(raw, str) and raw.strip().lower() in TRUE_WORDS + FALSE_WORDS:
-            return raw.strip().lower() in TRUE_WORDS
-        raise RequestError(f"'overlay' must be true or false; got {raw!r}")
-
-    def decode(self, request: dict[str, Any], index: int) -> ForensicsInput:
-        fields = request_fields(request)
-        image_field = next((name for name in IMAGE_FIELDS if name in fields), None)
-        if image_field is None:
-            raise RequestError("no image in the request: send image bytes as the body, a multipart field "
-                               "'image', or JSON {\"image\": \"<base64>\"}")
-        unknown = sorted(set(fields) - {image_field, *PARAM_FIELDS})
-        if unknown:
-            raise RequestError(f"unknown field(s) {', '.join(repr(u) for u in unknown)} for {self.entry.name}; "
-                               f"allowed: image, {', '.join(PARAM_FIELDS)}")
-        overlay = self._overlay(fields["overlay"]) if fields.get("overlay") is not None else False
-        image = decode_image(as_bytes(fields[image_field], image_field), image_field)
+    def decode_fields(self, fields: CheckedFields) -> ForensicsInput:
+        image = fields["image"]
         box = crop_box_in_input(image.width, image.height, self.preprocess)
-        return ForensicsInput(self.preprocess.image(image), image if overlay else None, box)
+        return ForensicsInput(self.preprocess.image(image), image if fields["overlay"] else None, box)
 
     # --- batch / predict / encode -----------------------------------------------------------------
     def batch(self, items: list[ForensicsInput]) -> torch.Tensor:
@@ -98,7 +73,6 @@ class PatchForensicsHandler(ZooHandler):
                 "fake_probability": float(item_heat.mean()),
                 "heatmap": item_heat.tolist(),
                 "patch_grid": [rows, cols],
-                "model": self.model_info(),
             }
             if item.image is not None:
                 png = render_overlay(item.image, item_heat.numpy(), item.box)

@@ -11,21 +11,22 @@ import numpy as np
 import torch
 
 from handlers.base import ZooHandler
-from handlers.codec import RequestError, as_bytes, decode_image, image_to_array, number_param, request_fields
+from handlers.codec import image_to_array
+from handlers.fields import CheckedFields, Field
 
-IMAGE_FIELDS = ("image", "body", "data")
 LABEL_ID, LABEL = 1, "bright"
 
 
 class ToyDetectHandler(ZooHandler):
-    def decode(self, request: dict[str, Any], index: int) -> dict[str, Any]:
-        fields = request_fields(request)
-        name = next((k for k in IMAGE_FIELDS if k in fields), None)
-        if name is None:
-            raise RequestError("no image: send image bytes as the body or a field 'image'")
-        image = decode_image(as_bytes(fields[name], name), name)
-        params = {k: (v.decode() if isinstance(v, (bytes, bytearray)) else v) for k, v in fields.items()
-                  if k in ("threshold", "top_k")}
+    FIELDS = (
+        Field("image", "image", required=True, aliases=("body", "data")),
+        Field("threshold", "number", default=0.5, bounds=(0.0, 1.0)),
+        Field("top_k", "integer", default=100, bounds=(1, 100)),
+    )
+    EXTRA_FIELDS = "ignore"  # it has always ignored other fields; refusing them would change its API
+
+    def decode_fields(self, fields: CheckedFields) -> dict[str, Any]:
+        image = fields["image"]
         gray = image_to_array(image).astype(np.float32).mean(axis=2)
         ys, xs = np.nonzero(gray > gray.mean())
         width, height = image.size
@@ -36,8 +37,8 @@ class ToyDetectHandler(ZooHandler):
         return {
             "box": box,
             "size": (width, height),
-            "threshold": float(number_param(params, "threshold", 0.5, 0.0, 1.0)),
-            "top_k": int(number_param(params, "top_k", 100, 1, 100, integer=True)),
+            "threshold": fields["threshold"],
+            "top_k": fields["top_k"],
         }
 
     def batch(self, items: list[dict[str, Any]]) -> torch.Tensor:
@@ -58,5 +59,5 @@ class ToyDetectHandler(ZooHandler):
                                            round(y2 * height, 2)],
                                    "score": round(float(scores[i]), 4), "label_id": LABEL_ID, "label": LABEL})
             answers.append({"detections": detections[: item["top_k"]],
-                            "image_size": {"width": width, "height": height}, "model": self.model_info()})
+                            "image_size": {"width": width, "height": height}})
         return answers

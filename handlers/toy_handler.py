@@ -14,39 +14,32 @@ import numpy as np
 import torch
 
 from handlers.base import ZooHandler
-from handlers.codec import (
-    RequestError,
-    as_bytes,
-    decode_image,
-    image_to_array,
-    number_param,
-    request_fields,
-)
+from handlers.codec import decode_image, image_to_array
+from handlers.fields import CheckedFields, Field
 
-IMAGE_FIELDS = ("image", "body", "data")
 # One decoded request is a plain dict (a handler module may define only its handler class):
 # {"width", "height", "mean" (3 floats), "bytes", "sleep_ms", "fields"}
 ToyItem = dict[str, Any]
 
 
 class ToyHandler(ZooHandler):
-    def decode(self, request: dict[str, Any], index: int) -> ToyItem:
-        fields = request_fields(request)
-        name = next((k for k in IMAGE_FIELDS if k in fields), None)
-        if name is None:
-            raise RequestError("no image: send image bytes as the body, a field 'image', or JSON "
-                               "{\"image\": \"<base64>\"}")
-        data = as_bytes(fields[name], name)
-        image = decode_image(data, name)
-        params = {k: (v.decode() if isinstance(v, (bytes, bytearray)) else v) for k, v in fields.items()
-                  if k == "sleep_ms"}
+    # The image stays bytes here: the answer reports its size before decoding.
+    FIELDS = (
+        Field("image", "bytes", required=True, aliases=("body", "data")),
+        Field("sleep_ms", "number", default=0.0, bounds=(0.0, 10_000.0)),
+    )
+    EXTRA_FIELDS = "ignore"  # echoed back in "fields": the gateway tests look at what reached the handler
+
+    def decode_fields(self, fields: CheckedFields) -> ToyItem:
+        data = fields["image"]
+        image = decode_image(data, fields.arrived_as["image"])
         return {
             "width": image.width,
             "height": image.height,
             "mean": image_to_array(image).reshape(-1, 3).mean(axis=0) / 255.0,
             "bytes": len(data),
-            "sleep_ms": float(number_param(params, "sleep_ms", 0.0, 0.0, 10_000.0)),
-            "fields": sorted(fields),
+            "sleep_ms": fields["sleep_ms"],
+            "fields": list(fields.received),
         }
 
     def batch(self, items: list[ToyItem]) -> torch.Tensor:
@@ -66,7 +59,6 @@ class ToyHandler(ZooHandler):
                 "mean": [round(float(v), 6) for v in output[i]],
                 "bytes": item["bytes"],
                 "fields": item["fields"],
-                "model": self.model_info(),
             }
             for i, item in enumerate(items)
         ]

@@ -16,6 +16,7 @@ import torch
 from handlers.codec import RequestError
 from handlers.ftcn_handler import FtcnHandler
 from tests.face_videos import astronaut_video, long_tiny_video, noise_video
+from tests.handlers.handler_context import HandlerContext
 from tests.support import http_request, json_body, multipart, running_torchserve
 from zoo._registry import get_entry
 from zoo.faces.pipeline import FacePipeline
@@ -73,25 +74,6 @@ def test_bad_requests_name_the_problem(handler, request_, status, needle) -> Non
     assert info.value.status == status
 
 
-class _Context:
-    """The slice of TorchServe's context that ZooHandler.handle uses."""
-
-    metrics = None
-
-    def __init__(self) -> None:
-        self.status: dict[int, int] = {}
-        self.headers: dict[int, dict[str, str]] = {}
-
-    def set_response_status(self, code: int, phrase: str, idx: int = 0) -> None:
-        self.status[idx] = code
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        self.headers.setdefault(idx, {})["Content-Type"] = value
-
-    def set_response_header(self, idx: int, key: str, value: str) -> None:
-        self.headers.setdefault(idx, {})[key] = value
-
-
 class _MeanLogit(torch.nn.Module):
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         return clips.mean(dim=(1, 2, 3, 4))
@@ -112,7 +94,7 @@ def test_one_batch_mixes_clips_of_all_requests_and_isolates_bad_ones(handler) ->
 
     handler.pipeline.iter_batches = spy
     try:
-        ctx = _Context()
+        ctx = HandlerContext()
         answers = handler.handle([{"body": astronaut_video(32)}, {"body": b"junk" * 64},
                                   {"video": astronaut_video(44), "stride": b"16"}], ctx)
     finally:
