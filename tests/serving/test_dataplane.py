@@ -37,7 +37,8 @@ from serving.dataplane import DataPlane
 from serving.errors import InvalidInput
 from serving.metrics import GatewayMetrics
 from serving.repository import ModelRepository
-from tests.serving.gateway_support import FULL_KEY, TOY_KEY, bearer, png_bytes
+from tests.serving.gateway_support import FULL_KEY, TOY_KEY, bearer, infer_over_both, png_bytes
+from tests.serving.gateway_support import image_input as support_image_input
 from tests.support import http_request, json_body, multipart
 from zoo.toy import TOY_ECHO
 
@@ -152,9 +153,7 @@ def gw() -> Iterator[Running]:
 
 
 def image_input(module: Any, data: bytes = PNG) -> Any:
-    tensor = module.InferInput("image", [1], "BYTES")
-    tensor.set_data_from_numpy(np.array([data], dtype=object))
-    return tensor
+    return support_image_input(module, data)
 
 
 def rest(gw: Running, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
@@ -224,12 +223,7 @@ def test_alias_reaches_the_route_and_is_echoed(gw: Running) -> None:
 # --- metering and in-flight ---------------------------------------------------------------------------------
 def test_every_request_is_metered_once(gw: Running) -> None:
     n_rest, n_grpc = 4, 3
-    client = thttp.InferenceServerClient(gw.http_url.removeprefix("http://"))
-    for _ in range(n_rest):
-        client.infer("toy_metrics", [image_input(thttp)], headers=dict(AUTH))
-    gclient = tgrpc.InferenceServerClient(gw.grpc_target)
-    for _ in range(n_grpc):
-        gclient.infer("toy_metrics", [image_input(tgrpc)], headers=dict(GRPC_AUTH))
+    infer_over_both(gw.http_url, gw.grpc_target, "toy_metrics", PNG, FULL_KEY, n_rest, n_grpc)
     m = {"model": "toy_metrics"}
     for protocol, n in (("rest", n_rest), ("grpc", n_grpc)):
         assert gw.metric("zoo_gateway_requests_total", **m, version="", protocol=protocol, route="infer",
