@@ -66,12 +66,14 @@ def make_backend(spec: BackendConfig, config: GatewayConfig) -> Backend:
 
 
 class Gateway:
-    """REST + gRPC servers over one DataPlane, on the running event loop."""
+    """REST + gRPC servers over one DataPlane, on the running event loop. `backends` (default: built from the
+    config) lets a caller put backends of its own behind the gateway, e.g. an in-process one."""
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, backends: dict[str, Backend] | None = None) -> None:
         self.config = config
         self.metrics = GatewayMetrics()
-        backends = {name: make_backend(spec, config) for name, spec in config.backends.items()}
+        if backends is None:
+            backends = {name: make_backend(spec, config) for name, spec in config.backends.items()}
         self.dataplane = DataPlane(config, backends, self.metrics)
         self.streams = StreamManager(self.dataplane, StreamSettings.from_config(config.streams))
         self._runner: web.AppRunner | None = None
@@ -126,8 +128,8 @@ async def serve(config: GatewayConfig, host: str, http_port: int, grpc_port: int
     if not config.auth_enabled:
         logger.warning("no API keys configured (ZOO_API_KEYS, ZOO_API_KEYS_FILE or auth.keys in the config): "
                        "authentication is OFF, every client can use every model")
-    logger.info("serving %s on http://%s:%d and grpc %s:%d", ", ".join(sorted(config.models)) or "no models",
-                host, http_bound, host, grpc_bound)
+    logger.info("serving %s on http://%s:%d and grpc %s:%d",
+                ", ".join(gateway.dataplane.repository.names()) or "no models", host, http_bound, host, grpc_bound)
     print(READY_PREFIX + json.dumps({"http": http_bound, "grpc": grpc_bound}), flush=True)
     await stop.wait()
     logger.info("stopping: draining in-flight requests (grace %.0fs)", config.grace_s)
@@ -145,10 +147,7 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         backends["torchserve"] = BackendConfig("torchserve", "torchserve", options)
     config = load_config(args.config, backends)
     if args.models and config.discover_models:
-        config.discover_models = False
-        for name in args.models.split(","):
-            if name.strip():
-                config.add_route(name.strip())
+        config = config.with_routes(config.route(name.strip()) for name in args.models.split(",") if name.strip())
     return config
 
 

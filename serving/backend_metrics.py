@@ -10,8 +10,9 @@ at most that much slower and shows up as 0, never as a stale 1. Series:
 
 - ``zoo_gateway_backend_up{backend}`` 1 when the backend answered its liveness check
 - ``zoo_gateway_model_ready{model,backend}`` 1 when the model can take requests (public model name)
-- ``zoo_gateway_backend_workers{model,backend,status}`` TorchServe workers by status (``READY`` always
-  present, 0 when none is ready); only for backends with a TorchServe management API
+- ``zoo_gateway_backend_workers{model,backend,status}`` workers by status (``READY`` always present, 0 when
+  none is ready); only for backends with a worker view (`Backend.model_workers`: TorchServe with its
+  management API)
 - ``zoo_gateway_backend_min_workers{model,backend}`` the model's configured minimum number of workers
 """
 
@@ -23,8 +24,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 from prometheus_client.core import GaugeMetricFamily, Metric
+
+from serving.dataplane import DataPlane
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ class Snapshot:
 class BackendStateCollector:
     """prometheus_client collector over the last `refresh()` of a DataPlane's backends and routes."""
 
-    def __init__(self, dataplane: Any, timeout_s: float = 2.0) -> None:
+    def __init__(self, dataplane: DataPlane, timeout_s: float = 2.0) -> None:
         self.dataplane = dataplane
         self.timeout_s = timeout_s
         self.snapshot = Snapshot()
@@ -56,12 +58,10 @@ class BackendStateCollector:
         names = list(dp.backends)
         up = await asyncio.gather(*(self._bounded(dp.backends[n].live()) for n in names))
         backends_up = {n: bool(u) for n, u in zip(names, up, strict=True)}
-        routes = list(dp.config.models.values())
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as http:
-            # one backend question per (backend, backend model), however many public routes share it
-            keys = sorted({(r.backend, r.model) for r in routes})
-            answers = await asyncio.gather(*(self._model_state(http, b, m, backends_up.get(b, False))
-                                             for b, m in keys))
+        routes = dp.repository.routes()
+        # one backend question per (backend, backend model), however many public routes share it
+        keys = sorted({(r.backend, r.model) for r in routes})
+        answers = await asyncio.gather(*(self._model_state(b, m, backends_up.get(b, False)) for b, m in keys))
         by_key = dict(zip(keys, answers, strict=True))
         self.snapshot = Snapshot(backends_up, {r.public_name: by_key[(r.backend, r.model)] for r in routes})
 
@@ -72,32 +72,18 @@ class BackendStateCollector:
             logger.debug("backend state check failed: %s", exc)
             return None
 
-    async def _model_state(self, http: aiohttp.ClientSession, backend_name: str, model: str,
-                           backend_up: bool) -> ModelState:
+    async def _model_state(self, backend_name: str, model: str, backend_up: bool) -> ModelState:
         backend = self.dataplane.backends[backend_name]
-        management = getattr(backend, "management_url", None)
-        if not management:
+        try:
+            workers = await asyncio.wait_for(backend.model_workers(model), self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - unreachable, hung or unknown: nothing is ready
+            logger.debug("worker check of %s on %s failed: %s", model, backend_name, exc)
+            return ModelState(backend_name, False, {"READY": 0})
+        if workers is None:  # no worker view: readiness only
             ready = bool(backend_up and await self._bounded(backend.model_ready(model)))
             return ModelState(backend_name, ready)
-        described = await self._bounded(self._describe(http, management, model))
-        if not described:  # unreachable or unknown: nothing is ready
-            return ModelState(backend_name, False, {"READY": 0})
-        workers: dict[str, int] = {"READY": 0}
-        min_workers = 0
-        for version in described:
-            min_workers += int(version.get("minWorkers", 0) or 0)
-            for worker in version.get("workers", []):
-                status = str(worker.get("status", "UNKNOWN"))
-                workers[status] = workers.get(status, 0) + 1
-        return ModelState(backend_name, workers["READY"] > 0, workers, min_workers)
-
-    @staticmethod
-    async def _describe(http: aiohttp.ClientSession, management: str, model: str) -> list[dict[str, Any]] | None:
-        async with http.get(f"{management.rstrip('/')}/models/{model}") as resp:
-            if resp.status != 200:
-                return None
-            doc = await resp.json(content_type=None)
-        return doc if isinstance(doc, list) else None
+        return ModelState(backend_name, workers.by_status["READY"] > 0, dict(workers.by_status),
+                          workers.min_workers)
 
     def describe(self) -> Iterable[Metric]:
         return []

@@ -11,6 +11,7 @@ models:                            # public name -> route; omitted: every model 
   detr:
     backend: torchserve
     model: detr_resnet50           # backend model name (default: the public name)
+    aliases: [detr_r50]            # more public names for the same route (answers echo the name used)
     deadline_s: 30                 # per-model overrides of `limits`
     max_request_bytes: 20000000
 limits:
@@ -31,12 +32,17 @@ server:
 
 No API keys configured at all means auth is OFF (the gateway warns at start). Keys are held as SHA-256
 digests; a key's model allow-list may contain "*".
+
+The config is an immutable description of what the operator configured; the routes actually served (these,
+or the models a backend reports when `models` is omitted) live in `serving.repository.ModelRepository`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +73,12 @@ class ModelRoute:
     model: str
     deadline_s: float
     max_request_bytes: int
+    aliases: tuple[str, ...] = ()  # more public names that reach this route (metrics use `public_name`)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every public name of this route, its own first."""
+        return (self.public_name, *self.aliases)
 
 
 @dataclass(frozen=True)
@@ -78,10 +90,10 @@ class ApiKey:
         return "*" in self.models or model in self.models
 
 
-@dataclass
+@dataclass(frozen=True)
 class GatewayConfig:
     backends: dict[str, BackendConfig] = field(default_factory=dict)
-    models: dict[str, ModelRoute] = field(default_factory=dict)
+    models: dict[str, ModelRoute] = field(default_factory=dict)  # the configured routes (never changed)
     # True: `models` was not given, every model of the default backend is served under its own name
     discover_models: bool = True
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
@@ -110,22 +122,30 @@ class GatewayConfig:
     def lookup_key(self, key: str) -> ApiKey | None:
         return self.api_keys.get(digest(key))
 
-    def add_route(self, public_name: str, backend: str | None = None, model: str | None = None,
-                  deadline_s: float | None = None, max_request_bytes: int | None = None) -> ModelRoute:
+    def route(self, public_name: str, backend: str | None = None, model: str | None = None,
+              deadline_s: float | None = None, max_request_bytes: int | None = None,
+              aliases: Iterable[str] = ()) -> ModelRoute:
+        """The route this config gives `public_name` (limits default to `limits`); nothing is registered."""
         backend = backend or self.default_backend
         if backend not in self.backends:
             raise ConfigError(f"model {public_name!r}: unknown backend {backend!r}")
+        if isinstance(aliases, str):
+            aliases = [aliases]
         route = ModelRoute(
             public_name=public_name,
             backend=backend,
             model=model or public_name,
             deadline_s=float(deadline_s if deadline_s is not None else self.deadline_s),
             max_request_bytes=int(self.max_request_bytes if max_request_bytes is None else max_request_bytes),
+            aliases=tuple(dict.fromkeys(str(a) for a in aliases if str(a) != public_name)),
         )
         if route.deadline_s <= 0 or route.max_request_bytes <= 0:
             raise ConfigError(f"model {public_name!r}: deadline_s and max_request_bytes must be positive")
-        self.models[public_name] = route
         return route
+
+    def with_routes(self, routes: Iterable[ModelRoute]) -> GatewayConfig:
+        """A copy that serves exactly `routes` (no discovery)."""
+        return dataclasses.replace(self, models={r.public_name: r for r in routes}, discover_models=False)
 
 
 def digest(key: str) -> str:
@@ -189,33 +209,38 @@ def load_config(path: str | Path | None = None,
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: the gateway config must be a mapping")
         base = path.parent
-    cfg = GatewayConfig()
     limits = doc.get("limits") or {}
-    cfg.max_request_bytes = int(limits.get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES))
-    cfg.deadline_s = float(limits.get("deadline_s", DEFAULT_DEADLINE_S))
     server = doc.get("server") or {}
-    cfg.grace_s = float(server.get("grace_s", cfg.grace_s))
-    cfg.retry_after_s = int(server.get("retry_after_s", cfg.retry_after_s))
-    cfg.backend_grace_s = float(server.get("backend_grace_s", cfg.backend_grace_s))
+    defaults = GatewayConfig()
+    backend_specs: dict[str, BackendConfig] = {}
     for name, spec in (doc.get("backends") or {}).items():
         spec = dict(spec or {})
-        cfg.backends[name] = BackendConfig(name, str(spec.pop("type", "torchserve")), spec)
+        backend_specs[name] = BackendConfig(name, str(spec.pop("type", "torchserve")), spec)
     for name, backend in (backends or {}).items():
-        if name in cfg.backends:  # command-line values fill gaps, the file wins
-            cfg.backends[name] = BackendConfig(name, cfg.backends[name].type,
-                                               {**backend.options, **cfg.backends[name].options})
+        if name in backend_specs:  # command-line values fill gaps, the file wins
+            backend_specs[name] = BackendConfig(name, backend_specs[name].type,
+                                                {**backend.options, **backend_specs[name].options})
         else:
-            cfg.backends[name] = backend
-    models = doc.get("models")
-    if models:
-        cfg.discover_models = False
-        for public, spec in models.items():
-            spec = spec or {}
-            cfg.add_route(str(public), spec.get("backend"), spec.get("model"), spec.get("deadline_s"),
-                          spec.get("max_request_bytes"))
-    cfg.api_keys = _load_keys(doc.get("auth") or {}, base)
+            backend_specs[name] = backend
     streams = doc.get("streams") or {}
     if not isinstance(streams, dict):
         raise ConfigError("'streams' must be a mapping")
-    cfg.streams = dict(streams)
+    cfg = GatewayConfig(
+        backends=backend_specs,
+        max_request_bytes=int(limits.get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)),
+        deadline_s=float(limits.get("deadline_s", DEFAULT_DEADLINE_S)),
+        api_keys=_load_keys(doc.get("auth") or {}, base),
+        grace_s=float(server.get("grace_s", defaults.grace_s)),
+        retry_after_s=int(server.get("retry_after_s", defaults.retry_after_s)),
+        backend_grace_s=float(server.get("backend_grace_s", defaults.backend_grace_s)),
+        streams=dict(streams),
+    )
+    models = doc.get("models")
+    if models:
+        routes = []
+        for public, spec in models.items():
+            spec = spec or {}
+            routes.append(cfg.route(str(public), spec.get("backend"), spec.get("model"), spec.get("deadline_s"),
+                                    spec.get("max_request_bytes"), spec.get("aliases") or ()))
+        cfg = cfg.with_routes(routes)
     return cfg

@@ -1,7 +1,9 @@
-"""The DataPlane: everything both front-ends (REST, gRPC) do, independent of the wire format.
+"""The DataPlane: everything the front-ends (REST, gRPC, the video streams) do, independent of the wire format.
 
-Routes public model names to (backend, backend model name) from the config, decides access (401 vs 403),
-turns limits into per-request deadlines, calls the backend, and keeps backend metrics. Front-ends only
+Every request takes ONE observation path, `DataPlane.serve`: the in-flight count and gauge, error
+classification and one final observation (status, latency, request and response bytes); `admit` decides
+access (401 vs 403), routes the public name through the `ModelRepository` and checks the request's size
+(413); the call record (`Call`) carries the deadline; backend calls keep the backend metrics. Front-ends only
 translate the wire format to `serving.types` objects and `serving.errors` exceptions back.
 """
 
@@ -11,12 +13,21 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from serving.backends.base import Backend, RawPrediction
 from serving.config import GatewayConfig, ModelRoute
-from serving.errors import Forbidden, GatewayError, ModelNotFound, Unauthenticated
-from serving.metrics import GatewayMetrics
+from serving.errors import (
+    Forbidden,
+    GatewayError,
+    PayloadTooLarge,
+    Unauthenticated,
+    as_gateway_error,
+)
+from serving.metrics import UNKNOWN_MODEL, GatewayMetrics
+from serving.repository import ModelRepository
 from serving.types import InferRequest, InferResponse
 
 logger = logging.getLogger(__name__)
@@ -24,6 +35,9 @@ logger = logging.getLogger(__name__)
 SERVER_NAME = "zoo-gateway"
 SERVER_VERSION = "0.1.0"
 EXTENSIONS = ["binary_tensor_data", "model_stream_infer", "zoo_task_routes"]
+CLIENT_GONE = 499  # status recorded for a request (or stream session) whose client went away
+
+Reply = TypeVar("Reply")
 
 
 def api_key(authorization: str | None, x_api_key: str | None) -> str | None:
@@ -36,8 +50,43 @@ def api_key(authorization: str | None, x_api_key: str | None) -> str | None:
     return x_api_key or None
 
 
+@dataclass(slots=True)
+class Call:
+    """One request as the data plane observes it: filled in as it is understood, observed once when it ends."""
+
+    protocol: str  # "rest" or "grpc" (metrics label)
+    label: str  # metrics route label: infer, predict, stream_infer, model_metadata, model_ready, stream, ...
+    request_bytes: int | None = None
+    client_timeout_s: float | None = None  # the client's own deadline (gRPC), when it set one
+    timed: bool = True  # False for a stream session: counted once, no duration or sizes (it is a session)
+    model: str = UNKNOWN_MODEL  # metrics label: the route's public name once routed
+    version: str = ""
+    name: str = ""  # the public name the client used (a route's own name or an alias)
+    route: ModelRoute | None = None
+    max_request_bytes: int | None = None  # the size limit; the route's once routed
+    status: int = 200
+    response_bytes: int | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def check_size(self, size: int, *, so_far: bool = False) -> None:
+        """PayloadTooLarge (413) naming size and limit when `size` bytes are over the limit. `so_far`: the
+        body is still arriving, `size` is what has come in until now."""
+        limit = self.max_request_bytes
+        if limit is not None and size > limit:
+            what = f"at least {size}" if so_far else str(size)
+            raise PayloadTooLarge(f"request of {what} bytes is over the limit of {limit} bytes")
+
+    def deadline(self) -> float:
+        """Absolute monotonic deadline from now: the route's limit, or the client's own if sooner."""
+        assert self.route is not None, "deadline() of a call that is not routed"
+        budget = self.route.deadline_s
+        if self.client_timeout_s is not None:
+            budget = min(budget, self.client_timeout_s)
+        return time.monotonic() + budget
+
+
 class InFlight:
-    """Counts requests being handled (both front-ends), so shutdown can wait for them to finish."""
+    """Counts requests being handled (every front-end), so shutdown can wait for them to finish."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -63,67 +112,86 @@ class InFlight:
 
 
 class DataPlane:
-    def __init__(self, config: GatewayConfig, backends: dict[str, Backend], metrics: GatewayMetrics) -> None:
+    def __init__(self, config: GatewayConfig, backends: dict[str, Backend], metrics: GatewayMetrics,
+                 repository: ModelRepository | None = None) -> None:
         self.config = config
         self.backends = backends
         self.metrics = metrics
+        self.repository = repository if repository is not None else ModelRepository(config, backends)
         self.in_flight = InFlight()
-        self._last_discovery = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
         for backend in self.backends.values():
             await backend.start()
-        if self.config.discover_models:
-            await self._discover()
+        if self.repository.discovers:
+            await self.repository.refresh()
 
     async def close(self) -> None:
         for backend in self.backends.values():
             await backend.close()
 
-    async def _discover(self) -> None:
-        """Default config: serve every model of the default backend under its own name."""
-        self._last_discovery = time.monotonic()
-        backend = self.backends[self.config.default_backend]
-        lister = getattr(backend, "list_models", None)
-        if lister is None:
-            return
-        for name in await lister():
-            if name not in self.config.models:
-                self.config.add_route(name, backend=self.config.default_backend)
+    # --- the observation path --------------------------------------------------------------------
+    async def serve(self, call: Call, work: Callable[[Call], Awaitable[Reply]],
+                    on_error: Callable[[GatewayError], Reply], size_of: Callable[[Reply], int | None]) -> Reply:
+        """Run one request: counted in flight (and in the gauge) while `work` runs, any failure classified
+        (a GatewayError, answered with `on_error`; a client gone: 499), then observed once. `work` may set
+        `call.status` for an answer that is not 200 without being an error (a 503 readiness answer)."""
+        gauge = self.metrics.in_flight.labels(call.protocol)
+        gauge.inc()
+        try:
+            with self.in_flight:
+                try:
+                    reply = await work(call)
+                except asyncio.CancelledError:
+                    call.status = CLIENT_GONE
+                    raise
+                except Exception as exc:  # noqa: BLE001 - every failure is answered with its error
+                    if not isinstance(exc, GatewayError):
+                        logger.exception("unexpected error in %s %s (%s)", call.protocol, call.label, call.model)
+                    error = as_gateway_error(exc)
+                    call.status = error.http_status
+                    reply = on_error(error)
+            call.response_bytes = size_of(reply)
+            return reply
+        finally:
+            gauge.dec()
+            self.observe(call)
 
-    # --- routing and access ------------------------------------------------------------------------
-    def route(self, model: str) -> ModelRoute:
-        route = self.config.models.get(model)
-        if route is None:
-            raise ModelNotFound(f"unknown model '{model}'; served models: "
-                                f"{', '.join(sorted(self.config.models)) or 'none'}")
+    def observe(self, call: Call) -> None:
+        """The one place a request (or stream session) is written to the request metrics."""
+        if call.timed:
+            self.metrics.observe_request(call.model, call.version, call.protocol, call.label, call.status,
+                                         time.perf_counter() - call.started, call.request_bytes,
+                                         call.response_bytes)
+        else:
+            self.metrics.count_request(call.model, call.version, call.protocol, call.label, call.status)
+
+    async def admit(self, call: Call, key: str | None, name: str, version: str = "") -> ModelRoute:
+        """Authorise `key` for model `name`, route it (discovering unknown names), and refuse a request of
+        known size that is over the route's limit. Fills in the call's route, names and limit."""
+        self.authorize(key, name)
+        route = await self.repository.resolve(name)
+        call.route, call.name, call.model, call.version = route, name, route.public_name, version
+        call.max_request_bytes = route.max_request_bytes
+        if call.request_bytes is not None:
+            call.check_size(call.request_bytes)
         return route
 
-    async def route_or_discover(self, model: str) -> ModelRoute:
-        """`route`, refreshing discovered models (at most once a second) when the name is unknown."""
-        if (model not in self.config.models and self.config.discover_models
-                and time.monotonic() - self._last_discovery > 1.0):
-            await self._discover()
-        return self.route(model)
-
+    # --- access ------------------------------------------------------------------------------------
     def authorize(self, key: str | None, model: str | None = None) -> None:
         """No/unknown key: Unauthenticated (401). Known key not allowed for `model`: Forbidden (403).
+        A key allowed any public name of a route (its own or an alias) may use the route under all of them.
         A restricted key gets 403 for an unknown model too, so keys cannot probe which models exist."""
         if not self.config.auth_enabled:
             return
         if not key:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
-        api_key = self.config.lookup_key(key)
-        if api_key is None:
+        found = self.config.lookup_key(key)
+        if found is None:
             raise Unauthenticated("unknown API key")
-        if model is not None and not api_key.allows(model):
-            raise Forbidden(f"API key '{api_key.name}' is not allowed to use model '{model}'")
-
-    def deadline(self, route: ModelRoute, client_timeout_s: float | None = None) -> float:
-        """Absolute monotonic deadline: the model's limit, or the client's own if sooner."""
-        budget = route.deadline_s if client_timeout_s is None else min(route.deadline_s, client_timeout_s)
-        return time.monotonic() + budget
+        if model is not None and not any(found.allows(name) for name in self.repository.names_of(model)):
+            raise Forbidden(f"API key '{found.name}' is not allowed to use model '{model}'")
 
     # --- health and metadata -----------------------------------------------------------------------
     async def live(self) -> bool:
@@ -141,12 +209,15 @@ class DataPlane:
     async def model_ready(self, route: ModelRoute, version: str = "") -> bool:
         return await self.backends[route.backend].model_ready(route.model, version)
 
-    async def model_metadata(self, route: ModelRoute, version: str = "") -> dict[str, Any]:
+    async def model_metadata(self, route: ModelRoute, version: str = "", name: str = "") -> dict[str, Any]:
+        """The backend's metadata under the public name `name` (default: the route's own)."""
         meta = await self.backends[route.backend].model_metadata(route.model, version)
-        return {**meta, "name": route.public_name}
+        return {**meta, "name": name or route.public_name}
 
-    # --- inference -------------------------------------------------------------------------------
+    # --- backend calls (backend metrics) -------------------------------------------------------------
     async def infer(self, route: ModelRoute, request: InferRequest, deadline: float) -> InferResponse:
+        """OIP inference on `route`; `request.model_name` is the public name the client used, and the answer
+        carries it back."""
         backend = self.backends[route.backend]
         started = time.perf_counter()
         try:
@@ -156,14 +227,10 @@ class DataPlane:
             raise
         finally:
             self.metrics.observe_backend(route.public_name, backend.name, time.perf_counter() - started)
-        response.model_name = route.public_name
+        response.model_name = request.model_name
         response.model_version = request.model_version or response.model_version
         response.id = request.id
         return response
-
-    def _count_error(self, backend: Backend, exc: Exception) -> None:
-        kind = exc.kind if isinstance(exc, GatewayError) else "backend_error"
-        self.metrics.backend_errors.labels(backend.name, kind).inc()
 
     async def predict_raw(self, route: ModelRoute, version: str, fields: dict[str, bytes],
                           deadline: float) -> RawPrediction:
@@ -176,3 +243,7 @@ class DataPlane:
             raise
         finally:
             self.metrics.observe_backend(route.public_name, backend.name, time.perf_counter() - started)
+
+    def _count_error(self, backend: Backend, exc: Exception) -> None:
+        kind = exc.kind if isinstance(exc, GatewayError) else "backend_error"
+        self.metrics.backend_errors.labels(backend.name, kind).inc()

@@ -17,16 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from proto import OIP_SERVICE, oip, serialize
-from serving.dataplane import DataPlane, api_key
-from serving.errors import GatewayError, PayloadTooLarge, as_gateway_error
-from serving.metrics import UNKNOWN_MODEL
+from serving.dataplane import Call, DataPlane, api_key
+from serving.errors import GatewayError, as_gateway_error
 from serving.types import InferRequest
 
 logger = logging.getLogger(__name__)
@@ -50,7 +48,6 @@ async def abort(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
 class InferenceServicer:
     def __init__(self, dataplane: DataPlane) -> None:
         self.dp = dataplane
-        self.metrics = dataplane.metrics
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Any, request_cls: Any) -> grpc.RpcMethodHandler:
@@ -77,23 +74,23 @@ class InferenceServicer:
         return oip.ServerReadyResponse(ready=await self.dp.ready())
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def run(call: dict[str, Any]) -> Any:
+        async def work(call: Call) -> Any:
             self.dp.authorize(api_key_from(context))
             return oip.ServerMetadataResponse(**self.dp.server_metadata())
 
-        return await self._metered("server_metadata", context, run)
+        return await self._unary(Call(PROTOCOL, "server_metadata"), context, work)
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def run(call: dict[str, Any]) -> Any:
-            route = await self._route(request.name, request.version, context, call)
+        async def work(call: Call) -> Any:
+            route = await self.dp.admit(call, api_key_from(context), request.name, request.version)
             return oip.ModelReadyResponse(ready=await self.dp.model_ready(route, request.version))
 
-        return await self._metered("model_ready", context, run)
+        return await self._unary(Call(PROTOCOL, "model_ready"), context, work)
 
     async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def run(call: dict[str, Any]) -> Any:
-            route = await self._route(request.name, request.version, context, call)
-            meta = await self.dp.model_metadata(route, request.version)
+        async def work(call: Call) -> Any:
+            route = await self.dp.admit(call, api_key_from(context), request.name, request.version)
+            meta = await self.dp.model_metadata(route, request.version, call.name)
 
             def tensors(items: list[dict[str, Any]]) -> list[Any]:
                 return [oip.ModelMetadataResponse.TensorMetadata(
@@ -103,27 +100,22 @@ class InferenceServicer:
                 name=meta["name"], versions=meta.get("versions", []), platform=meta.get("platform", ""),
                 inputs=tensors(meta.get("inputs", [])), outputs=tensors(meta.get("outputs", [])))
 
-        return await self._metered("model_metadata", context, run)
+        return await self._unary(Call(PROTOCOL, "model_metadata"), context, work)
 
     # --- inference -------------------------------------------------------------------------------------
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
-        async def run(call: dict[str, Any]) -> Any:
-            return await self._infer(request, api_key_from(context), context.time_remaining(), call)
+        key = api_key_from(context)
 
-        return await self._metered("infer", context, run, request_bytes=request.ByteSize())
+        async def work(call: Call) -> Any:
+            return await self._infer(request, key, call)
 
-    async def _infer(self, request: Any, key: str | None, client_timeout: float | None,
-                     call: dict[str, Any]) -> Any:
-        self.dp.authorize(key, request.model_name)
-        route = await self.dp.route_or_discover(request.model_name)
-        call["model"], call["version"] = route.public_name, request.model_version
-        size = call["request_bytes"]
-        if size > route.max_request_bytes:
-            raise PayloadTooLarge(
-                f"request of {size} bytes is over the limit of {route.max_request_bytes} bytes")
+        call = Call(PROTOCOL, "infer", request_bytes=request.ByteSize(), client_timeout_s=context.time_remaining())
+        return await self._unary(call, context, work)
+
+    async def _infer(self, request: Any, key: str | None, call: Call) -> Any:
+        route = await self.dp.admit(call, key, request.model_name, request.model_version)
         infer_request = InferRequest.from_grpc(request)
-        infer_request.model_name = route.public_name
-        response = await self.dp.infer(route, infer_request, self.dp.deadline(route, client_timeout))
+        response = await self.dp.infer(route, infer_request, call.deadline())
         return response.to_grpc(oip.ModelInferResponse)
 
     async def ModelStreamInfer(  # noqa: N802
@@ -160,61 +152,35 @@ class InferenceServicer:
                 await reader
 
     async def _stream_one(self, msg: Any, key: str | None) -> Any:
-        call: dict[str, Any] = {"model": UNKNOWN_MODEL, "version": "", "request_bytes": msg.ByteSize()}
-        started = time.perf_counter()
-        status = 200
-        gauge = self.metrics.in_flight.labels(PROTOCOL)
-        gauge.inc()
-        with self.dp.in_flight:
-            try:
-                reply = oip.ModelStreamInferResponse(infer_response=await self._infer(msg, key, None, call))
-            except Exception as exc:  # noqa: BLE001 - answered in-band, the stream goes on
-                err = as_gateway_error(exc)
-                status = err.http_status
-                reply = oip.ModelStreamInferResponse(error_message=err.message)
-                reply.infer_response.id = msg.id
-                reply.infer_response.model_name = msg.model_name
-            finally:
-                gauge.dec()
-        self.metrics.observe_request(call["model"], call["version"], PROTOCOL, "stream_infer", status,
-                                     time.perf_counter() - started, call["request_bytes"], reply.ByteSize())
-        return reply
+        """One request of a stream: answered in-band, its error too, so the stream goes on."""
+        async def work(call: Call) -> Any:
+            return oip.ModelStreamInferResponse(infer_response=await self._infer(msg, key, call))
+
+        def in_band(error: GatewayError) -> Any:
+            reply = oip.ModelStreamInferResponse(error_message=error.message)
+            reply.infer_response.id = msg.id
+            reply.infer_response.model_name = msg.model_name
+            return reply
+
+        call = Call(PROTOCOL, "stream_infer", request_bytes=msg.ByteSize())
+        return await self.dp.serve(call, work, in_band, _message_size)
 
     # --- plumbing ------------------------------------------------------------------------------------
-    async def _route(self, model: str, version: str, context: grpc.aio.ServicerContext,
-                     call: dict[str, Any]) -> Any:
-        self.dp.authorize(api_key_from(context), model)
-        route = await self.dp.route_or_discover(model)
-        call["model"], call["version"] = route.public_name, version
-        return route
-
-    async def _metered(self, label: str, context: grpc.aio.ServicerContext, run: Any,
-                       request_bytes: int | None = None) -> Any:
-        call: dict[str, Any] = {"model": UNKNOWN_MODEL, "version": "", "request_bytes": request_bytes}
-        started = time.perf_counter()
-        gauge = self.metrics.in_flight.labels(PROTOCOL)
-        gauge.inc()
-        reply = None
-        error: GatewayError | None = None
-        with self.dp.in_flight:
-            try:
-                reply = await run(call)
-            except asyncio.CancelledError:
-                error = GatewayError("cancelled by the client")
-                raise
-            except Exception as exc:  # noqa: BLE001
-                if not isinstance(exc, GatewayError):
-                    logger.exception("unexpected error in %s", label)
-                error = as_gateway_error(exc)
-            finally:
-                gauge.dec()
-                status = 200 if error is None else (499 if type(error) is GatewayError else error.http_status)
-                self.metrics.observe_request(call["model"], call["version"], PROTOCOL, label, status,
-                                             time.perf_counter() - started, call["request_bytes"],
-                                             reply.ByteSize() if reply is not None else None)
-        if error is not None:
-            await abort(context, error)
+    async def _unary(self, call: Call, context: grpc.aio.ServicerContext,
+                     work: Callable[[Call], Awaitable[Any]]) -> Any:
+        """`work` through the data plane's observation path; a failure aborts the RPC with its status."""
+        reply = await self.dp.serve(call, work, _as_failure, _message_size)
+        if isinstance(reply, GatewayError):
+            await abort(context, reply)
         return reply
+
+
+def _as_failure(error: GatewayError) -> GatewayError:
+    return error  # the RPC is aborted with it once observed
+
+
+def _message_size(reply: Any) -> int | None:
+    return None if isinstance(reply, GatewayError) else reply.ByteSize()
 
 
 def create_server(dataplane: DataPlane, max_message_bytes: int) -> grpc.aio.Server:

@@ -4,7 +4,9 @@ several gateways (tests) can live in one process and `/metrics` shows exactly th
 Labels: `protocol` is ``rest`` or ``grpc``; `route` names the operation (``infer``, ``predict``,
 ``stream_infer``, ``model_metadata``, ``model_ready``, ``server_metadata``); `status` is the HTTP status
 (gRPC answers use the HTTP status of the same error, so both protocols count alike: OK is ``200``).
-Requests for models the gateway does not serve are labelled ``model="_unknown"`` (bounded cardinality).
+Requests for models the gateway does not serve are labelled ``model="_unknown"`` (bounded cardinality); a
+request under a model's alias is labelled with the model's own public name. Written only through
+`serving.dataplane.DataPlane.observe` (one path for every front-end).
 
 Video stream sessions (serving/streams.py) add ``zoo_gateway_streams_active``, ``zoo_gateway_stream_frames_total``
 (``outcome`` = ``received``, ``processed`` or ``dropped``), ``zoo_gateway_stream_forecast_horizon_frames`` and
@@ -86,6 +88,10 @@ class GatewayMetrics:
             request_size.observe(request_bytes)
         if response_bytes is not None:
             response_size.observe(response_bytes)
+
+    def count_request(self, model: str, version: str, protocol: str, route: str, status: int) -> None:
+        """Count without duration or sizes: a stream session (or its refusal)."""
+        self.requests.labels(model, version, protocol, route, str(status)).inc()
 
     def observe_backend(self, model: str, backend: str, seconds: float) -> None:
         key = (model, backend)

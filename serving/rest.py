@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,17 +18,16 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 
 from serving.backend_metrics import BackendStateCollector
-from serving.dataplane import DataPlane, api_key
+from serving.config import ModelRoute
+from serving.dataplane import Call, DataPlane, api_key
 from serving.errors import (
     Forbidden,
     GatewayError,
     InvalidInput,
-    PayloadTooLarge,
     Unauthenticated,
     as_gateway_error,
     error_for_status,
 )
-from serving.metrics import UNKNOWN_MODEL
 from serving.types import InferRequest
 
 logger = logging.getLogger(__name__)
@@ -38,6 +36,7 @@ PROTOCOL = "rest"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 CHUNK = 1 << 20
 JSON = "application/json"
+REPOSITORY_INDEX_MAX_BYTES = 1 << 16
 
 
 def api_key_from(headers: Any) -> str | None:
@@ -54,13 +53,9 @@ def error_response(exc: BaseException) -> web.Response:
     return web.json_response({"error": err.message}, status=err.http_status, headers=headers)
 
 
-@dataclass(slots=True)
-class Call:
-    """What one request is about, filled in as it is understood (for metrics)."""
-
-    model: str = UNKNOWN_MODEL
-    version: str = ""
-    request_bytes: int | None = None
+def body_size(response: web.StreamResponse) -> int | None:
+    body = getattr(response, "body", None)
+    return len(body) if isinstance(body, (bytes, bytearray)) else None
 
 
 Handler = Callable[["RestApi", web.Request, Call], Awaitable[web.StreamResponse]]
@@ -91,30 +86,19 @@ class RestApi:
         async def handle(request: web.Request) -> web.StreamResponse:
             if not metered:
                 try:
-                    return await route.handler(self, request, Call())
+                    return await route.handler(self, request, Call(PROTOCOL, route.label))
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
                     return error_response(exc)
-            call = Call()
-            started = time.perf_counter()
-            gauge = self.metrics.in_flight.labels(PROTOCOL)
-            gauge.inc()
-            with self.dp.in_flight:
+
+            async def work(call: Call) -> web.StreamResponse:
                 try:
                     response = await route.handler(self, request, call)
-                except GatewayError as exc:
-                    response = error_response(exc)
                 except web.HTTPException as exc:  # aiohttp's own (413 over client_max_size, 400 ...)
-                    response = error_response(error_for_status(exc.status, exc.text or exc.reason))
-                except Exception as exc:  # noqa: BLE001
-                    logger.exception("unexpected error on %s %s", request.method, request.path)
-                    response = error_response(exc)
-                finally:
-                    gauge.dec()
-            body = getattr(response, "body", None)
-            size = len(body) if isinstance(body, (bytes, bytearray)) else None
-            self.metrics.observe_request(call.model, call.version, PROTOCOL, route.label, response.status,
-                                         time.perf_counter() - started, call.request_bytes, size)
-            return response
+                    raise error_for_status(exc.status, exc.text or exc.reason) from None
+                call.status = response.status
+                return response
+
+            return await self.dp.serve(Call(PROTOCOL, route.label), work, error_response, body_size)
 
         return handle
 
@@ -125,38 +109,31 @@ class RestApi:
             app.router.add_route(route.method, route.path, self._wrap(route))
         return app
 
-    async def _route(self, request: web.Request, call: Call) -> Any:
-        model = request.match_info["model"]
-        self.dp.authorize(api_key_from(request.headers), model)
-        route = await self.dp.route_or_discover(model)
-        call.model = route.public_name
-        call.version = request.match_info.get("version", "")
-        return route
+    async def _admit(self, request: web.Request, call: Call) -> ModelRoute:
+        return await self.dp.admit(call, api_key_from(request.headers), request.match_info["model"],
+                                   request.match_info.get("version", ""))
 
-    async def _read_body(self, request: web.Request, limit: int, call: Call) -> bytes:
-        """The whole body, refusing (413) before reading it when Content-Length is over `limit`."""
+    @staticmethod
+    async def _read_body(request: web.Request, call: Call) -> bytes:
+        """The whole body, refusing (413) before reading it when Content-Length is over the call's limit."""
         length = request.content_length
-        if length is not None and length > limit:
-            raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
         if length is not None:
+            call.check_size(length)
             body = await request.read()
         else:  # chunked: count as it streams in
             buf = bytearray()
             async for chunk in request.content.iter_chunked(CHUNK):
                 buf += chunk
-                if len(buf) > limit:
-                    raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                call.check_size(len(buf), so_far=True)
             body = bytes(buf)
-        if len(body) > limit:  # a compressed body can inflate past its Content-Length
-            raise PayloadTooLarge(f"request body of {len(body)} bytes is over the limit of {limit} bytes")
+        call.check_size(len(body))  # a compressed body can inflate past its Content-Length
         call.request_bytes = len(body)
         return body
 
-    async def _read_fields(self, request: web.Request, limit: int, call: Call) -> dict[str, bytes]:
+    async def _read_fields(self, request: web.Request, call: Call) -> dict[str, bytes]:
         """Task-route input: multipart parts by name, else the raw body as ``body``; query params too."""
-        length = request.content_length
-        if length is not None and length > limit:
-            raise PayloadTooLarge(f"request body of {length} bytes is over the limit of {limit} bytes")
+        if request.content_length is not None:
+            call.check_size(request.content_length)
         fields: dict[str, bytes] = {}
         if request.content_type.startswith("multipart/"):
             total = 0
@@ -170,15 +147,14 @@ class RestApi:
                     while chunk := await part.read_chunk(CHUNK):
                         buf += chunk
                         total += len(chunk)
-                        if total > limit:
-                            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+                        call.check_size(total, so_far=True)
                     fields[part.name or f"part{index}"] = bytes(buf)
                     index += 1
             except (ValueError, AssertionError, RuntimeError) as exc:  # aiohttp's parser on a broken body
                 raise InvalidInput(f"malformed multipart body: {exc}") from None
             call.request_bytes = total
         else:
-            fields["body"] = await self._read_body(request, limit, call)
+            fields["body"] = await self._read_body(request, call)
         for key, value in request.query.items():
             fields.setdefault(key, value.encode("utf-8"))
         return fields
@@ -205,13 +181,13 @@ class RestApi:
         return web.json_response(self.dp.server_metadata())
 
     async def model_metadata(self, request: web.Request, call: Call) -> web.Response:
-        route = await self._route(request, call)
-        return web.json_response(await self.dp.model_metadata(route, call.version))
+        route = await self._admit(request, call)
+        return web.json_response(await self.dp.model_metadata(route, call.version, call.name))
 
     async def model_ready(self, request: web.Request, call: Call) -> web.Response:
-        route = await self._route(request, call)
+        route = await self._admit(request, call)
         ready = await self.dp.model_ready(route, call.version)
-        return web.json_response({"name": route.public_name, "ready": ready}, status=200 if ready else 503)
+        return web.json_response({"name": call.name, "ready": ready}, status=200 if ready else 503)
 
     async def repository_index(self, request: web.Request, call: Call) -> web.Response:
         """Triton's repository index (``POST /v2/repository/index``): the models this key may use, each
@@ -219,7 +195,8 @@ class RestApi:
         body ``{"ready": true}`` keeps only ready models; any other body is ignored."""
         key = api_key_from(request.headers)
         self.dp.authorize(key)
-        body = await self._read_body(request, 1 << 16, call)
+        call.max_request_bytes = REPOSITORY_INDEX_MAX_BYTES
+        body = await self._read_body(request, call)
         ready_only = False
         if body.lstrip().startswith(b"{"):
             try:
@@ -227,9 +204,9 @@ class RestApi:
             except (ValueError, AttributeError):
                 raise InvalidInput("repository index body must be a JSON object like {\"ready\": true}") from None
         allowed = []
-        for name, route in sorted(self.dp.config.models.items()):
+        for route in self.dp.repository.routes():
             try:
-                self.dp.authorize(key, name)
+                self.dp.authorize(key, route.public_name)
             except Forbidden:
                 continue
             allowed.append(route)
@@ -247,16 +224,16 @@ class RestApi:
 
     # --- inference ------------------------------------------------------------------------------------
     async def infer(self, request: web.Request, call: Call) -> web.Response:
-        route = await self._route(request, call)
-        body = await self._read_body(request, route.max_request_bytes, call)
+        route = await self._admit(request, call)
+        body = await self._read_body(request, call)
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None:
             try:
                 header_length = int(header_length)
             except ValueError:
                 raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
-        infer_request = InferRequest.from_rest(body, header_length, route.public_name, call.version)
-        response = await self.dp.infer(route, infer_request, self.dp.deadline(route))
+        infer_request = InferRequest.from_rest(body, header_length, call.name, call.version)
+        response = await self.dp.infer(route, infer_request, call.deadline())
         out, out_header = response.to_rest(infer_request.binary_output)
         headers = {"Content-Type": JSON if out_header is None else "application/octet-stream"}
         if out_header is not None:
@@ -264,9 +241,9 @@ class RestApi:
         return web.Response(body=out, headers=headers)
 
     async def predict(self, request: web.Request, call: Call) -> web.Response:
-        route = await self._route(request, call)
-        fields = await self._read_fields(request, route.max_request_bytes, call)
-        result = await self.dp.predict_raw(route, call.version, fields, self.dp.deadline(route))
+        route = await self._admit(request, call)
+        fields = await self._read_fields(request, call)
+        result = await self.dp.predict_raw(route, call.version, fields, call.deadline())
         return web.Response(body=result.body, headers={"Content-Type": result.content_type, **result.headers})
 
 

@@ -25,9 +25,10 @@ from typing import Any
 import grpc
 
 from proto import STREAM_SERVICE, stream
+from serving.dataplane import CLIENT_GONE
 from serving.errors import GatewayError, as_gateway_error
 from serving.grpc_server import api_key_from
-from serving.streams import CLIENT_GONE, PROCESSED, Frame, FrameAnswer, StreamManager, StreamOptions, StreamSession
+from serving.streams import PROCESSED, Frame, FrameAnswer, StreamManager, StreamOptions, StreamSession
 
 logger = logging.getLogger(__name__)
 

@@ -34,9 +34,10 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from serving.dataplane import CLIENT_GONE
 from serving.errors import GatewayError, InvalidInput, PayloadTooLarge, as_gateway_error
 from serving.rest import api_key_from, error_response
-from serving.streams import CLIENT_GONE, Frame, StreamManager, StreamOptions, StreamSession
+from serving.streams import Frame, StreamManager, StreamOptions, StreamSession
 
 logger = logging.getLogger(__name__)
 

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from serving.config import ConfigError, ModelRoute
+from serving.dataplane import Call, DataPlane
 from serving.errors import (
     BackendUnavailable,
     DeadlineExceeded,
@@ -55,7 +56,7 @@ from serving.errors import (
     PayloadTooLarge,
     as_gateway_error,
 )
-from serving.metrics import UNKNOWN_MODEL, GatewayMetrics
+from serving.metrics import GatewayMetrics
 from zoo.streaming.forecast import KalmanForecaster
 from zoo.streaming.schedule import ShrinkingTailScheduler
 
@@ -64,7 +65,6 @@ logger = logging.getLogger(__name__)
 PROCESSED = "processed"
 DROPPED = "dropped"
 ROUTE_LABEL = "stream"  # zoo_gateway_requests_total{route="stream"}: one count per session
-CLIENT_GONE = 499  # status recorded for a session whose client went away
 
 
 class TooManyStreams(HandlerStatusError):
@@ -251,7 +251,7 @@ Detect = Callable[[bytes, dict[str, bytes]], Awaitable[Detections]]
 class BackendDetector:
     """Stateless detector calls through the DataPlane (the task route's path), one deadline each."""
 
-    def __init__(self, dataplane: Any, route: ModelRoute, deadline_s: float | None) -> None:
+    def __init__(self, dataplane: DataPlane, route: ModelRoute, deadline_s: float | None) -> None:
         self.dp = dataplane
         self.route = route
         self.deadline_s = deadline_s or route.deadline_s
@@ -543,7 +543,7 @@ class StreamSession:
 class StreamManager:
     """Opens sessions (auth, routing, limits), expires idle ones, ends them all on shutdown."""
 
-    def __init__(self, dataplane: Any, settings: StreamSettings | None = None,
+    def __init__(self, dataplane: DataPlane, settings: StreamSettings | None = None,
                  detector_factory: Callable[[ModelRoute], Detect] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.dp = dataplane
@@ -553,6 +553,7 @@ class StreamManager:
             lambda route: BackendDetector(dataplane, route, self.settings.detector_deadline_s))
         self._clock = clock
         self.sessions: dict[int, StreamSession] = {}
+        self._calls: dict[int, Call] = {}  # session id -> its record in the request metrics
         self._sweeper: asyncio.Task | None = None
         self._closing = False
 
@@ -562,12 +563,11 @@ class StreamManager:
 
     async def open(self, model: str, api_key: str | None, options: StreamOptions, protocol: str) -> StreamSession:
         """A new session, or a GatewayError: 401/403 (key), 404 (model), 400 (options), 429 (too many),
-        503 (shutting down). Refusals count in the request metrics too."""
-        label = UNKNOWN_MODEL
+        503 (shutting down). Admitted by the data plane like any request; a session counts once in the
+        request metrics when it closes, a refusal at once."""
+        call = Call(protocol, ROUTE_LABEL, timed=False)
         try:
-            self.dp.authorize(api_key, model)
-            route = await self.dp.route_or_discover(model)
-            label = route.public_name
+            route = await self.dp.admit(call, api_key, model)
             options.validate(self.settings)
             if self._closing:
                 raise BackendUnavailable("the gateway is shutting down")
@@ -575,11 +575,13 @@ class StreamManager:
                 raise TooManyStreams(f"the gateway already holds {len(self.sessions)} stream sessions (its "
                                      f"limit, streams.max_sessions); retry later")
         except GatewayError as exc:
-            self.metrics.requests.labels(label, "", protocol, ROUTE_LABEL, str(exc.http_status)).inc()
+            call.status = exc.http_status
+            self.dp.observe(call)
             raise
         session = StreamSession(route.public_name, self._detector_factory(route), self.settings, options,
                                 self.metrics, protocol, self._clock, self._closed, route.max_request_bytes)
         self.sessions[session.id] = session
+        self._calls[session.id] = call
         self.metrics.streams_active.labels(session.model).inc()
         session.start()
         self.start()
@@ -588,7 +590,9 @@ class StreamManager:
     def _closed(self, session: StreamSession, status: int) -> None:
         if self.sessions.pop(session.id, None) is not None:
             self.metrics.streams_active.labels(session.model).dec()
-            self.metrics.requests.labels(session.model, "", session.protocol, ROUTE_LABEL, str(status)).inc()
+            call = self._calls.pop(session.id)
+            call.status = status
+            self.dp.observe(call)
 
     async def _sweep(self) -> None:
         idle = self.settings.idle_timeout_s

@@ -34,6 +34,23 @@ def time_left(deadline: float | None, what: str = "request") -> float | None:
     return left
 
 
+@dataclass(frozen=True)
+class ListedModel:
+    """A model a backend serves, as discovery sees it: its backend name and any extra public names (aliases)
+    it should also be reachable under (e.g. a model's pre-rename name)."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelWorkers:
+    """A model's workers by status (``READY`` always present) and its configured minimum (TorchServe)."""
+
+    by_status: dict[str, int]
+    min_workers: int
+
+
 @dataclass(slots=True)
 class RawPrediction:
     """A task route's answer, passed through as the handler produced it."""
@@ -59,6 +76,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def ready(self) -> bool:
         """The backend can serve every model routed to it."""
+
+    async def list_models(self) -> list[ListedModel]:
+        """The models this backend serves now, for discovery (routes of a config that names no models).
+        Default: none, i.e. a backend that cannot list its models is served only through configured routes."""
+        return []
+
+    async def model_workers(self, model: str) -> ModelWorkers | None:
+        """Worker counts of `model` for the backend gauges; None: this backend has no worker view (the gauges
+        then show readiness only). Raise (any error) when the backend cannot answer now."""
+        return None
 
     @abc.abstractmethod
     async def model_ready(self, model: str, version: str = "") -> bool:

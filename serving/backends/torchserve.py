@@ -4,19 +4,7 @@ Transport: one persistent `grpc.aio` channel (reconnects by itself, with a short
 TorchServe is picked up within ~2 s), message limits as large as the gateway's request limit, and a
 timeout per call derived from the request's deadline.
 
-OIP tensors -> handler payload (one TorchServe request = the handler's `input` map of named byte fields):
-- each BYTES input element goes in as a field named after the input (`image`, `restored`, `degraded`...);
-- non-BYTES inputs go in as JSON text (a one-element tensor as a JSON scalar, e.g. ``0.5``; otherwise a
-  nested JSON list), under the input's name;
-- request parameters (except protocol ones such as ``binary_data_output``) go in as fields too:
-  strings as UTF-8, other values as JSON text (so ``threshold=0.5`` reaches DETR as ``b"0.5"``);
-- a BYTES input with N > 1 elements fans out: N TorchServe requests, element i of every BYTES input in
-  request i (a BYTES input with one element is shared by all); answers are reassembled in order.
-
-Handler answer -> OIP outputs:
-- ``output``: BYTES, shape [N], element i = the handler's answer to request i, byte for byte (JSON);
-- plus, for every top-level number in the answers (JSON object; same key numeric in all N), an output of
-  that name, shape [N]: INT64 if all are integers, else FP64 (CKDN's ``score``, toy_echo's ``width``).
+OIP tensors <-> handler fields: `serving.backends.fields` (shared with the in-process backend).
 
 Errors: TorchServe's gRPC API answers a handler's per-request status (``set_response_status(400, msg)``)
 with gRPC OK and the handler's body; the zoo handler base always writes that body as
@@ -41,10 +29,10 @@ from typing import Any
 
 import aiohttp
 import grpc
-import numpy as np
 
 from proto import serialize, ts
-from serving.backends.base import Backend, RawPrediction, time_left
+from serving.backends.base import Backend, ListedModel, ModelWorkers, RawPrediction, time_left
+from serving.backends.fields import OUTPUT, answer_all, answers_to_response, fan_out
 from serving.errors import (
     BackendError,
     BackendUnavailable,
@@ -55,27 +43,13 @@ from serving.errors import (
     PayloadTooLarge,
     error_for_status,
 )
-from serving.types import InferOutput, InferRequest, InferResponse
+from serving.types import InferRequest, InferResponse
 from zoo.contract import ARCHIVE_META_FILE
 
 logger = logging.getLogger(__name__)
 
 PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 PING = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping"
-# Request parameters that belong to the protocol, not to the model.
-PROTOCOL_PARAMETERS = frozenset({
-    "binary_data_output", "binary_data", "binary_data_size", "timeout", "priority", "sequence_id",
-    "sequence_start", "sequence_end", "triton_enable_empty_final_response", "headers",
-})
-OUTPUT = "output"
-
-
-def _field_value(value: Any) -> bytes:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    return json.dumps(value).encode("utf-8")
 
 
 def handler_error(body: bytes) -> GatewayError | None:
@@ -90,59 +64,6 @@ def handler_error(body: bytes) -> GatewayError | None:
     if isinstance(status, int) and status >= 400 and isinstance(doc.get("error"), str):
         return error_for_status(status, doc["error"])
     return None
-
-
-def _numeric_outputs(answers: list[bytes]) -> list[InferOutput]:
-    docs = []
-    for body in answers:
-        try:
-            doc = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return []
-        if not isinstance(doc, dict):
-            return []
-        docs.append(doc)
-    out = []
-    for key, first in docs[0].items():
-        if key == OUTPUT or isinstance(first, bool) or not isinstance(first, (int, float)):
-            continue
-        values = [d.get(key) for d in docs]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            continue
-        if all(isinstance(v, int) for v in values):
-            out.append(InferOutput.from_numpy(key, np.asarray(values, dtype=np.int64)))
-        else:
-            out.append(InferOutput.from_numpy(key, np.asarray(values, dtype=np.float64)))
-    return out
-
-
-def fan_out(request: InferRequest) -> list[dict[str, bytes]]:
-    """OIP request -> one TorchServe input map per element of the BYTES inputs (see module doc)."""
-    shared: dict[str, bytes] = {}
-    per_element: dict[str, list[bytes]] = {}
-    for key, value in request.parameters.items():
-        if key not in PROTOCOL_PARAMETERS and value is not None:
-            shared[key] = _field_value(value)
-    count = 1
-    for tensor in request.inputs:
-        if tensor.datatype == "BYTES":
-            elements = tensor.bytes_elements()
-            if not elements:
-                raise InvalidInput(f"input '{tensor.name}' has no elements")
-            if len(elements) == 1:
-                shared[tensor.name] = elements[0]
-            else:
-                if count not in (1, len(elements)):
-                    raise InvalidInput(
-                        f"input '{tensor.name}' has {len(elements)} elements but another BYTES input has "
-                        f"{count}: BYTES inputs must have the same number of elements (or one)")
-                count = len(elements)
-                per_element[tensor.name] = elements
-        else:
-            array = tensor.as_numpy()
-            shared[tensor.name] = json.dumps(array.reshape(-1)[0].item() if array.size == 1
-                                             else array.tolist()).encode()
-    return [{**shared, **{name: elements[i] for name, elements in per_element.items()}} for i in range(count)]
 
 
 class TorchServeBackend(Backend):
@@ -230,7 +151,8 @@ class TorchServeBackend(Backend):
             raise BackendUnavailable(f"TorchServe management API unreachable: {exc}",
                                      retry_after_s=self.retry_after_s) from None
 
-    async def list_models(self) -> list[str]:
+    async def list_models(self) -> list[ListedModel]:
+        """TorchServe's registered models, each with the aliases its archive's zoo metadata lists."""
         if self._http is None:
             return []
         try:
@@ -238,7 +160,28 @@ class TorchServeBackend(Backend):
                 doc = await resp.json(content_type=None)
         except (aiohttp.ClientError, asyncio.TimeoutError):
             return []
-        return [m["modelName"] for m in doc.get("models", [])]
+        listed = []
+        for entry in doc.get("models", []):
+            name = entry["modelName"]
+            aliases = self._archive_meta(name, entry.get("modelUrl")).get("aliases") or []
+            listed.append(ListedModel(name, tuple(str(a) for a in aliases if isinstance(a, str))))
+        return listed
+
+    async def model_workers(self, model: str) -> ModelWorkers | None:
+        """Workers by status from the management API (None without one); raises when it cannot answer."""
+        described = await self._describe(model, "")
+        if described is None:
+            return None
+        if not described:
+            raise ModelNotFound(f"model '{model}' has no version registered")
+        workers: dict[str, int] = {"READY": 0}
+        min_workers = 0
+        for version in described:
+            min_workers += int(version.get("minWorkers", 0) or 0)
+            for worker in version.get("workers", []):
+                status = str(worker.get("status", "UNKNOWN"))
+                workers[status] = workers.get(status, 0) + 1
+        return ModelWorkers(workers, min_workers)
 
     async def ready(self) -> bool:
         return await self.live()
@@ -352,32 +295,9 @@ class TorchServeBackend(Backend):
             call.exception()  # retrieved: an abandoned call's failure is not an "unhandled" error
 
     async def infer(self, request: InferRequest, deadline: float | None) -> InferResponse:
-        payloads = fan_out(request)
         model, version = request.model_name, request.model_version
-        if len(payloads) == 1:
-            answers = [await self._call(model, version, payloads[0], deadline)]
-        else:
-            results = await asyncio.gather(*(self._call(model, version, p, deadline) for p in payloads),
-                                           return_exceptions=True)
-            for i, result in enumerate(results):
-                if isinstance(result, GatewayError):
-                    result.message = f"element {i}: {result.message}"
-                    result.args = (result.message,)
-                    raise result
-                if isinstance(result, BaseException):
-                    raise result
-            answers = list(results)
-        outputs = [InferOutput.from_bytes_list(OUTPUT, answers)]
-        if not request.outputs or any(o.name != OUTPUT for o in request.outputs):
-            outputs += _numeric_outputs(answers)
-        if request.outputs:
-            available = {o.name: o for o in outputs}
-            missing = [o.name for o in request.outputs if o.name not in available]
-            if missing:
-                raise InvalidInput(f"model '{model}' has no output {', '.join(repr(m) for m in missing)}; "
-                                   f"available: {', '.join(available)}")
-            outputs = [available[o.name] for o in request.outputs]
-        return InferResponse(model, outputs, version, request.id)
+        answers = await answer_all(fan_out(request), lambda fields: self._call(model, version, fields, deadline))
+        return answers_to_response(request, answers)
 
     async def predict_raw(self, model: str, version: str, fields: dict[str, bytes],
                           deadline: float | None) -> RawPrediction:

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.backends.base import Backend, RawPrediction, time_left
+from serving.backends.base import Backend, ListedModel, RawPrediction, time_left
 from serving.config import ConfigError
 from serving.errors import (
     BackendError,
@@ -197,7 +197,7 @@ class TritonBackend(Backend):
             log.debug("Triton readiness: %s", exc)
             return False
 
-    async def list_models(self) -> list[str]:
+    async def list_models(self) -> list[ListedModel]:
         """Triton's loaded models (the gateway's default routes when the config names none). Best effort:
         Triton may restrict its repository API (PyTriton does); then no model is discovered."""
         try:
@@ -207,7 +207,8 @@ class TritonBackend(Backend):
             log.warning("cannot list Triton's models (%s); route them in the config's `models`",
                         self._error(exc, "model index"))
             return []
-        return sorted({m["name"] for m in index.get("models", []) if m.get("state", "READY") == "READY"})
+        ready = {m["name"] for m in index.get("models", []) if m.get("state", "READY") == "READY"}
+        return [ListedModel(name) for name in sorted(ready)]
 
     async def model_ready(self, model: str, version: str = "") -> bool:
         what = f"model '{model}'" + (f" version {version}" if version else "")

@@ -353,9 +353,7 @@ def test_backend_gauges_when_torchserve_is_down() -> None:
     spec = BackendConfig("torchserve", "torchserve", {"grpc": f"127.0.0.1:{free_port()}",
                                                       "management": f"http://127.0.0.1:{free_port()}"})
     config = load_config(None, {"torchserve": spec})
-    config.discover_models = False
-    config.add_route("toy_echo")
-    config.add_route("toy_alias", model="toy_echo")
+    config = config.with_routes([config.route("toy_echo"), config.route("toy_alias", model="toy_echo")])
     backends = {"torchserve": make_backend(spec, config)}
     collector = BackendStateCollector(DataPlane(config, backends, GatewayMetrics()), timeout_s=1.0)
 

@@ -8,6 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import tritonclient.grpc as tgrpc
+import tritonclient.http as thttp
 import yaml
 from PIL import Image
 
@@ -43,3 +46,24 @@ def running_gateway(ts: TorchServe, workdir: Path, config: dict[str, Any] | None
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+def image_input(module: Any, data: bytes, binary: bool = True) -> Any:
+    """`data` as tritonclient's one-element BYTES input `image` (`module`: tritonclient.http or .grpc)."""
+    tensor = module.InferInput("image", [1], "BYTES")
+    if module is thttp:
+        tensor.set_data_from_numpy(np.array([data], dtype=object), binary_data=binary)
+    else:
+        tensor.set_data_from_numpy(np.array([data], dtype=object))
+    return tensor
+
+
+def infer_over_both(http_url: str, grpc_target: str, model: str, image: bytes, key: str, n_rest: int,
+                    n_grpc: int) -> None:
+    """`n_rest` OIP inferences with tritonclient.http, then `n_grpc` with tritonclient.grpc (metrics tests)."""
+    client = thttp.InferenceServerClient(http_url.removeprefix("http://"))
+    for _ in range(n_rest):
+        client.infer(model, [image_input(thttp, image)], headers=bearer(key))
+    gclient = tgrpc.InferenceServerClient(grpc_target)
+    for _ in range(n_grpc):
+        gclient.infer(model, [image_input(tgrpc, image)], headers={"authorization": f"Bearer {key}"})

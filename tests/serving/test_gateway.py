@@ -26,7 +26,8 @@ from cli.gateway import GatewayProcess
 from cli.torchserve import TorchServe
 from proto import oip
 from serving.rest import ROUTES
-from tests.serving.gateway_support import FULL_KEY, TOY_KEY, bearer, png_bytes, running_gateway
+from tests.serving.gateway_support import FULL_KEY, TOY_KEY, bearer, infer_over_both, png_bytes, running_gateway
+from tests.serving.gateway_support import image_input as support_image_input
 from tests.support import http_request, json_body, multipart, running_torchserve
 
 pytestmark = pytest.mark.integration
@@ -66,12 +67,7 @@ def direct_rest(ts: TorchServe, body: bytes, content_type: str = "application/oc
 
 
 def image_input(module, data: bytes = PNG, binary: bool = True):
-    tensor = module.InferInput("image", [1], "BYTES")
-    if module is thttp:
-        tensor.set_data_from_numpy(np.array([data], dtype=object), binary_data=binary)
-    else:
-        tensor.set_data_from_numpy(np.array([data], dtype=object))
-    return tensor
+    return support_image_input(module, data, binary)
 
 
 def without_fields(answer: bytes) -> dict:
@@ -355,12 +351,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 def test_metrics_count_every_request(gw: GatewayProcess) -> None:
     n_rest, n_grpc = 5, 3
-    client = thttp.InferenceServerClient(gw.http_url.removeprefix("http://"))
-    for _ in range(n_rest):
-        client.infer("toy_metrics", [image_input(thttp)], headers=dict(AUTH))
-    gclient = tgrpc.InferenceServerClient(gw.grpc_target)
-    for _ in range(n_grpc):
-        gclient.infer("toy_metrics", [image_input(tgrpc)], headers=dict(GRPC_AUTH))
+    infer_over_both(gw.http_url, gw.grpc_target, "toy_metrics", PNG, FULL_KEY, n_rest, n_grpc)
     status, headers, raw = http_request(f"{gw.http_url}/metrics")
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     text = raw.decode()

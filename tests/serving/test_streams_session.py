@@ -382,9 +382,8 @@ def test_settings_from_config() -> None:
 
 # --- the manager: auth, routing, limits, expiry, shutdown ------------------------------------------------
 def manager(settings: StreamSettings, keys: dict[str, ApiKey] | None = None) -> tuple[StreamManager, FakeDetector]:
-    config = GatewayConfig(backends={"fake": BackendConfig("fake", "fake")}, discover_models=False)
-    config.add_route(MODEL, backend="fake")
-    config.api_keys = keys or {}
+    config = GatewayConfig(backends={"fake": BackendConfig("fake", "fake")}, api_keys=keys or {})
+    config = config.with_routes([config.route(MODEL, backend="fake")])
     det = FakeDetector()
     return StreamManager(DataPlane(config, {}, GatewayMetrics()), settings, detector_factory=lambda route: det), det
 

@@ -15,7 +15,8 @@ from tritonclient.http._utils import _get_inference_request
 
 from proto import oip
 from serving import errors
-from serving.backends.torchserve import fan_out, handler_error
+from serving.backends.fields import fan_out
+from serving.backends.torchserve import handler_error
 from serving.config import load_config, parse_keys_env
 from serving.types import (
     InferInput,
