@@ -20,7 +20,7 @@ Every validation failure raises `InvalidInput` naming the tensor.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 

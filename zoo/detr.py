@@ -34,6 +34,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.outputs import DETECTION_OUTPUTS
 from zoo.weights import WeightsError
 
 __all__ = [
@@ -726,10 +727,7 @@ register(
                      "eval (short side 800 px, long side at most 1333 px)",
             "threshold": "optional float in [0, 1]: keep detections with score > threshold (default 0.7)",
         },
-        outputs={
-            "detections": "list of {label: COCO category name, label_id: COCO category id (1..90), "
-                          "score: float, box: [x1, y1, x2, y2] in original-image pixels}, best first",
-        },
+        outputs=DETECTION_OUTPUTS,
         weights=WeightsSource(
             hf_repo="facebook/detr-resnet-50",
             # `main` at this commit: timm-backbone layout, 166,587,896 bytes.

@@ -196,12 +196,11 @@ def as_tensor(value: Any, datatype: str | None = None) -> tuple[str, list[int], 
 
 
 # --- a handler's typed answer ----------------------------------------------------------------------------
-def encode_tensors(tensors: Mapping[str, Any]) -> bytes:
-    """Named outputs (numpy arrays or lists of bytes) -> one framed answer (see the module doc)."""
+def encode_tensors(tensors: Mapping[str, tuple[str, list[int], TensorData]]) -> bytes:
+    """Named outputs as ``as_tensor`` gives them -> one framed answer (see the module doc)."""
     header: list[dict[str, Any]] = []
     chunks: list[bytes] = []
-    for name, value in tensors.items():
-        datatype, shape, data = as_tensor(value)
+    for name, (datatype, shape, data) in tensors.items():
         raw = to_raw(datatype, data)
         header.append({"name": name, "datatype": datatype, "shape": shape,
                        "parameters": {"binary_data_size": len(raw)}})
