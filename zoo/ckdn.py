@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
 from zoo.contract import WeightsError
+from zoo.layers import IMAGENET_MEAN, IMAGENET_STD, Bottleneck, resnet_stage
 
 # --- preprocessing constants (official evaluation settings) ------------------------------------------
 CROP_SIZE = 288
@@ -54,48 +55,9 @@ CROP_PCT = 0.875
 RESIZE_SHORT = int(math.floor(CROP_SIZE / CROP_PCT))  # 329
 RESTORED_RESAMPLE = Image.Resampling.BICUBIC
 DEGRADED_RESAMPLE = Image.Resampling.NEAREST
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # --- model ------------------------------------------------------------------------------------------
-class Bottleneck(nn.Module):
-    """ResNet-50 bottleneck (1x1 -> 3x3 with the stride -> 1x1, x4 expansion), post-activation."""
-
-    expansion = 4
-
-    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
-        super().__init__()
-        out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return self.relu(y + shortcut)
-
-
-def resnet_stage(in_channels: int, width: int, blocks: int, stride: int) -> nn.Sequential:
-    """One ResNet stage: a (possibly strided, projecting) first block, then identity blocks."""
-    layers = [Bottleneck(in_channels, width, stride)]
-    layers += [Bottleneck(width * Bottleneck.expansion, width) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
-
-
 def stem_conv() -> nn.Conv2d:
     """The 7x7/2 stem convolution. CKDN uses it bare: no BatchNorm and no ReLU follow it."""
     return nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -113,9 +75,9 @@ class CKDN(nn.Module):
                  dropout: float = 0.5) -> None:
         super().__init__()
         self.qse_1 = stem_conv()  # restored-image stem
-        self.qse_2 = resnet_stage(64, 64, layer1_blocks, stride=1)  # restored-image layer1
+        self.qse_2 = resnet_stage(64, 64, layer1_blocks)  # restored-image layer1
         self.dte_1 = stem_conv()  # degraded-image stem
-        self.dte_2 = resnet_stage(64, 64, layer1_blocks, stride=1)  # degraded-image layer1
+        self.dte_2 = resnet_stage(64, 64, layer1_blocks)  # degraded-image layer1
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)  # shared by both encoders
         self.csp = resnet_stage(256, 128, layer2_blocks, stride=2)  # layer2 on the feature difference
         self.avgpool = nn.AdaptiveAvgPool2d(1)

@@ -30,9 +30,8 @@ from torch import Tensor, nn
 
 from zoo.ckdn import center_crop_box, resized_size
 from zoo.contract import WeightsError
+from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SERVING_KEYS = ("knobs", "preprocess", "labels")
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,

@@ -34,6 +34,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.layers import IMAGENET_MEAN, IMAGENET_STD, Bottleneck, resnet_stage
 from zoo.weights import WeightsError
 
 __all__ = [
@@ -82,32 +83,6 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-class Bottleneck(nn.Module):
-    """torchvision ResNet v1.5 bottleneck: the stride sits on the 3x3 conv."""
-
-    expansion = 4
-
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
-    ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = FrozenBatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
 class ResNetBackbone(nn.Module):
     """ResNet (torchvision names, frozen BN) returning only the last stage's feature map (stride 32)."""
 
@@ -119,15 +94,9 @@ class ResNetBackbone(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes = 64
         for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), depths, strict=True)):
-            stride = 1 if index == 0 else 2
-            downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
-                FrozenBatchNorm2d(planes * Bottleneck.expansion),
-            )
-            layers = [Bottleneck(inplanes, planes, stride, downsample)]
+            stage = resnet_stage(inplanes, planes, blocks, 1 if index == 0 else 2, norm_layer=FrozenBatchNorm2d)
+            self.add_module(f"layer{index + 1}", stage)
             inplanes = planes * Bottleneck.expansion
-            layers += [Bottleneck(inplanes, planes) for _ in range(1, blocks)]
-            self.add_module(f"layer{index + 1}", nn.Sequential(*layers))
         self.num_channels = inplanes
 
     def forward(self, x: Tensor) -> Tensor:
@@ -399,8 +368,6 @@ def build_detr(**config: Any) -> DETR:
 # Pre- and post-processing (official eval transforms and PostProcess)
 # =====================================================================================================
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_SIZE = 800
 EVAL_MAX_SIZE = 1333
 

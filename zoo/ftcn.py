@@ -33,12 +33,11 @@ import torch
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
 from zoo.weights import WeightsError
 
 CLIP_LEN = 32  # frames per clip (``clip_size`` in ftcn_tt.yaml)
 CLIP_SIZE = 224  # aligned face crop, pixels (``imsize`` in ftcn_tt.yaml)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # test_on_raw_video.py normalises 0..255 RGB frames with these (computed as value * 255 there, too).
 MEAN_255 = tuple(m * 255 for m in IMAGENET_MEAN)
 STD_255 = tuple(s * 255 for s in IMAGENET_STD)

@@ -37,12 +37,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
 from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
 from zoo.contract import WeightsError
+from zoo.layers import Bottleneck, resnet_stage
 
 ITER_N = 5  # official MPNCOV(iterNum=5) for ImageNet
 REDUCED_DIM = 256  # official dimension_reduction
@@ -91,32 +91,6 @@ def triu_vector(mat: Tensor) -> Tensor:
 
 
 # --- network ------------------------------------------------------------------------------------------
-class Bottleneck(nn.Module):
-    """ResNet-50 bottleneck (1x1, 3x3 with the stride, 1x1 x4), torchvision names."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        out = planes * self.expansion
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.downsample: nn.Sequential | None = None
-        if stride != 1 or inplanes != out:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
-
-
 class CovRepresentation(nn.Module):
     """The official ``MPNCOV`` representation: 1x1 reduction + covariance + Newton-Schulz + triu vector."""
 
@@ -150,11 +124,8 @@ class ISqrtCovResNet(nn.Module):
                                   nn.MaxPool2d(3, 2, 1)]
         inplanes = 64
         for planes, blocks, stride in zip((64, 128, 256, 512), layers, (1, 2, 2, 1), strict=True):
-            stage = []
-            for i in range(blocks):
-                stage.append(Bottleneck(inplanes, planes, stride if i == 0 else 1))
-                inplanes = planes * Bottleneck.expansion
-            trunk.append(nn.Sequential(*stage))
+            trunk.append(resnet_stage(inplanes, planes, blocks, stride))  # torchvision names, stride on the 3x3
+            inplanes = planes * Bottleneck.expansion
         self.features = nn.Sequential(*trunk)
         self.representation = CovRepresentation(inplanes, reduced_dim, iter_n)
         self.classifier = nn.Linear(self.representation.output_dim, num_classes)
