@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Preprocess, classifier_builder, classify_io
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -224,7 +225,7 @@ def zoo_keys() -> tuple[str, ...]:
 def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
     """Official ``models/ResNet20-AdderNet.pth`` (a ``DataParallel`` state dict: ``module.`` prefixes) or a
     flat state dict -> zoo layout. Raises ``WeightsError`` on any unknown or missing key."""
-    return convert_state_dict(checkpoint, zoo_keys(), "AdderNet ResNet-20")
+    return filter_checkpoint(checkpoint, what="AdderNet ResNet-20", expected=zoo_keys())
 
 
 # --- registry -------------------------------------------------------------------------------------------

@@ -43,7 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Preprocess, classifier_builder, classify_io
 
 HEAD_DIM = 64  # per-head width in every AutoFormer supernet (q/k/v width = 64 * heads)
 NUM_PATCHES_SIDE = 14  # 224 / 16
@@ -329,7 +330,7 @@ def zoo_keys() -> tuple[str, ...]:
 def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
     """Official ``supernet-base.pth`` (``{"model": state_dict, ...}``, possibly ``module.``-prefixed) or a flat
     state dict -> zoo layout (the same names). Raises ``WeightsError`` on any unknown or missing key."""
-    return convert_state_dict(checkpoint, zoo_keys(), "AutoFormer supernet-B")
+    return filter_checkpoint(checkpoint, what="AutoFormer supernet-B", expected=zoo_keys())
 
 
 # --- registry -------------------------------------------------------------------------------------------

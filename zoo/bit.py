@@ -39,8 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
-from zoo.contract import WeightsError
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Preprocess, classifier_builder, classify_io
 
 WS_EPS = 1e-10  # official StdConv2d
 HEAD_SIZE = 21843  # BiT-M: ImageNet-21k classes
@@ -179,16 +179,13 @@ def _tf2th(value: Any) -> Tensor:
 
 def npz_to_state_dict(arrays: Mapping[str, Any], keys: tuple[str, ...], what: str) -> dict[str, Tensor]:
     """TF variables of a BiT ``.npz`` -> the state dict with ``keys`` (``ResNetV2.load_from``'s mapping, HWIO
-    kernels transposed to OIHW). Raises ``WeightsError`` naming missing and unused variables, so a checkpoint
+    kernels transposed to OIHW). Raises ``WeightsError`` naming unknown and missing variables, so a checkpoint
     of another depth, or one without its head, never loads partially; shapes are the strict load's job."""
     wanted = {key: npz_name(key) for key in keys}
-    missing = sorted(name for name in wanted.values() if name not in arrays)
-    unused = sorted(set(map(str, arrays)) - set(wanted.values()))
-    if missing or unused:
-        parts = [f"{len(v)} {kind}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
-                 for kind, v in (("missing", missing), ("unused", unused)) if v]
-        raise WeightsError(f"{what} npz checkpoint does not fit: " + "; ".join(parts))
-    return {key: _tf2th(arrays[name]).float() for key, name in wanted.items()}
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+               for name, value in arrays.items()}
+    variables = filter_checkpoint(tensors, what=f"{what} npz", expected=wanted.values(), unwrap=(), strip=())
+    return {key: _tf2th(variables[name]).float() for key, name in wanted.items()}
 
 
 def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -196,7 +193,7 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     ``zoo.weights.read_checkpoint``) or a ``bit_pytorch`` state dict. Fails loudly on anything that does not
     fit (``WeightsError``)."""
     if not any("/" in str(k) for k in checkpoint):
-        return convert_state_dict(checkpoint, zoo_keys(), "BiT-M R50x1")
+        return filter_checkpoint(checkpoint, what="BiT-M R50x1", expected=zoo_keys())
     return npz_to_state_dict(checkpoint, zoo_keys(), "BiT-M R50x1")
 
 

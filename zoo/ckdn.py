@@ -46,7 +46,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.contract import WeightsError
+from zoo.checkpoint import TrainingOnly, expected_keys, filter_checkpoint
 from zoo.layers import IMAGENET_MEAN, IMAGENET_STD, Bottleneck, resnet_stage
 
 # --- preprocessing constants (official evaluation settings) ------------------------------------------
@@ -125,8 +125,7 @@ KEY_PREFIXES = ("module.", "net.")  # DataParallel (possibly nested) and the IQA
 @functools.cache
 def zoo_keys() -> tuple[str, ...]:
     """Every state-dict key of the zoo model (the official keys of the kept modules), in order."""
-    with torch.device("meta"):  # names only: nothing is allocated or initialised
-        return tuple(CKDN().state_dict())
+    return expected_keys(CKDN)
 
 
 def training_only_keys(keys: Iterable[str] | None = None) -> frozenset[str]:
@@ -138,24 +137,6 @@ def training_only_keys(keys: Iterable[str] | None = None) -> frozenset[str]:
     return frozenset(dropped)
 
 
-def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
-    for key in WRAPPER_KEYS:
-        inner = checkpoint.get(key)
-        if isinstance(inner, Mapping):
-            return inner
-    return checkpoint
-
-
-def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
-    """Remove wrapper prefixes shared by every key, repeatedly (``module.module.``, ``net.``, ...)."""
-    while state:
-        prefix = next((p for p in KEY_PREFIXES if all(k.startswith(p) for k in state)), None)
-        if prefix is None:
-            return state
-        state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
 def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     """Official (``model_best.pth.tar``), IQA-toolbox (``net.``) or zoo-layout CKDN weights -> zoo layout.
 
@@ -165,23 +146,10 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     flat zoo-layout dict. Drops the training-only ``aux_csp.*``/``fc1_.*`` keys by exact name and raises
     ``WeightsError`` naming every unknown or missing key.
     """
-    state = _unwrap(checkpoint)
-    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
-    if not_tensors:
-        raise WeightsError(
-            f"CKDN checkpoint: expected a state dict of tensors (or one under {WRAPPER_KEYS}); "
-            f"non-tensor entries: {', '.join(not_tensors[:8])}"
-        )
-    state = _strip_prefixes(dict(state))
-    expected = zoo_keys()
-    dropped = training_only_keys(expected)
-    unknown = sorted(set(state) - set(expected) - dropped)
-    missing = sorted(set(expected) - set(state))
-    if unknown or missing:
-        parts = [f"{len(keys)} {what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for what, keys in (("unknown", unknown), ("missing", missing)) if keys]
-        raise WeightsError("CKDN checkpoint does not fit the official layout: " + "; ".join(parts))
-    return {k: state[k] for k in expected}
+    no_reference_branch = TrainingOnly("the no-reference branch (aux_csp, fc1_) serves only the training loss",
+                                       names=training_only_keys())
+    return filter_checkpoint(checkpoint, what="CKDN", expected=zoo_keys(), unwrap=WRAPPER_KEYS, strip=KEY_PREFIXES,
+                             training_only=[no_reference_branch])
 
 
 # --- preprocessing ---------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo.ckdn import center_crop_box, resized_size
-from zoo.contract import WeightsError
 from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
 
 SERVING_KEYS = ("knobs", "preprocess", "labels")
@@ -224,49 +223,3 @@ def top_k(logits: Tensor, k: int, labels: list[str] | None = None) -> list[list[
         [Prediction(int(i), labels[int(i)] if labels else None, float(s)) for s, i in zip(row_s, row_i, strict=True)]
         for row_s, row_i in zip(scores.tolist(), indices.tolist(), strict=True)
     ]
-
-
-# --- checkpoints --------------------------------------------------------------------------------------
-def expected_keys(model_factory: Callable[[], nn.Module]) -> tuple[str, ...]:
-    """A model's state-dict keys, built on the meta device (nothing allocated or initialised)."""
-    with torch.device("meta"):
-        return tuple(model_factory().state_dict())
-
-
-def convert_state_dict(
-    checkpoint: Mapping[str, Any],
-    expected: Iterable[str],
-    what: str,
-    wrappers: tuple[str, ...] = ("model", "state_dict"),
-    prefixes: tuple[str, ...] = ("module.",),
-) -> dict[str, Tensor]:
-    """An official training checkpoint -> exactly the expected keys, or ``WeightsError`` naming the misfits.
-
-    Unwraps the first of ``wrappers`` that holds a mapping (training scripts store the weights beside
-    the optimiser state), strips prefixes that every key shares (``module.`` from DataParallel, possibly
-    repeated) and requires the remaining keys to be exactly ``expected``.
-    """
-    state: Mapping[str, Any] = checkpoint
-    for key in wrappers:
-        inner = checkpoint.get(key)
-        if isinstance(inner, Mapping):
-            state = inner
-            break
-    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
-    if not_tensors:
-        raise WeightsError(f"{what} checkpoint: expected a state dict of tensors (or one under {wrappers}); "
-                           f"non-tensor entries: {', '.join(not_tensors[:8])}")
-    flat = dict(state)
-    while flat:
-        prefix = next((p for p in prefixes if all(k.startswith(p) for k in flat)), None)
-        if prefix is None:
-            break
-        flat = {k[len(prefix):]: v for k, v in flat.items()}
-    expected = tuple(expected)
-    unknown = sorted(set(flat) - set(expected))
-    missing = sorted(set(expected) - set(flat))
-    if unknown or missing:
-        parts = [f"{len(keys)} {kind}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for kind, keys in (("unknown", unknown), ("missing", missing)) if keys]
-        raise WeightsError(f"{what} checkpoint does not fit the official layout: " + "; ".join(parts))
-    return {k: flat[k] for k in expected}

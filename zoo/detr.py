@@ -22,6 +22,7 @@ The zoo state-dict layout is the official one with two simplifications:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -34,8 +35,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.checkpoint import TrainingOnly, expected_keys, filter_checkpoint, rename_keys
+from zoo.contract import WeightsError
 from zoo.layers import IMAGENET_MEAN, IMAGENET_STD, Bottleneck, resnet_stage
-from zoo.weights import WeightsError
 
 __all__ = [
     "COCO_CATEGORY_NAMES",
@@ -517,18 +519,6 @@ _HF_SENTINELS = ("class_labels_classifier.weight", "model.query_position_embeddi
 _ZOO_SENTINELS = ("backbone.conv1.weight", "transformer.encoder.layers.0.self_attn.q_proj.weight")
 
 
-def _unwrap(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
-    """The tensor mapping of a checkpoint (official files wrap it as ``{"model": state_dict, ...}``)."""
-    for wrapper in ("model", "state_dict"):
-        inner = ckpt.get(wrapper) if isinstance(ckpt, Mapping) else None
-        if isinstance(inner, Mapping):
-            ckpt = inner
-            break
-    if not isinstance(ckpt, Mapping):
-        raise WeightsError(f"a DETR checkpoint must be a mapping of tensors, got {type(ckpt).__name__}")
-    return {k: v for k, v in ckpt.items() if isinstance(v, Tensor)}
-
-
 def detect_layout(state: Mapping[str, Any]) -> str:
     """``"official"``, ``"hf"`` or ``"zoo"`` from sentinel keys; WeightsError when none fits."""
     keys = set(state)
@@ -562,8 +552,6 @@ def convert_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """facebookresearch/detr ``model`` state dict -> zoo layout."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
         match = _OFFICIAL_IN_PROJ.match(key)
         if match:
             part, index, attn, kind = match.groups()
@@ -648,33 +636,40 @@ def _hf_key(key: str) -> str:
 
 
 def convert_hf(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Hugging Face ``DetrForObjectDetection`` state dict -> zoo layout; unknown keys kept for load_strict."""
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        new = _hf_key(key)
-        if new in out:
-            raise WeightsError(f"two checkpoint keys map to {new!r} (one of them is {key!r})")
-        out[new] = value
-    return out
+    """Hugging Face ``DetrForObjectDetection`` state dict -> zoo layout (names it cannot place are kept)."""
+    return rename_keys(state, _hf_key, "DETR")
 
 
 _CONVERTERS: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]]] = {
     "official": convert_official,
     "hf": convert_hf,
-    "zoo": lambda state: {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")},
+    "zoo": dict,
 }
+# The published Hugging Face file (timm backbone, `main`) carries BatchNorm step counters for the downsample
+# norms; DETR's frozen BatchNorm has no such buffer. Nothing else is dropped.
+BN_STEP_COUNTERS = TrainingOnly("BatchNorm step counters count training steps; frozen BatchNorm has none",
+                                pattern=r".*\.num_batches_tracked")
+
+
+@functools.cache
+def zoo_keys() -> tuple[str, ...]:
+    """The state-dict keys of the registered DETR-R50 (``DETR_R50_CONFIG``)."""
+    return expected_keys(build_detr)
+
+
+def _to_zoo_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return _CONVERTERS[detect_layout(state)](state)
 
 
 def convert_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Any supported DETR checkpoint (official, Hugging Face timm / no_timm, zoo) -> zoo state dict.
+    """Any supported DETR-R50 checkpoint (official, Hugging Face timm / no_timm, zoo) -> zoo state dict.
 
-    Pure: no I/O. Keys it cannot place are passed through under their own name so that
-    ``zoo.weights.load_strict`` names them; an unrecognised layout raises ``WeightsError``.
+    Pure: no I/O. Unwraps the official ``{"model": state_dict}``, converts the detected layout, drops the
+    BatchNorm step counters and raises ``WeightsError`` naming every key it cannot place and every key the
+    model lacks; an unrecognised layout raises ``WeightsError`` too.
     """
-    state = _unwrap(ckpt)
-    return _CONVERTERS[detect_layout(state)](state)
+    return filter_checkpoint(ckpt, what="DETR", expected=zoo_keys(), unwrap=("model", "state_dict"), strip=(),
+                             convert=_to_zoo_layout, training_only=[BN_STEP_COUNTERS])
 
 
 # =====================================================================================================

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Preprocess, classifier_builder, classify_io
 
 
 @dataclass
@@ -208,7 +209,7 @@ def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
     """Official ``imagenet_dyresnet18_h4.tar`` (``{"state_dict": DataParallel state_dict, "epoch", ...}``) or a
     flat state dict -> zoo layout (the same names without ``module.``). Raises ``WeightsError`` on any
     unknown or missing key (``_inactive_channels`` buffers included: they decide the pruning)."""
-    return convert_state_dict(checkpoint, zoo_keys(), "DGC dyresnet18")
+    return filter_checkpoint(checkpoint, what="DGC dyresnet18", expected=zoo_keys())
 
 
 # --- registry -------------------------------------------------------------------------------------------

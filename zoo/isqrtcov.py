@@ -40,8 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
-from zoo.contract import WeightsError
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Preprocess, classifier_builder, classify_io
 from zoo.layers import Bottleneck, resnet_stage
 
 ITER_N = 5  # official MPNCOV(iterNum=5) for ImageNet
@@ -180,16 +180,8 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     a ``main.py`` training checkpoint (``{"state_dict": ..., "epoch", "arch", "optimizer", ...}`` with
     ``features.module.`` / ``module.`` prefixes), a model fine-tuned from the released one, and the zoo layout
     itself. Raises ``WeightsError`` naming every unknown or missing key."""
-    inner = checkpoint.get("state_dict")
-    state = inner if isinstance(inner, Mapping) else checkpoint
-    renamed: dict[str, Any] = {}
-    for key, value in state.items():
-        key = str(key)
-        new = _rename(key[len("module."):] if key.startswith("module.") else key)
-        if new in renamed:
-            raise WeightsError(f"iSQRT-COV ResNet-50 checkpoint: two keys map to {new!r} (mixed layouts?)")
-        renamed[new] = value
-    return convert_state_dict(renamed, zoo_keys(), "iSQRT-COV ResNet-50", wrappers=())
+    return filter_checkpoint(checkpoint, what="iSQRT-COV ResNet-50", expected=zoo_keys(), unwrap=("state_dict",),
+                             rename=_rename)
 
 
 # --- registry -------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Preprocess, classifier_builder, classify_io
 
 WIDTHS = (0.7, 0.9, 1.0)  # official width_mult_list: the widths with their own BatchNorm statistics
 RESOLUTIONS = (224, 192, 160, 128)  # official resolution_list
@@ -205,7 +206,7 @@ def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
     """Official training checkpoint (``{"model": DataParallel state_dict, "optimizer", "last_epoch"}``) or a
     flat state dict -> zoo layout (the same names without ``module.``). Raises ``WeightsError`` on any
     unknown or missing key, including checkpoints without the per-width BatchNorm statistics."""
-    return convert_state_dict(checkpoint, zoo_keys(), "MutualNet MobileNetV2")
+    return filter_checkpoint(checkpoint, what="MutualNet MobileNetV2", expected=zoo_keys())
 
 
 # --- registry -------------------------------------------------------------------------------------------
