@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo._registry import WeightsSource, register
 from zoo.checkpoint import expected_keys, filter_checkpoint
-from zoo.classify import Preprocess, classifier_builder, classify_io
+from zoo.classify import Preprocess, classification_entry
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -229,33 +229,26 @@ def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
 
 
 # --- registry -------------------------------------------------------------------------------------------
-ADDERNET_RESNET20 = register(
-    ModelEntry(
-        name="addernet_resnet20",
-        task="image-classification",
-        builder=classifier_builder(AdderResNet20),
-        config={
-            "num_classes": 10,
-            "knobs": {},
-            "preprocess": Preprocess(resize=32, crop=32, interpolation="bilinear", mean=CIFAR10_MEAN,
-                                     std=CIFAR10_STD).as_config(),
-            "labels": list(CIFAR10_LABELS),
-        },
-        handler="handlers.classify_handler",
-        **classify_io("CIFAR-10 classes", image_note="resized to 32x32", max_top_k=10),
-        weights=WeightsSource(
-            hf_repo=None,  # no Hugging Face mirror of the official weights is known
-            converter="zoo.addernet:convert_checkpoint",
-            # The checkpoint ships inside the official repository. TODO(unverified): sha256 not checked here.
-            upstream_url="https://github.com/huawei-noah/AdderNet/raw/2fb8aad20aa251a87480842ebea568372d5903a0/"
-                         "models/ResNet20-AdderNet.pth",
-            upstream_sha256=None,
-            description="official AdderNet ResNet-20, CIFAR-10 test accuracy 91.8%",
-        ),
-        license="BSD-3-Clause",
-        paper="https://arxiv.org/abs/1912.13200",
-        serving=ServingConfig(batch_size=32, max_batch_delay_ms=20, response_timeout_s=120),
-        default_serve=False,
-        description="CIFAR-10 ResNet-20 whose convolutions are adder layers (negative L1 distances).",
-    )
-)
+ADDERNET_RESNET20 = register(classification_entry(
+    name="addernet_resnet20",
+    architecture=AdderResNet20,
+    config={"num_classes": 10},
+    preprocess=Preprocess(resize=32, crop=32, interpolation="bilinear", mean=CIFAR10_MEAN, std=CIFAR10_STD),
+    classes="CIFAR-10 classes",
+    labels=CIFAR10_LABELS,
+    image_note="resized to 32x32",
+    max_top_k=10,
+    weights=WeightsSource(
+        hf_repo=None,  # no Hugging Face mirror of the official weights is known
+        converter="zoo.addernet:convert_checkpoint",
+        # The checkpoint ships inside the official repository. TODO(unverified): sha256 not checked here.
+        upstream_url="https://github.com/huawei-noah/AdderNet/raw/2fb8aad20aa251a87480842ebea568372d5903a0/"
+                     "models/ResNet20-AdderNet.pth",
+        upstream_sha256=None,
+        description="official AdderNet ResNet-20, CIFAR-10 test accuracy 91.8%",
+    ),
+    license="BSD-3-Clause",
+    paper="https://arxiv.org/abs/1912.13200",
+    batch_size=32,
+    description="CIFAR-10 ResNet-20 whose convolutions are adder layers (negative L1 distances).",
+))

@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo._registry import WeightsSource, register
 from zoo.checkpoint import expected_keys, filter_checkpoint
-from zoo.classify import Preprocess, classifier_builder, classify_io
+from zoo.classify import Preprocess, classification_entry
 
 WS_EPS = 1e-10  # official StdConv2d
 HEAD_SIZE = 21843  # BiT-M: ImageNet-21k classes
@@ -198,34 +198,23 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
 
 
 # --- registry -------------------------------------------------------------------------------------------
-BIT_M_R50X1 = register(
-    ModelEntry(
-        name="bit_m_r50x1",
-        task="image-classification",
-        builder=classifier_builder(BiTResNetV2),
-        config={
-            "block_units": [3, 4, 6, 3],
-            "width_factor": 1,
-            "num_classes": HEAD_SIZE,
-            "knobs": {},
-            "preprocess": Preprocess(resize=224, crop=224, interpolation="bilinear", mean=(0.5, 0.5, 0.5),
-                                     std=(0.5, 0.5, 0.5), square=True).as_config(),
-            "labels": None,  # ImageNet-21k class indices; the npz carries no names
-        },
-        handler="handlers.classify_handler",
-        **classify_io("ImageNet-21k class indices", image_note="resized to 224x224"),
-        weights=WeightsSource(
-            hf_repo=None,  # the Hub's BiT copies use timm's layout, not the official one
-            converter="zoo.bit:convert_checkpoint",
-            upstream_url="https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz",
-            # TODO(unverified): sha256 not checked here (no network).
-            upstream_sha256=None,
-            description="official BiT-M R50x1 upstream model (ImageNet-21k, 21,843 classes)",
-        ),
-        license="Apache-2.0",
-        paper="https://arxiv.org/abs/1912.11370",
-        serving=ServingConfig(batch_size=8, max_batch_delay_ms=20, response_timeout_s=120),
-        default_serve=False,
-        description="BiT-M R50x1: ResNetV2-50 with GroupNorm + Weight Standardisation, ImageNet-21k head.",
-    )
-)
+BIT_M_R50X1 = register(classification_entry(
+    name="bit_m_r50x1",
+    architecture=BiTResNetV2,
+    config={"block_units": [3, 4, 6, 3], "width_factor": 1, "num_classes": HEAD_SIZE},
+    preprocess=Preprocess(resize=224, crop=224, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                          square=True),
+    classes="ImageNet-21k class indices",  # the npz carries no names
+    image_note="resized to 224x224",
+    weights=WeightsSource(
+        hf_repo=None,  # the Hub's BiT copies use timm's layout, not the official one
+        converter="zoo.bit:convert_checkpoint",
+        upstream_url="https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz",
+        # TODO(unverified): sha256 not checked here (no network).
+        upstream_sha256=None,
+        description="official BiT-M R50x1 upstream model (ImageNet-21k, 21,843 classes)",
+    ),
+    license="Apache-2.0",
+    paper="https://arxiv.org/abs/1912.11370",
+    description="BiT-M R50x1: ResNetV2-50 with GroupNorm + Weight Standardisation, ImageNet-21k head.",
+))

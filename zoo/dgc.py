@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo._registry import WeightsSource, register
 from zoo.checkpoint import expected_keys, filter_checkpoint
-from zoo.classify import Preprocess, classifier_builder, classify_io
+from zoo.classify import Preprocess, classification_entry
 
 
 @dataclass
@@ -213,36 +213,24 @@ def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
 
 
 # --- registry -------------------------------------------------------------------------------------------
-DGC_RESNET18 = register(
-    ModelEntry(
-        name="dgc_resnet18",
-        task="image-classification",
-        builder=classifier_builder(DGCResNet),
-        config={
-            "num_classes": 1000,
-            "heads": 4,
-            "squeeze_rate": 16,
-            "gate_factor": 0.45,
-            "knobs": {},
-            "preprocess": Preprocess(resize=256, crop=224, interpolation="bilinear").as_config(),
-            "labels": None,  # ImageNet-1k class indices; the checkpoint carries no names
-        },
-        handler="handlers.classify_handler",
-        **classify_io("ImageNet-1k classes"),
-        weights=WeightsSource(
-            hf_repo=None,  # no Hugging Face mirror of the official weights is known
-            converter="zoo.dgc:convert_checkpoint",
-            # `imagenet_dyresnet18_h4.tar` (47.2 MB), Google Drive link of the official README (OneDrive and
-            # BaiduYun mirrors there too).
-            upstream_url="https://drive.google.com/file/d/1rtSU3iUKlA0NhgnUJz-QksW5aL2Lt2Cg/view?usp=sharing",
-            # TODO(unverified): the sha256 is not published; record it once the file has been fetched.
-            upstream_sha256=None,
-            description="official DGC ResNet-18 (heads 4, gate factor 0.45), ImageNet-1k top-1 error 31.22%",
-        ),
-        license="MIT",
-        paper="https://arxiv.org/abs/2007.04242",
-        serving=ServingConfig(batch_size=16, max_batch_delay_ms=20, response_timeout_s=120),
-        default_serve=False,
-        description="ResNet-18 with Dynamic Group Convolution: per-image, per-head input channel selection.",
-    )
-)
+DGC_RESNET18 = register(classification_entry(
+    name="dgc_resnet18",
+    architecture=DGCResNet,
+    config={"num_classes": 1000, "heads": 4, "squeeze_rate": 16, "gate_factor": 0.45},
+    preprocess=Preprocess(resize=256, crop=224, interpolation="bilinear"),
+    classes="ImageNet-1k classes",  # class indices; the checkpoint carries no names
+    weights=WeightsSource(
+        hf_repo=None,  # no Hugging Face mirror of the official weights is known
+        converter="zoo.dgc:convert_checkpoint",
+        # `imagenet_dyresnet18_h4.tar` (47.2 MB), Google Drive link of the official README (OneDrive and
+        # BaiduYun mirrors there too).
+        upstream_url="https://drive.google.com/file/d/1rtSU3iUKlA0NhgnUJz-QksW5aL2Lt2Cg/view?usp=sharing",
+        # TODO(unverified): the sha256 is not published; record it once the file has been fetched.
+        upstream_sha256=None,
+        description="official DGC ResNet-18 (heads 4, gate factor 0.45), ImageNet-1k top-1 error 31.22%",
+    ),
+    license="MIT",
+    paper="https://arxiv.org/abs/2007.04242",
+    batch_size=16,
+    description="ResNet-18 with Dynamic Group Convolution: per-image, per-head input channel selection.",
+))

@@ -39,9 +39,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo._registry import WeightsSource, register
 from zoo.checkpoint import expected_keys, filter_checkpoint
-from zoo.classify import Preprocess, classifier_builder, classify_io
+from zoo.classify import Preprocess, classification_entry
 from zoo.layers import Bottleneck, resnet_stage
 
 ITER_N = 5  # official MPNCOV(iterNum=5) for ImageNet
@@ -185,35 +185,23 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
 
 
 # --- registry -------------------------------------------------------------------------------------------
-ISQRTCOV_RESNET50 = register(
-    ModelEntry(
-        name="isqrtcov_resnet50",
-        task="image-classification",
-        builder=classifier_builder(ISqrtCovResNet),
-        config={
-            "num_classes": 1000,
-            "reduced_dim": REDUCED_DIM,
-            "iter_n": ITER_N,
-            "knobs": {},
-            "preprocess": Preprocess(resize=256, crop=224, interpolation="bilinear").as_config(),
-            "labels": None,  # ImageNet-1k class indices; the checkpoint carries no names
-        },
-        handler="handlers.classify_handler",
-        **classify_io("ImageNet-1k classes"),
-        weights=WeightsSource(
-            hf_repo=None,  # no Hugging Face mirror of the official weights is known
-            converter="zoo.isqrtcov:convert_checkpoint",
-            # model_urls['mpncovresnet50'] of src/network/mpncovresnet.py (also on the README's Google Drive,
-            # 217.3 MB). TODO(unverified): sha256 not checked here (no network); the file name carries the
-            # torch.hub-style prefix 15991845 of it.
-            upstream_url="http://jtxie.com/models/mpncovresnet50-15991845.pth",
-            upstream_sha256=None,
-            description="official fast MPN-COV (iSQRT-COV) ResNet-50, ImageNet-1k top-1 error 21.71% (224 crop)",
-        ),
-        license="MIT",
-        paper="https://arxiv.org/abs/1712.01034",
-        serving=ServingConfig(batch_size=8, max_batch_delay_ms=20, response_timeout_s=120),
-        default_serve=False,
-        description="ResNet-50 with iterative matrix-square-root covariance pooling (5 Newton-Schulz steps).",
-    )
-)
+ISQRTCOV_RESNET50 = register(classification_entry(
+    name="isqrtcov_resnet50",
+    architecture=ISqrtCovResNet,
+    config={"num_classes": 1000, "reduced_dim": REDUCED_DIM, "iter_n": ITER_N},
+    preprocess=Preprocess(resize=256, crop=224, interpolation="bilinear"),
+    classes="ImageNet-1k classes",  # class indices; the checkpoint carries no names
+    weights=WeightsSource(
+        hf_repo=None,  # no Hugging Face mirror of the official weights is known
+        converter="zoo.isqrtcov:convert_checkpoint",
+        # model_urls['mpncovresnet50'] of src/network/mpncovresnet.py (also on the README's Google Drive,
+        # 217.3 MB). TODO(unverified): sha256 not checked here (no network); the file name carries the
+        # torch.hub-style prefix 15991845 of it.
+        upstream_url="http://jtxie.com/models/mpncovresnet50-15991845.pth",
+        upstream_sha256=None,
+        description="official fast MPN-COV (iSQRT-COV) ResNet-50, ImageNet-1k top-1 error 21.71% (224 crop)",
+    ),
+    license="MIT",
+    paper="https://arxiv.org/abs/1712.01034",
+    description="ResNet-50 with iterative matrix-square-root covariance pooling (5 Newton-Schulz steps).",
+))
