@@ -232,7 +232,7 @@ def register(entry: ModelEntry) -> ModelEntry:
     """Add an entry; a malformed name or a second entry under the same name is a programming error."""
     if not NAME_RE.match(entry.name):
         raise ValueError(f"model name {entry.name!r} is not 'arch.tag' (lower-case letters, digits, '_')")
-    names = [spec.name for spec in entry.outputs]
+    names = [getattr(spec, "name", spec) for spec in entry.outputs]
     if not names or len(set(names)) != len(names) or not all(isinstance(s, TensorSpec) for s in entry.outputs):
         raise ValueError(f"model {entry.name!r}: outputs must be TensorSpecs with distinct names, got {names}")
     if entry.name in _REGISTRY and _REGISTRY[entry.name] is not entry:
