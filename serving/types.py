@@ -387,6 +387,10 @@ class InferRequest:
     def from_grpc(cls, msg: Any) -> InferRequest:
         """From an `inference.ModelInferRequest` message."""
         raw = msg.raw_input_contents
+        if raw and any(t.HasField("contents") for t in msg.inputs):
+            both = ", ".join(f"'{t.name}'" for t in msg.inputs if t.HasField("contents"))
+            raise InvalidInput(f"input {both} has typed contents while the request also has raw_input_contents; "
+                               "the protocol allows one or the other per request, not both")
         if raw and len(raw) != len(msg.inputs):
             raise InvalidInput(
                 f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs (must be one each)"
