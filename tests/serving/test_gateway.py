@@ -150,7 +150,7 @@ def test_grpc_client_sync_and_asyncio(gw: GatewayProcess, ts: TorchServe) -> Non
         finally:
             await aclient.close()
 
-    assert asyncio.run(aio()) == [12]
+    assert asyncio.run(aio()) == [[12]]  # one item: [1, 1]
 
 
 def test_grpc_stream_infer_answers_in_order_with_inband_errors(gw: GatewayProcess) -> None:
@@ -172,7 +172,7 @@ def test_grpc_stream_infer_answers_in_order_with_inband_errors(gw: GatewayProces
         client.stop_stream()
     assert answers[1][0] is None and "not a recognised image" in str(answers[1][1])
     ok = [(r.get_response().id, r.as_numpy("width").tolist()) for r, e in answers if e is None]
-    assert ok == [("s0", [16]), ("s2", [9]), ("s3", [16])]
+    assert ok == [("s0", [[16]]), ("s2", [[9]]), ("s3", [[16]])]
 
 
 def test_task_route_equals_torchserve(gw: GatewayProcess, ts: TorchServe) -> None:
@@ -327,7 +327,7 @@ def test_large_messages_pass(gw: GatewayProcess) -> None:
     assert len(big) > 6_000_000
     client = tgrpc.InferenceServerClient(gw.grpc_target)
     result = client.infer("toy_echo", [image_input(tgrpc, big)], headers=dict(GRPC_AUTH))
-    assert result.as_numpy("width").tolist() == [1500] and result.as_numpy("bytes").tolist() == [len(big)]
+    assert result.as_numpy("width").tolist() == [[1500]] and result.as_numpy("bytes").tolist() == [[len(big)]]
     status, _, answer = http_request(f"{gw.http_url}/v1/models/toy_echo:predict", big,
                                      {**AUTH, "Content-Type": "image/png"}, "POST")
     assert status == 200 and json_body(answer)["bytes"] == len(big)
@@ -344,7 +344,7 @@ def test_deadline(gw: GatewayProcess) -> None:
         client.infer("toy_fast", [image_input(tgrpc)], parameters={"sleep_ms": 1500}, headers=dict(GRPC_AUTH))
     assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED" and time.monotonic() - started < 1.4
     # the model still answers afterwards (after the slept requests drain)
-    assert client.infer("toy_echo", [image_input(tgrpc)], headers=dict(GRPC_AUTH)).as_numpy("width")[0] == 16
+    assert client.infer("toy_echo", [image_input(tgrpc)], headers=dict(GRPC_AUTH)).as_numpy("width")[0, 0] == 16
 
 
 # --- metrics -----------------------------------------------------------------------------------------
@@ -412,7 +412,7 @@ def test_cancelled_stream_does_not_wedge_torchserve(gw: GatewayProcess) -> None:
     client = tgrpc.InferenceServerClient(gw.grpc_target)
     started = time.monotonic()
     result = client.infer("toy_echo", [image_input(tgrpc)], headers=dict(GRPC_AUTH), client_timeout=20)
-    assert result.as_numpy("width")[0] == 16 and time.monotonic() - started < 10
+    assert result.as_numpy("width")[0, 0] == 16 and time.monotonic() - started < 10
     answers: list = []
     client.start_stream(callback=lambda result, error: answers.append((result, error)),
                         headers=dict(GRPC_AUTH))
