@@ -28,6 +28,7 @@ from serving.errors import (
 )
 from serving.metrics import UNKNOWN_MODEL, GatewayMetrics
 from serving.repository import ModelRepository
+from serving.triton_schema import Statistics
 from serving.types import InferRequest, InferResponse
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ SERVER_VERSION = "0.1.0"
 # the protocol extensions that work here (server metadata lists exactly these)
 EXTENSIONS = ["binary_tensor_data", "classification", "model_stream_infer", "zoo_task_routes"]
 CLIENT_GONE = 499  # status recorded for a request (or stream session) whose client went away
+INFERENCE_LABELS = frozenset({"infer", "stream_infer", "predict"})  # calls counted in the model statistics
 
 Reply = TypeVar("Reply")
 
@@ -68,6 +70,9 @@ class Call:
     status: int = 200
     response_bytes: int | None = None
     started: float = field(default_factory=time.perf_counter)
+    backend_started: float | None = None  # perf_counter when the backend call began (model statistics)
+    backend_s: float | None = None  # the backend call's duration once it answered
+    batch_size: int = 1  # items in an OIP request (its inputs' leading dimension)
 
     def check_size(self, size: int, *, so_far: bool = False) -> None:
         """PayloadTooLarge (413) naming size and limit when `size` bytes are over the limit. `so_far`: the
@@ -120,6 +125,7 @@ class DataPlane:
         self.metrics = metrics
         self.repository = repository if repository is not None else ModelRepository(config, backends)
         self.in_flight = InFlight()
+        self.statistics = Statistics()  # Triton-schema model statistics (REST /stats, gRPC ModelStatistics)
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -160,7 +166,13 @@ class DataPlane:
             self.observe(call)
 
     def observe(self, call: Call) -> None:
-        """The one place a request (or stream session) is written to the request metrics."""
+        """The one place a request (or stream session) is written to the request metrics and, for an inference
+        that reached a model, to the model statistics."""
+        if call.label in INFERENCE_LABELS and call.route is not None and call.status != CLIENT_GONE:
+            before = None if call.backend_started is None else call.backend_started - call.started
+            self.statistics.record(call.model, call.version, ok=call.status < 400,
+                                   total_s=time.perf_counter() - call.started, backend_s=call.backend_s,
+                                   before_backend_s=before, batch_size=call.batch_size)
         if call.timed:
             self.metrics.observe_request(call.model, call.version, call.protocol, call.label, call.status,
                                          time.perf_counter() - call.started, call.request_bytes,
@@ -215,35 +227,90 @@ class DataPlane:
         meta = await self.backends[route.backend].model_metadata(route.model, version)
         return {**meta, "name": name or route.public_name}
 
+    async def model_config(self, route: ModelRoute, version: str = "", name: str = "") -> dict[str, Any]:
+        """Triton's model config (REST form) under the public name `name` (default: the route's own)."""
+        config = await self.backends[route.backend].model_config(route.model, version)
+        return {**config, "name": name or route.public_name}
+
+    def model_statistics(self, key: str | None, name: str = "", version: str = "") -> dict[str, Any]:
+        """Triton's statistics (REST form) of model `name` (already admitted) or, with no name, of every model
+        this key may use; a model's versions are those it was asked for (none yet: the default, "")."""
+        if name:
+            names = [name]
+        else:
+            names = [route.public_name for route in self.allowed_routes(key)]
+        stats = []
+        for model in names:
+            versions = [version] if name and version else (self.statistics.versions_of(model) or [""])
+            stats.extend(self.statistics.report(model, v) for v in versions)
+        return {"model_stats": stats}
+
+    def allowed_routes(self, key: str | None) -> list[ModelRoute]:
+        """The routes this key may use (all of them without auth)."""
+        self.authorize(key)
+        allowed = []
+        for route in self.repository.routes():
+            try:
+                self.authorize(key, route.public_name)
+            except Forbidden:
+                continue
+            allowed.append(route)
+        return allowed
+
+    async def repository_index(self, key: str | None, ready_only: bool = False) -> list[dict[str, str]]:
+        """Triton's repository index: the models this key may use, each READY or UNAVAILABLE."""
+        allowed = self.allowed_routes(key)
+
+        async def state(route: ModelRoute) -> str:
+            try:
+                return "READY" if await self.model_ready(route) else "UNAVAILABLE"
+            except GatewayError:
+                return "UNAVAILABLE"
+
+        states = await asyncio.gather(*(state(route) for route in allowed))
+        return [{"name": route.public_name, "version": "", "state": s, "reason": ""}
+                for route, s in zip(allowed, states, strict=True) if s == "READY" or not ready_only]
+
     # --- backend calls (backend metrics) -------------------------------------------------------------
-    async def infer(self, route: ModelRoute, request: InferRequest, deadline: float) -> InferResponse:
+    async def infer(self, route: ModelRoute, request: InferRequest, deadline: float,
+                    call: Call | None = None) -> InferResponse:
         """OIP inference on `route`; `request.model_name` is the public name the client used, and the answer
-        carries it back."""
+        carries it back. `call`: the request's record, which gets the backend timing and batch size."""
         backend = self.backends[route.backend]
         started = time.perf_counter()
+        if call is not None:
+            call.backend_started, call.batch_size = started, request.batch_size()
         try:
             response = await backend.infer(dataclasses.replace(request, model_name=route.model), deadline)
         except Exception as exc:
             self._count_error(backend, exc)
             raise
         finally:
-            self.metrics.observe_backend(route.public_name, backend.name, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.observe_backend(route.public_name, backend.name, elapsed)
+            if call is not None:
+                call.backend_s = elapsed
         response.model_name = request.model_name
         response.model_version = request.model_version or response.model_version
         response.id = request.id
         return response
 
     async def predict_raw(self, route: ModelRoute, version: str, fields: dict[str, bytes],
-                          deadline: float) -> RawPrediction:
+                          deadline: float, call: Call | None = None) -> RawPrediction:
         backend = self.backends[route.backend]
         started = time.perf_counter()
+        if call is not None:
+            call.backend_started = started
         try:
             return await backend.predict_raw(route.model, version, fields, deadline)
         except Exception as exc:
             self._count_error(backend, exc)
             raise
         finally:
-            self.metrics.observe_backend(route.public_name, backend.name, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.metrics.observe_backend(route.public_name, backend.name, elapsed)
+            if call is not None:
+                call.backend_s = elapsed
 
     def _count_error(self, backend: Backend, exc: Exception) -> None:
         kind = exc.kind if isinstance(exc, GatewayError) else "backend_error"

@@ -25,6 +25,7 @@ import grpc
 from proto import OIP_SERVICE, oip, serialize
 from serving.dataplane import Call, DataPlane, api_key
 from serving.errors import GatewayError, as_gateway_error
+from serving.triton_schema import to_message
 from serving.types import InferRequest
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,9 @@ class InferenceServicer:
             "ServerMetadata": unary(self.ServerMetadata, oip.ServerMetadataRequest),
             "ModelReady": unary(self.ModelReady, oip.ModelReadyRequest),
             "ModelMetadata": unary(self.ModelMetadata, oip.ModelMetadataRequest),
+            "ModelConfig": unary(self.ModelConfig, oip.ModelConfigRequest),
+            "ModelStatistics": unary(self.ModelStatistics, oip.ModelStatisticsRequest),
+            "RepositoryIndex": unary(self.RepositoryIndex, oip.RepositoryIndexRequest),
             "ModelInfer": unary(self.ModelInfer, oip.ModelInferRequest),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
                 self.ModelStreamInfer, request_deserializer=oip.ModelInferRequest.FromString,
@@ -102,6 +106,33 @@ class InferenceServicer:
 
         return await self._unary(Call(PROTOCOL, "model_metadata"), context, work)
 
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        async def work(call: Call) -> Any:
+            route = await self.dp.admit(call, api_key_from(context), request.name, request.version)
+            config = await self.dp.model_config(route, request.version, call.name)
+            return oip.ModelConfigResponse(config=to_message(config, oip.ModelConfig()))
+
+        return await self._unary(Call(PROTOCOL, "model_config"), context, work)
+
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        async def work(call: Call) -> Any:
+            key = api_key_from(context)
+            if request.name:
+                await self.dp.admit(call, key, request.name, request.version)
+                doc = self.dp.model_statistics(key, call.model, call.version)
+            else:
+                doc = self.dp.model_statistics(key)
+            return to_message(doc, oip.ModelStatisticsResponse())
+
+        return await self._unary(Call(PROTOCOL, "model_statistics"), context, work)
+
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
+        async def work(call: Call) -> Any:
+            index = await self.dp.repository_index(api_key_from(context), request.ready)
+            return to_message({"models": index}, oip.RepositoryIndexResponse())
+
+        return await self._unary(Call(PROTOCOL, "repository_index"), context, work)
+
     # --- inference -------------------------------------------------------------------------------------
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802
         key = api_key_from(context)
@@ -115,7 +146,7 @@ class InferenceServicer:
     async def _infer(self, request: Any, key: str | None, call: Call) -> Any:
         route = await self.dp.admit(call, key, request.model_name, request.model_version)
         infer_request = InferRequest.from_grpc(request)
-        response = await self.dp.infer(route, infer_request, call.deadline())
+        response = await self.dp.infer(route, infer_request, call.deadline(), call)
         return response.to_grpc(oip.ModelInferResponse)
 
     async def ModelStreamInfer(  # noqa: N802

@@ -8,7 +8,6 @@ configured. Errors are ``{"error": "<message>"}`` with the status from `serving.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -21,8 +20,6 @@ from serving.backend_metrics import BackendStateCollector
 from serving.config import ModelRoute
 from serving.dataplane import Call, DataPlane, api_key
 from serving.errors import (
-    Forbidden,
-    GatewayError,
     InvalidInput,
     Unauthenticated,
     as_gateway_error,
@@ -219,6 +216,20 @@ class RestApi:
         ready = await self.dp.model_ready(route, call.version)
         return json_response({"name": call.name, "ready": ready}, status=200 if ready else 503)
 
+    async def model_config(self, request: web.Request, call: Call) -> web.Response:
+        """Triton's model config (``GET /v2/models/{m}[/versions/{v}]/config``), derived from the registry's
+        declared tensors and the backend's batching and instances (see serving/triton_schema.py)."""
+        route = await self._admit(request, call)
+        return json_response(await self.dp.model_config(route, call.version, call.name))
+
+    async def model_statistics(self, request: web.Request, call: Call) -> web.Response:
+        """Triton's statistics of one model (version), or of every model this key may use."""
+        key = api_key_from(request.headers)
+        if "model" in request.match_info:
+            await self._admit(request, call)
+            return json_response(self.dp.model_statistics(key, call.model, call.version))
+        return json_response(self.dp.model_statistics(key))
+
     async def repository_index(self, request: web.Request, call: Call) -> web.Response:
         """Triton's repository index (``POST /v2/repository/index``): the models this key may use, each
         READY or UNAVAILABLE, so clients (``zoo models``) can list what the gateway serves. An optional JSON
@@ -233,24 +244,7 @@ class RestApi:
                 ready_only = bool(json.loads(body).get("ready", False))
             except (ValueError, AttributeError):
                 raise InvalidInput("repository index body must be a JSON object like {\"ready\": true}") from None
-        allowed = []
-        for route in self.dp.repository.routes():
-            try:
-                self.dp.authorize(key, route.public_name)
-            except Forbidden:
-                continue
-            allowed.append(route)
-
-        async def state(route: Any) -> str:
-            try:
-                return "READY" if await self.dp.model_ready(route) else "UNAVAILABLE"
-            except GatewayError:
-                return "UNAVAILABLE"
-
-        states = await asyncio.gather(*(state(route) for route in allowed))
-        index = [{"name": route.public_name, "state": s, "reason": ""}
-                 for route, s in zip(allowed, states, strict=True) if s == "READY" or not ready_only]
-        return json_response(index)
+        return json_response(await self.dp.repository_index(key, ready_only))
 
     # --- inference ------------------------------------------------------------------------------------
     async def infer(self, request: web.Request, call: Call) -> web.Response:
@@ -263,7 +257,7 @@ class RestApi:
             except ValueError:
                 raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
         infer_request = InferRequest.from_rest(body, header_length, call.name, call.version)
-        response = await self.dp.infer(route, infer_request, call.deadline())
+        response = await self.dp.infer(route, infer_request, call.deadline(), call)
         out, out_header = response.to_rest(infer_request.binary_output)
         headers = {"Content-Type": JSON if out_header is None else "application/octet-stream"}
         if out_header is not None:
@@ -273,7 +267,7 @@ class RestApi:
     async def predict(self, request: web.Request, call: Call) -> web.Response:
         route = await self._admit(request, call)
         fields = await self._read_fields(request, call)
-        result = await self.dp.predict_raw(route, call.version, fields, call.deadline())
+        result = await self.dp.predict_raw(route, call.version, fields, call.deadline(), call)
         return web.Response(body=result.body, headers={"Content-Type": result.content_type, **result.headers})
 
 
@@ -283,10 +277,20 @@ ROUTES: list[Route] = [
     Route("GET", "/v2/health/live", RestApi.live, "health", False, "Server liveness"),
     Route("GET", "/v2/health/ready", RestApi.ready, "health", False, "Server readiness (all backends)"),
     Route("GET", "/v2", RestApi.server_metadata, "server_metadata", True, "Server metadata"),
+    # before {model}: "stats" is not a model name here
+    Route("GET", "/v2/models/stats", RestApi.model_statistics, "model_statistics", True,
+          "Statistics of every model this key may use (Triton's statistics extension)"),
     Route("GET", M, RestApi.model_metadata, "model_metadata", True, "Model metadata"),
     Route("GET", MV, RestApi.model_metadata, "model_metadata", True, "Model metadata (one version)"),
     Route("GET", f"{M}/ready", RestApi.model_ready, "model_ready", True, "Model readiness"),
     Route("GET", f"{MV}/ready", RestApi.model_ready, "model_ready", True, "Model readiness (one version)"),
+    Route("GET", f"{M}/config", RestApi.model_config, "model_config", True,
+          "Model configuration in Triton's model-config schema"),
+    Route("GET", f"{MV}/config", RestApi.model_config, "model_config", True, "Model configuration (one version)"),
+    Route("GET", f"{M}/stats", RestApi.model_statistics, "model_statistics", True,
+          "Model statistics in Triton's schema (the gateway's counters)"),
+    Route("GET", f"{MV}/stats", RestApi.model_statistics, "model_statistics", True,
+          "Model statistics (one version)"),
     Route("POST", "/v2/repository/index", RestApi.repository_index, "repository_index", True,
           "Models this key may use, READY or UNAVAILABLE (Triton's repository index)"),
     Route("POST", f"{M}/infer", RestApi.infer, "infer", True, "Inference (OIP v2, JSON or binary tensors)"),

@@ -279,6 +279,11 @@ class InferRequest:
                 raise InvalidInput(f"input '{tensor.name}' appears twice")
             seen.add(tensor.name)
 
+    def batch_size(self) -> int:
+        """Items in the request: the leading dimension of its first input (1 for none or a scalar)."""
+        shape = self.inputs[0].shape if self.inputs else []
+        return max(int(shape[0]), 1) if shape else 1
+
     def binary_output(self, name: str, default: bool = False) -> bool:
         """Whether output `name` should come back binary (REST binary extension)."""
         for requested in self.outputs:

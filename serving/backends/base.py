@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from serving.errors import DeadlineExceeded
+from serving.triton_schema import Scheduling, model_config
 from serving.types import InferRequest, InferResponse
 
 
@@ -96,6 +97,17 @@ class Backend(abc.ABC):
         """OIP model metadata: {"name", "versions", "platform", "inputs": [{"name", "datatype", "shape"}],
         "outputs": [...], "parameters": {...}} (parameters: free-form extras, e.g. the weights label;
         the gateway adds the public name). Unknown model: ModelNotFound."""
+
+    async def model_scheduling(self, model: str, version: str = "") -> Scheduling:
+        """How the backend runs `model` (batching, instances) for its model config. Default: one instance,
+        one item at a time."""
+        return Scheduling()
+
+    async def model_config(self, model: str, version: str = "") -> dict[str, Any]:
+        """Triton's model config (REST JSON form), derived from the metadata and `model_scheduling`. Unknown
+        model: ModelNotFound."""
+        meta = await self.model_metadata(model, version)
+        return model_config(meta, await self.model_scheduling(model, version), self.name)
 
     @abc.abstractmethod
     async def infer(self, request: InferRequest, deadline: float | None) -> InferResponse:

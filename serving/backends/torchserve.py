@@ -43,6 +43,7 @@ from serving.errors import (
     PayloadTooLarge,
     error_for_status,
 )
+from serving.triton_schema import Scheduling
 from serving.types import InferRequest, InferResponse
 from zoo.contract import ARCHIVE_META_FILE
 from zoo.tensors import specs_from
@@ -254,6 +255,22 @@ class TorchServeBackend(Backend):
             "outputs": outputs,
             "parameters": params,
         }
+
+    async def model_scheduling(self, model: str, version: str = "") -> Scheduling:
+        """From the management API: the archive's batch size and max batch delay (TorchServe batches
+        dynamically when the size is over 1) and the model's workers (GPU ones make the kind KIND_GPU)."""
+        described = await self._describe(model, version)
+        if not described:
+            return Scheduling()
+        first = described[0]
+        batch_size = max(int(first.get("batchSize", 1) or 1), 1)
+        workers = first.get("workers", [])
+        return Scheduling(
+            max_batch_size=batch_size,
+            preferred_batch_sizes=(batch_size,) if batch_size > 1 else (),
+            max_queue_delay_us=int(first.get("maxBatchDelay", 0) or 0) * 1000,
+            instances=max(len(workers), int(first.get("minWorkers", 0) or 0), 1),
+            kind="KIND_GPU" if any(w.get("gpu") for w in workers) else "KIND_CPU")
 
     # --- inference -------------------------------------------------------------------------------
     def _map_rpc_error(self, exc: grpc.aio.AioRpcError, model: str, version: str) -> GatewayError:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from proto import oip
 from serving.backends.base import Backend, ListedModel, RawPrediction, time_left
 from serving.config import ConfigError
 from serving.errors import (
@@ -48,6 +49,7 @@ from serving.errors import (
     ModelNotFound,
     PayloadTooLarge,
 )
+from serving.triton_schema import to_json, to_message
 from serving.types import InferInput, InferRequest, InferResponse
 
 log = logging.getLogger(__name__)
@@ -251,6 +253,16 @@ class TritonBackend(Backend):
             "outputs": tensors(doc.get("outputs", [])),
             "parameters": {"backend": "triton"},
         }
+
+    async def model_config(self, model: str, version: str = "") -> dict[str, Any]:
+        """Triton's own model config, in the fields the gateway's schema carries."""
+        what = f"model '{model}'" + (f" version {version}" if version else "")
+        try:
+            doc = await self._get_client().get_model_config(
+                model, version, as_json=True, client_timeout=_CONTROL_TIMEOUT_S)
+        except Exception as exc:
+            raise self._error(exc, f"config of {what}") from None
+        return to_json(to_message(doc.get("config", {}), oip.ModelConfig()))
 
     # --- inference --------------------------------------------------------------------------------
     def _triton_inputs(self, request: InferRequest) -> list[Any]:
