@@ -114,6 +114,29 @@ def test_http_client_metadata_readiness_and_infer(gw: GatewayProcess, ts: TorchS
     assert doc["outputs"][0]["data"] == ["image", "sleep_ms"]
 
 
+def test_model_config_and_statistics_from_torchserve(gw: GatewayProcess) -> None:
+    """Model config from the archive's declared tensors and TorchServe's batching/workers (toy_echo: batch size
+    1, one worker, so no dynamic batching); statistics count what the gateway served, on both protocols."""
+    client = thttp.InferenceServerClient(gw.http_url.removeprefix("http://"))
+    config = client.get_model_config("toy_echo", headers=dict(AUTH))
+    assert (config["name"], config["max_batch_size"], config["backend"]) == ("toy_echo", 1, "torchserve")
+    assert "dynamic_batching" not in config and config["instance_group"][0]["count"] == 1
+    assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [("image", "TYPE_STRING", [1])]
+    assert [(o["name"], o["dims"]) for o in config["output"]] == [(s.name, list(s.shape)) for s in TOY_ECHO.outputs]
+    gconfig = tgrpc.InferenceServerClient(gw.grpc_target).get_model_config(
+        "toy_echo", headers=dict(GRPC_AUTH), as_json=True)["config"]
+    assert [o["name"] for o in gconfig["output"]] == [o["name"] for o in config["output"]]
+
+    def successes() -> int:
+        stats = client.get_inference_statistics("toy_echo", headers=dict(AUTH))["model_stats"]
+        return sum(s["inference_stats"]["success"]["count"] for s in stats)
+
+    before = successes()
+    client.infer("toy_echo", [image_input(thttp)], headers=dict(AUTH))
+    tgrpc.InferenceServerClient(gw.grpc_target).infer("toy_echo", [image_input(tgrpc)], headers=dict(GRPC_AUTH))
+    assert successes() == before + 2
+
+
 def test_plain_json_request_and_handler_400(gw: GatewayProcess) -> None:
     body = json.dumps({"id": "j1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
                                                 "data": ["not an image"]}]}).encode()
@@ -233,6 +256,9 @@ def test_grpc_auth_on_every_method(gw: GatewayProcess) -> None:
         "model_metadata": lambda h: client.get_model_metadata("toy_echo", headers=h),
         "model_ready": lambda h: client.is_model_ready("toy_echo", headers=h),
         "infer": lambda h: client.infer("toy_echo", [image_input(tgrpc)], headers=h),
+        "model_config": lambda h: client.get_model_config("toy_echo", headers=h),
+        "model_statistics": lambda h: client.get_inference_statistics("toy_echo", headers=h),
+        "repository_index": lambda h: client.get_model_repository_index(headers=h),
     }
     for name, call in calls.items():
         for headers, status in [({}, "UNAUTHENTICATED"), ({"x-api-key": "wrong"}, "UNAUTHENTICATED")]:
