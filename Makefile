@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: setup serve test lint clean prometheus-tools k8s-tools
+.PHONY: setup serve test lint clean prometheus-tools k8s-tools perf-analyzer-tools
 
 setup: $(VENV)/.installed
 	$(VENV)/bin/zoo assets  # MTCNN face-detector weights for the FTCN handler (verified, cached)
@@ -63,7 +63,22 @@ k8s-tools:
 	  else echo "WARNING: kubectl not found and not root: install it to run the Kubernetes manifest tests"; fi; \
 	fi
 
-test: setup $(TRITON_VENV)/.installed prometheus-tools k8s-tools
+# perf_analyzer (shipped in tritonclient[all]) for tests/serving/test_perf_analyzer.py and bench/perf_analyzer.py:
+# it needs Debian's libb64-0d and libcudart.so.12 (the nvidia-cuda-runtime-cu12 wheel; the tests put its folder
+# on LD_LIBRARY_PATH), even on CPU. Best effort, like prometheus-tools: without them those tests skip saying why.
+perf-analyzer-tools: setup
+	@if ! ldconfig -p 2>/dev/null | grep -q libb64.so.0d; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q libb64-0d >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libb64-0d >/dev/null 2>&1; } \
+	    || echo "WARNING: 'apt-get install libb64-0d' failed: the perf_analyzer tests will skip"; \
+	  else echo "WARNING: libb64-0d missing and not root: 'apt-get install libb64-0d' to run the perf_analyzer tests"; fi; \
+	fi
+	@$(PIP) install -q nvidia-cuda-runtime-cu12 \
+	  || echo "WARNING: pip install nvidia-cuda-runtime-cu12 failed: the perf_analyzer tests will skip"
+
+test: setup $(TRITON_VENV)/.installed prometheus-tools k8s-tools perf-analyzer-tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra
 

@@ -6,7 +6,8 @@ built here (Triton's REST form: int64 values as JSON numbers, enums by name); th
 it (`to_message`) so REST and gRPC cannot disagree.
 
 Model config: derived from the model's OIP metadata (inputs/outputs; a leading -1 on every tensor is the
-batch dimension the gateway accepts, so ``max_batch_size`` > 0 and ``dims`` leave it out) and the backend's
+batch dimension the gateway accepts, so ``max_batch_size`` > 0 and ``dims`` leave it out; a scalar per item
+is ``dims [1]`` with ``reshape []``, Triton's way) and the backend's
 `Scheduling` (TorchServe's batch size, max batch delay and worker count).
 
 Statistics: `Statistics` keeps the gateway's own counters per (public model name, version): successes and
@@ -56,9 +57,13 @@ def model_config(meta: dict[str, Any], scheduling: Scheduling, backend: str) -> 
     inputs, outputs = meta.get("inputs", []), meta.get("outputs", [])
     batched = _batched([*inputs, *outputs])
 
-    def dims(tensor: dict[str, Any]) -> list[int]:
-        shape = [int(d) for d in tensor.get("shape", [])]
-        return shape[1:] if batched else shape
+    def shape(tensor: dict[str, Any]) -> dict[str, Any]:
+        """dims (and reshape): a scalar per batch item is dims [1], reshape [] as in Triton (whose clients
+        cannot build a request for empty dims)."""
+        dims = [int(d) for d in tensor.get("shape", [])]
+        if batched:
+            dims = dims[1:]
+        return {"dims": dims} if dims else {"dims": [1], "reshape": {"shape": []}}
 
     config: dict[str, Any] = {
         "name": meta.get("name", ""),
@@ -66,8 +71,8 @@ def model_config(meta: dict[str, Any], scheduling: Scheduling, backend: str) -> 
         "backend": backend,
         "max_batch_size": max(scheduling.max_batch_size, 1) if batched else 0,
         "input": [{"name": t["name"], "data_type": triton_type(t["datatype"]), "format": "FORMAT_NONE",
-                   "dims": dims(t), "optional": bool(t.get("optional", False))} for t in inputs],
-        "output": [{"name": t["name"], "data_type": triton_type(t["datatype"]), "dims": dims(t),
+                   **shape(t), "optional": bool(t.get("optional", False))} for t in inputs],
+        "output": [{"name": t["name"], "data_type": triton_type(t["datatype"]), **shape(t),
                     "label_filename": ""} for t in outputs],
         "instance_group": [{"name": meta.get("name", ""), "kind": scheduling.kind,
                             "count": max(scheduling.instances, 1), "gpus": []}],

@@ -58,6 +58,7 @@ class InProcessModel:
     parameters: dict[str, Any] = field(default_factory=dict)  # extra model metadata parameters
     outputs: tuple[TensorSpec, ...] = ()  # typed outputs; () answers OIP with the JSON answer in `output`
     tensors: Callable[[Any], Mapping[str, Any]] | None = None  # one answer -> {output name: value}
+    input_specs: tuple[TensorSpec, ...] = ()  # typed inputs for metadata; (): each of `inputs` BYTES [-1]
 
 
 def _as_prediction(answer: Any) -> RawPrediction:
@@ -118,7 +119,8 @@ class InProcessBackend(Backend):
             "name": found.name,
             "versions": list(found.versions),
             "platform": "inprocess",
-            "inputs": [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in found.inputs],
+            "inputs": (tensor_metadata(found.input_specs) if found.input_specs
+                       else [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in found.inputs]),
             "outputs": (tensor_metadata(found.outputs) if found.outputs
                         else [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}]),
             "parameters": {"backend": self.name, "backend_model": found.name,

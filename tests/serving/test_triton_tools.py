@@ -20,8 +20,7 @@ from tritonclient.utils import InferenceServerException
 from tests.serving.test_dataplane import AUTH, BACKEND, GRPC_AUTH, TOY_KEY, Running, backend, config, image_input
 from zoo.toy import TOY_ECHO
 
-TYPED = "toy_typed"
-GRPC_HEADERS = dict(GRPC_AUTH)
+TYPED = "toy_typed"  # pass copies of AUTH to tritonclient: it adds headers to the dict it is given
 
 
 @pytest.fixture(scope="module")
@@ -59,19 +58,21 @@ def grpc_json(message: Any) -> dict[str, Any]:
 
 # --- model config -------------------------------------------------------------------------------------------
 def test_model_config_derives_from_the_declared_tensors_over_both_protocols(gw: Running) -> None:
-    config = http_client(gw).get_model_config(TYPED, headers=AUTH)
+    config = http_client(gw).get_model_config(TYPED, headers=dict(AUTH))
     assert config["name"] == TYPED and config["max_batch_size"] >= 1  # every tensor has the batch dimension
-    assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [("image", "TYPE_STRING", [])]
+    # one image per batch item: Triton's dims [1] with reshape [] (metadata: [-1])
+    assert [(i["name"], i["data_type"], i["dims"], i["reshape"]) for i in config["input"]] == [
+        ("image", "TYPE_STRING", [1], {"shape": []})]
     expected = [(s.name, "TYPE_STRING" if s.datatype == "BYTES" else f"TYPE_{s.datatype}", list(s.shape))
                 for s in TOY_ECHO.outputs]
     assert [(o["name"], o["data_type"], o["dims"]) for o in config["output"]] == expected
     assert config["instance_group"][0]["count"] == 1 and config["instance_group"][0]["kind"] == "KIND_CPU"
 
-    grpc_config = grpc_json(grpc_client(gw).get_model_config(TYPED, headers=GRPC_HEADERS).config)
+    grpc_config = grpc_json(grpc_client(gw).get_model_config(TYPED, headers=dict(GRPC_AUTH)).config)
     assert grpc_config["name"] == TYPED and grpc_config["max_batch_size"] == config["max_batch_size"]
     assert [(o["name"], o["data_type"], o.get("dims", [])) for o in grpc_config["output"]] == expected
     # a version and an alias answer too, under the name asked for
-    assert http_client(gw).get_model_config("toy_echo_v0", "1", headers=AUTH)["name"] == "toy_echo_v0"
+    assert http_client(gw).get_model_config("toy_echo_v0", "1", headers=dict(AUTH))["name"] == "toy_echo_v0"
 
 
 def test_model_config_metadata_and_outputs_agree_for_every_typed_model(gw: Running) -> None:
@@ -79,17 +80,17 @@ def test_model_config_metadata_and_outputs_agree_for_every_typed_model(gw: Runni
     model config lists the same tensors without the batch dimension."""
     client = http_client(gw)
     checked = 0
-    for entry in client.get_model_repository_index(headers=AUTH):
+    for entry in client.get_model_repository_index(headers=dict(AUTH)):
         name = entry["name"]
-        meta = client.get_model_metadata(name, headers=AUTH)
+        meta = client.get_model_metadata(name, headers=dict(AUTH))
         if [o["name"] for o in meta["outputs"]] == ["output"]:
             continue  # an untyped test model: its JSON answer travels as one BYTES output
-        result = client.infer(name, [image_input(thttp)], headers=AUTH).get_response()
+        result = client.infer(name, [image_input(thttp)], headers=dict(AUTH)).get_response()
         got = [(o["name"], o["datatype"], len(o["shape"])) for o in result["outputs"]]
         assert got == [(o["name"], o["datatype"], len(o["shape"])) for o in meta["outputs"]], name
         for out, declared in zip(result["outputs"], meta["outputs"], strict=True):
             assert all(d == -1 or d == g for d, g in zip(declared["shape"], out["shape"], strict=True)), name
-        config = client.get_model_config(name, headers=AUTH)
+        config = client.get_model_config(name, headers=dict(AUTH))
         assert [(o["name"], o["dims"]) for o in config["output"]] == [
             (o["name"], o["shape"][1:]) for o in meta["outputs"]], name
         checked += 1
@@ -105,24 +106,24 @@ def _success(stats: dict[str, Any], model: str) -> int:
 
 def test_statistics_count_successes_and_failures_over_both_protocols(gw: Running) -> None:
     client, gclient = http_client(gw), grpc_client(gw)
-    before = _success(client.get_inference_statistics(TYPED, headers=AUTH), TYPED)
-    client.infer(TYPED, [image_input(thttp)], headers=AUTH)
-    gclient.infer(TYPED, [image_input(tgrpc)], headers=GRPC_HEADERS)
-    stats = client.get_inference_statistics(TYPED, headers=AUTH)
+    before = _success(client.get_inference_statistics(TYPED, headers=dict(AUTH)), TYPED)
+    client.infer(TYPED, [image_input(thttp)], headers=dict(AUTH))
+    gclient.infer(TYPED, [image_input(tgrpc)], headers=dict(GRPC_AUTH))
+    stats = client.get_inference_statistics(TYPED, headers=dict(AUTH))
     assert _success(stats, TYPED) == before + 2
     one = stats["model_stats"][0]
     assert one["inference_count"] >= 2 and one["execution_count"] >= 2 and one["last_inference"] > 0
     infer_stats = one["inference_stats"]
     assert infer_stats["compute_infer"]["count"] >= 2 and infer_stats["compute_infer"]["ns"] > 0
     assert one["batch_stats"][0]["batch_size"] == 1
-    assert _success(grpc_json(gclient.get_inference_statistics(TYPED, headers=GRPC_HEADERS)), TYPED) == before + 2
+    assert _success(grpc_json(gclient.get_inference_statistics(TYPED, headers=dict(GRPC_AUTH))), TYPED) == before + 2
 
     with pytest.raises(InferenceServerException):
-        client.infer("broken", [image_input(thttp)], headers=AUTH)
-    broken = client.get_inference_statistics("broken", headers=AUTH)["model_stats"][0]["inference_stats"]
+        client.infer("broken", [image_input(thttp)], headers=dict(AUTH))
+    broken = client.get_inference_statistics("broken", headers=dict(AUTH))["model_stats"][0]["inference_stats"]
     assert broken["fail"]["count"] >= 1
 
-    every = client.get_inference_statistics(headers=AUTH)  # no model: every model this key may use
+    every = client.get_inference_statistics(headers=dict(AUTH))  # no model: every model this key may use
     assert {s["name"] for s in every["model_stats"]} >= {TYPED, "broken", "toy_echo"}
     toy_only = client.get_inference_statistics(headers={"Authorization": f"Bearer {TOY_KEY}"})
     assert {s["name"] for s in toy_only["model_stats"]} == {"toy_echo"}
@@ -130,8 +131,8 @@ def test_statistics_count_successes_and_failures_over_both_protocols(gw: Running
 
 # --- repository index ------------------------------------------------------------------------------------------
 def test_repository_index_over_grpc_equals_rest(gw: Running) -> None:
-    rest_index = http_client(gw).get_model_repository_index(headers=AUTH)
-    grpc_index = grpc_json(grpc_client(gw).get_model_repository_index(headers=GRPC_HEADERS))["models"]
+    rest_index = http_client(gw).get_model_repository_index(headers=dict(AUTH))
+    grpc_index = grpc_json(grpc_client(gw).get_model_repository_index(headers=dict(GRPC_AUTH)))["models"]
     assert [(m["name"], m["state"]) for m in grpc_index] == [(m["name"], m["state"]) for m in rest_index]
     assert {m["name"] for m in rest_index} >= {"toy_echo", TYPED}
 
@@ -139,12 +140,12 @@ def test_repository_index_over_grpc_equals_rest(gw: Running) -> None:
 # --- errors -------------------------------------------------------------------------------------------------------
 def test_errors_are_parsed_with_their_status(gw: Running) -> None:
     cases = [
-        (lambda: http_client(gw).get_model_config("nope", headers=AUTH), "404", "unknown model 'nope'"),
-        (lambda: http_client(gw).get_inference_statistics("nope", headers=AUTH), "404", "unknown model 'nope'"),
+        (lambda: http_client(gw).get_model_config("nope", headers=dict(AUTH)), "404", "unknown model 'nope'"),
+        (lambda: http_client(gw).get_inference_statistics("nope", headers=dict(AUTH)), "404", "unknown model 'nope'"),
         (lambda: http_client(gw).get_model_config(TYPED), "401", "missing API key"),
-        (lambda: grpc_client(gw).get_model_config("nope", headers=GRPC_HEADERS), "StatusCode.NOT_FOUND",
+        (lambda: grpc_client(gw).get_model_config("nope", headers=dict(GRPC_AUTH)), "StatusCode.NOT_FOUND",
          "unknown model 'nope'"),
-        (lambda: grpc_client(gw).get_inference_statistics("nope", headers=GRPC_HEADERS), "StatusCode.NOT_FOUND",
+        (lambda: grpc_client(gw).get_inference_statistics("nope", headers=dict(GRPC_AUTH)), "StatusCode.NOT_FOUND",
          "unknown model 'nope'"),
         (lambda: grpc_client(gw).get_model_repository_index(), "StatusCode.UNAUTHENTICATED", "missing API key"),
     ]
@@ -160,20 +161,20 @@ def test_aio_clients_read_config_statistics_and_index(gw: Running) -> None:
         http = thttp_aio.InferenceServerClient(gw.http_url.removeprefix("http://"))
         grpc = tgrpc_aio.InferenceServerClient(gw.grpc_target)
         try:
-            config = await http.get_model_config(TYPED, headers=AUTH)
-            gconfig = await grpc.get_model_config(TYPED, headers=GRPC_HEADERS, as_json=True)
+            config = await http.get_model_config(TYPED, headers=dict(AUTH))
+            gconfig = await grpc.get_model_config(TYPED, headers=dict(GRPC_AUTH), as_json=True)
             assert [o["name"] for o in config["output"]] == [o["name"] for o in gconfig["config"]["output"]]
-            assert (await http.get_inference_statistics(TYPED, headers=AUTH))["model_stats"][0]["name"] == TYPED
-            gstats = await grpc.get_inference_statistics(TYPED, headers=GRPC_HEADERS, as_json=True)
+            assert (await http.get_inference_statistics(TYPED, headers=dict(AUTH)))["model_stats"][0]["name"] == TYPED
+            gstats = await grpc.get_inference_statistics(TYPED, headers=dict(GRPC_AUTH), as_json=True)
             assert gstats["model_stats"][0]["name"] == TYPED
-            index = await grpc.get_model_repository_index(headers=GRPC_HEADERS, as_json=True)
+            index = await grpc.get_model_repository_index(headers=dict(GRPC_AUTH), as_json=True)
             assert TYPED in {m["name"] for m in index["models"]}
-            assert TYPED in {m["name"] for m in await http.get_model_repository_index(headers=AUTH)}
+            assert TYPED in {m["name"] for m in await http.get_model_repository_index(headers=dict(AUTH))}
             with pytest.raises(InferenceServerException) as info:
-                await http.get_model_config("nope", headers=AUTH)
+                await http.get_model_config("nope", headers=dict(AUTH))
             assert info.value.status() == "404" and "unknown model 'nope'" in info.value.message()
             with pytest.raises(InferenceServerException) as info:
-                await grpc.get_model_config("nope", headers=GRPC_HEADERS)
+                await grpc.get_model_config("nope", headers=dict(GRPC_AUTH))
             assert info.value.status() == "StatusCode.NOT_FOUND"
         finally:
             await http.close()
