@@ -63,6 +63,18 @@ k8s-tools:
 	  else echo "WARNING: kubectl not found and not root: install it to run the Kubernetes manifest tests"; fi; \
 	fi
 
+# KServe's Python SDK for tests/serving/test_kserve_sdk.py, in its own venv (its pins conflict with ours). Best
+# effort, like the Triton venv: a failure's reason goes to $(KSERVE_VENV)/UNAVAILABLE and the test skips citing it.
+KSERVE_VENV ?= .venv-kserve
+$(KSERVE_VENV)/.installed:
+	@mkdir -p $(KSERVE_VENV) && rm -f $(KSERVE_VENV)/UNAVAILABLE
+	@if ! { test -x $(KSERVE_VENV)/bin/python || python3 -m venv $(KSERVE_VENV); }; then \
+	  echo "'python3 -m venv $(KSERVE_VENV)' failed" > $(KSERVE_VENV)/UNAVAILABLE; \
+	elif ! $(KSERVE_VENV)/bin/python -m pip --disable-pip-version-check install -q kserve==0.21.0; then \
+	  echo "pip install kserve==0.21.0 into $(KSERVE_VENV) failed" > $(KSERVE_VENV)/UNAVAILABLE; \
+	else touch $@; fi
+	@if test -f $(KSERVE_VENV)/UNAVAILABLE; then echo "WARNING: the KServe SDK test will skip: $$(cat $(KSERVE_VENV)/UNAVAILABLE)"; fi
+
 # perf_analyzer (shipped in tritonclient[all]) for tests/serving/test_perf_analyzer.py and bench/perf_analyzer.py:
 # it needs Debian's libb64-0d and libcudart.so.12 (the nvidia-cuda-runtime-cu12 wheel; the tests put its folder
 # on LD_LIBRARY_PATH), even on CPU. Best effort, like prometheus-tools: without them those tests skip saying why.
@@ -78,7 +90,7 @@ perf-analyzer-tools: setup
 	@$(PIP) install -q nvidia-cuda-runtime-cu12 \
 	  || echo "WARNING: pip install nvidia-cuda-runtime-cu12 failed: the perf_analyzer tests will skip"
 
-test: setup $(TRITON_VENV)/.installed prometheus-tools k8s-tools perf-analyzer-tools
+test: setup $(TRITON_VENV)/.installed $(KSERVE_VENV)/.installed prometheus-tools k8s-tools perf-analyzer-tools
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -ra
 
@@ -86,4 +98,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) .zoo model_store
+	rm -rf $(VENV) $(TRITON_VENV) $(KSERVE_VENV) .zoo model_store
