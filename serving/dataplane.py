@@ -277,6 +277,8 @@ class DataPlane:
         """OIP inference on `route`; `request.model_name` is the public name the client used, and the answer
         carries it back. `call`: the request's record, which gets the backend timing and batch size."""
         backend = self.backends[route.backend]
+        if request.has_json_text():  # JSON BYTES data: base64 where the model's input is binary
+            request = request.with_base64_decoded(await backend.binary_inputs(route.model, request.model_version))
         started = time.perf_counter()
         if call is not None:
             call.backend_started, call.batch_size = started, request.batch_size()

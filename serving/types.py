@@ -19,8 +19,11 @@ Every validation failure raises `InvalidInput` naming the tensor.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +96,7 @@ class _Tensor:
     shape: list[int]
     data: TensorData
     parameters: Parameters = field(default_factory=dict)
+    json_text: bool = False  # BYTES elements that came as JSON strings (base64 text for a binary input)
 
     kind = "tensor"
 
@@ -149,7 +153,7 @@ class _Tensor:
                     elements.append(bytes(value))
                 else:
                     raise InvalidInput(f"{what}: BYTES data must be strings, got {type(value).__name__}")
-            return cls(name, datatype, shape, elements, dict(parameters or {}))
+            return cls(name, datatype, shape, elements, dict(parameters or {}), json_text=True)
         try:
             array = np.asarray(values if isinstance(values, (list, tuple)) else [values])
         except ValueError as exc:  # ragged nesting
@@ -278,6 +282,27 @@ class InferRequest:
             if tensor.name in seen:
                 raise InvalidInput(f"input '{tensor.name}' appears twice")
             seen.add(tensor.name)
+
+    def has_json_text(self) -> bool:
+        return any(t.json_text for t in self.inputs)
+
+    def with_base64_decoded(self, binary_inputs: Collection[str]) -> InferRequest:
+        """JSON BYTES elements of the model's binary inputs (an image) decoded from base64: JSON cannot carry
+        raw bytes, so JSON clients (KServe's among them) send such content base64. Other inputs unchanged."""
+        inputs = []
+        for tensor in self.inputs:
+            if tensor.json_text and tensor.datatype == "BYTES" and tensor.name in binary_inputs:
+                decoded = []
+                for index, element in enumerate(tensor.data):
+                    try:
+                        decoded.append(base64.b64decode(element, validate=True))
+                    except (binascii.Error, ValueError):
+                        raise InvalidInput(
+                            f"input '{tensor.name}': element {index} is not base64; this input is binary, so its "
+                            "JSON data must be base64 (or send it as a binary tensor)") from None
+                tensor = dataclasses.replace(tensor, data=decoded, json_text=False)
+            inputs.append(tensor)
+        return dataclasses.replace(self, inputs=inputs)
 
     def batch_size(self) -> int:
         """Items in the request: the leading dimension of its first input (1 for none or a scalar)."""

@@ -181,8 +181,10 @@ class ModelEntry:
     @property
     def input_specs(self) -> tuple[TensorSpec, ...]:
         """The inputs as typed tensors: each a one-element BYTES tensor (an image/video's bytes, or a
-        parameter's text, e.g. ``b"0.5"``); a parameter (described as ``optional``) may be left out."""
-        return tuple(TensorSpec(name, "BYTES", (1,), text, optional=text.startswith("optional"))
+        parameter's text, e.g. ``b"0.5"``); a parameter (described as ``optional``) may be left out, the others
+        are binary content (sent base64 in JSON)."""
+        return tuple(TensorSpec(name, "BYTES", (1,), text, optional=text.startswith("optional"),
+                                binary=not text.startswith("optional"))
                      for name, text in self.inputs.items())
 
     def build(self, **overrides: Any) -> torch.nn.Module:

@@ -78,6 +78,7 @@ class TensorSpec:
     shape: tuple[int, ...]
     description: str = ""
     optional: bool = False  # an input the client may leave out (a parameter with a default)
+    binary: bool = False  # a BYTES input holding content (an image, a video): JSON clients send it base64
 
     def __post_init__(self) -> None:
         if self.datatype not in DATATYPES:
@@ -96,12 +97,14 @@ class TensorSpec:
                                "description": self.description}
         if self.optional:
             out["optional"] = True
+        if self.binary:
+            out["binary"] = True
         return out
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> TensorSpec:
         return cls(str(doc["name"]), str(doc["datatype"]), tuple(int(d) for d in doc["shape"]),
-                   str(doc.get("description", "")), bool(doc.get("optional", False)))
+                   str(doc.get("description", "")), bool(doc.get("optional", False)), bool(doc.get("binary", False)))
 
 
 def specs_from(docs: Iterable[Any]) -> tuple[TensorSpec, ...]:

@@ -98,6 +98,11 @@ class Backend(abc.ABC):
         "outputs": [...], "parameters": {...}} (parameters: free-form extras, e.g. the weights label;
         the gateway adds the public name). Unknown model: ModelNotFound."""
 
+    async def binary_inputs(self, model: str, version: str = "") -> frozenset[str]:
+        """Names of the model's binary BYTES inputs (an image, a video): their JSON data is base64. Default:
+        none (JSON strings are taken as UTF-8 text)."""
+        return frozenset()
+
     async def model_scheduling(self, model: str, version: str = "") -> Scheduling:
         """How the backend runs `model` (batching, instances) for its model config. Default: one instance,
         one item at a time."""

@@ -127,6 +127,9 @@ class InProcessBackend(Backend):
                            "input_descriptions": dict(found.inputs), **found.parameters},
         }
 
+    async def binary_inputs(self, model: str, version: str = "") -> frozenset[str]:
+        return frozenset(spec.name for spec in self._model(model, version).input_specs if spec.binary)
+
     # --- inference -------------------------------------------------------------------------------
     def _servable(self, name: str, version: str) -> InProcessModel:
         model = self._model(name, version)

@@ -92,6 +92,7 @@ class TorchServeBackend(Backend):
         self._http: aiohttp.ClientSession | None = None
         self._pending: set[asyncio.Future] = set()
         self._meta_cache: dict[str, dict[str, Any]] = {}
+        self._binary_inputs: dict[tuple[str, str], frozenset[str]] = {}  # model, version -> binary input names
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -255,6 +256,16 @@ class TorchServeBackend(Backend):
             "outputs": outputs,
             "parameters": params,
         }
+
+    async def binary_inputs(self, model: str, version: str = "") -> frozenset[str]:
+        """From the archive's declared inputs (asked once per model and version, then remembered)."""
+        key = (model, version)
+        if key not in self._binary_inputs:
+            described = await self._describe(model, version)
+            archive = described[0].get("modelUrl") if described else None
+            specs = specs_from(self._archive_meta(model, archive).get("input_specs") or [])
+            self._binary_inputs[key] = frozenset(spec.name for spec in specs if spec.binary)
+        return self._binary_inputs[key]
 
     async def model_scheduling(self, model: str, version: str = "") -> Scheduling:
         """From the management API: the archive's batch size and max batch delay (TorchServe batches

@@ -138,12 +138,22 @@ def test_model_config_and_statistics_from_torchserve(gw: GatewayProcess) -> None
 
 
 def test_plain_json_request_and_handler_400(gw: GatewayProcess) -> None:
-    body = json.dumps({"id": "j1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
-                                                "data": ["not an image"]}]}).encode()
-    status, headers, answer = http_request(f"{gw.http_url}/v2/models/toy_echo/infer", body,
-                                           {**AUTH, "Content-Type": "application/json"}, "POST")
+    def json_infer(data: str) -> tuple[int, dict]:
+        body = json.dumps({"id": "j1", "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                                    "data": [data]}]}).encode()
+        status, _, answer = http_request(f"{gw.http_url}/v2/models/toy_echo/infer", body,
+                                         {**AUTH, "Content-Type": "application/json"}, "POST")
+        return status, json_body(answer)
+
+    # `image` is a binary input (its archive says so): JSON data is base64
+    status, answer = json_infer(base64.b64encode(b"not an image").decode())
     assert status == 400  # the handler's own 400, with its message, through TorchServe's gRPC API
-    assert json_body(answer) == {"error": "'image' is not a recognised image (send JPEG or PNG bytes)"}
+    assert answer == {"error": "'image' is not a recognised image (send JPEG or PNG bytes)"}
+    status, answer = json_infer("not an image")  # not base64: the gateway says so
+    assert status == 400 and "input 'image': element 0 is not base64" in answer["error"]
+    status, answer = json_infer(base64.b64encode(PNG).decode())  # a base64 PNG: answered as the binary one
+    assert status == 200 and answer["id"] == "j1"
+    assert next(o for o in answer["outputs"] if o["name"] == "bytes")["data"] == [len(PNG)]
 
 
 def test_grpc_client_sync_and_asyncio(gw: GatewayProcess, ts: TorchServe) -> None:

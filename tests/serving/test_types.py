@@ -3,6 +3,7 @@ the error table, the OIP <-> TorchServe handler mapping and the config. No serve
 
 from __future__ import annotations
 
+import base64
 import json
 
 import grpc
@@ -280,3 +281,20 @@ def test_grpc_request_with_contents_and_raw_contents_is_refused() -> None:
     msg.inputs[0].contents.bytes_contents.append(b"x")
     with pytest.raises(errors.InvalidInput, match="'image' has typed contents while the request also has raw"):
         InferRequest.from_grpc(msg)
+
+
+def test_json_bytes_of_a_binary_input_are_base64() -> None:
+    """JSON BYTES data is base64 only for the model's binary inputs; binary tensors and other inputs keep
+    their bytes; text that is not base64 for a binary input is a 400 naming the input."""
+    png = b"\x89PNG\r\n\x1a\n\x00\xff"
+    doc = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [base64.b64encode(png).decode()]},
+                      {"name": "threshold", "datatype": "BYTES", "shape": [1], "data": ["0.5"]}]}
+    request = InferRequest.from_rest(json.dumps(doc).encode(), None, "m", "")
+    decoded = request.with_base64_decoded({"image"})
+    assert decoded.input("image").data == [png] and decoded.input("threshold").data == [b"0.5"]
+    assert request.with_base64_decoded(set()).input("image").data == [base64.b64encode(png)]
+    doc["inputs"][0]["data"] = ["not base64!"]
+    with pytest.raises(errors.InvalidInput, match="input 'image': element 0 is not base64"):
+        InferRequest.from_rest(json.dumps(doc).encode(), None, "m", "").with_base64_decoded({"image"})
+    binary = InferRequest("m", [InferInput.from_bytes_list("image", [png])])
+    assert not binary.has_json_text() and binary.with_base64_decoded({"image"}).input("image").data == [png]
