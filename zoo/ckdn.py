@@ -45,6 +45,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from zoo import device_image
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
 from zoo.contract import WeightsError
 
@@ -262,6 +263,24 @@ def preprocess_degraded(img: Image.Image) -> np.ndarray:
 def preprocess_pair(restored: Image.Image, degraded: Image.Image) -> np.ndarray:
     """``[2, 288, 288, 3]`` uint8: index 0 the restored image, index 1 the degraded reference."""
     return np.stack([preprocess_restored(restored), preprocess_degraded(degraded)])
+
+
+def _prepare_tensor(image_u8: Tensor, mode: str) -> Tensor:
+    height, width = image_u8.shape[-2:]
+    new_w, new_h = resized_size(width, height)
+    if (new_w, new_h) != (width, height):
+        image_u8 = device_image.resize(image_u8, (new_h, new_w), mode)
+    left, top, right, bottom = center_crop_box(new_w, new_h)
+    return image_u8[:, top:bottom, left:right].permute(1, 2, 0)
+
+
+def preprocess_pair_tensors(restored_u8: Tensor, degraded_u8: Tensor) -> Tensor:
+    """``preprocess_pair`` with torch ops on the images' device: ``[3, H, W]`` uint8 each -> ``[2, 288, 288, 3]``.
+
+    Bicubic (antialiased, PIL's a = -0.5) for the restored image, nearest (pixel centres) for the degraded one,
+    as the PIL path; differences from it are the resize kernels' only (``tests/zoo/test_device_image.py``).
+    """
+    return torch.stack([_prepare_tensor(restored_u8, "bicubic"), _prepare_tensor(degraded_u8, "nearest")])
 
 
 def normalize(images_u8: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

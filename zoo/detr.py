@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from zoo import device_image
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.runtime import group_by_bucket
 from zoo.weights import WeightsError
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "build_detr",
     "convert_checkpoint",
     "detect_layout",
+    "eval_tensor",
     "postprocess",
     "preprocess",
     "resized_size",
@@ -485,6 +488,35 @@ def preprocess(
         pixel_values[i, :, : t.shape[1], : t.shape[2]] = t
         padding_mask[i, : t.shape[1], : t.shape[2]] = False
     return pixel_values, padding_mask, orig_sizes
+
+
+def eval_tensor(image_u8: Tensor, size: int = EVAL_SIZE, max_size: int = EVAL_MAX_SIZE) -> Tensor:
+    """``preprocess`` of one image with torch ops on its device: ``[3, H, W]`` uint8 -> resized, normalised float32.
+
+    The resize is ``zoo.device_image.resize`` (antialiased bilinear, rounded to uint8 as PIL's), so the result
+    differs from ``preprocess`` only by the two resize kernels (bounds in ``zoo.device_image.RESIZE_TOLERANCE``).
+    """
+    height, width = image_u8.shape[-2:]
+    new_w, new_h = resized_size(width, height, size, max_size)
+    resized = device_image.resize(image_u8, (new_h, new_w), "bilinear")
+    return device_image.normalize(resized, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def batch_buckets(images: Sequence[Tensor], buckets: Sequence[tuple[int, int]] = (),
+                  batch_sizes: Sequence[int] = ()) -> list[tuple[list[int], Tensor, Tensor]]:
+    """``eval_tensor`` outputs grouped into padded shape buckets: ``(indices, pixel_values, padding_mask)`` each.
+
+    Each group is padded to its bucket (``zoo.runtime.pick_bucket``) and to the next of ``batch_sizes``, so a
+    compiled model sees only declared shapes; with no buckets, one group padded to the batch's largest image,
+    as ``preprocess`` (the official batching) does.
+    """
+    groups = group_by_bucket([tuple(img.shape[-2:]) for img in images], buckets)
+    out = []
+    for shape, indices in groups.items():
+        batch = next((b for b in batch_sizes if b >= len(indices)), len(indices))
+        pixel_values, padding_mask = device_image.pad_batch([images[i] for i in indices], shape, batch)
+        out.append((indices, pixel_values, padding_mask))
+    return out
 
 
 def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
