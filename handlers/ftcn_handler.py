@@ -26,11 +26,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from handlers.base import ZooHandler
 from handlers.codec import RequestError, as_bytes
 from handlers.fields import UPLOAD_ALIASES, CheckedFields, Field
 from zoo.faces.pipeline import AGGREGATES, FacePipeline, PreparedVideo
 from zoo.faces.weights import ARCHIVE_DIR, check_dir
+from zoo.ftcn import CLIP_LEN, CLIP_SIZE
 from zoo.video import VideoError, VideoLimits
 
 
@@ -93,3 +96,7 @@ class FtcnHandler(ZooHandler):
 
     def encode(self, output: Any, items: list[PreparedVideo]) -> list[dict[str, Any]]:
         return [self.pipeline.summarize(item, probs) for item, probs in zip(items, output, strict=True)]
+
+    def warmup(self) -> None:
+        clips = torch.zeros((self.max_clip_batch, 3, CLIP_LEN, CLIP_SIZE, CLIP_SIZE), device=self.device)
+        self.model(clips)

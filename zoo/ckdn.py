@@ -46,9 +46,10 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo import device_image
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo._registry import GpuServing, ModelEntry, ServingConfig, WeightsSource, register
 from zoo.checkpoint import TrainingOnly, expected_keys, filter_checkpoint
 from zoo.layers import IMAGENET_MEAN, IMAGENET_STD, Bottleneck, resnet_stage
+from zoo.runtime import GPU_NOT_MEASURED
 
 # --- preprocessing constants (official evaluation settings) ------------------------------------------
 CROP_SIZE = 288
@@ -260,7 +261,14 @@ CKDN_R50 = register(
         ),
         license="MIT",
         paper="https://arxiv.org/abs/2108.07948",
-        serving=ServingConfig(batch_size=16, max_batch_delay_ms=20),
+        serving=ServingConfig(
+            batch_size=16, max_batch_delay_ms=20,
+            precision="bf16", channels_last=True, device_preprocess=True, batch_buckets=(1, 2, 4, 8, 16, 32, 64),
+            accuracy="bf16 autocast vs fp32: score within 1e-3; device preprocessing vs PIL: resized pixels mean "
+                     "|d| <= 0.2/255 (bicubic) and <= 0.03/255 (nearest), score within 1e-4 (CPU, seeded random "
+                     "weights, skimage astronaut/coffee/chelsea; tests/zoo/test_device_image.py)",
+            gpu=GpuServing(batch_size=64, max_batch_delay_ms=5, workers=2, measured_by=GPU_NOT_MEASURED),
+        ),
         default_serve=True,
         description="Degraded-reference IQA: scores a restored image against its degraded input (ResNet-50).",
     )

@@ -25,6 +25,11 @@ AUTOCAST_DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bf
 # torch.compile mode on CUDA: CUDA graphs per (bucket, batch bucket) shape, replayed without launch overhead.
 COMPILE_MODE = "max-autotune"
 TRUE_WORDS = ("1", "true", "yes", "on")
+# The ``measured_by`` of GPU serving settings no H100 run has chosen yet.
+GPU_NOT_MEASURED = (
+    "chosen before any GPU run (none was lent to the task that set it) from the issue's H100 reference figures; "
+    "bench/gpu_suite.py prints the batch size its sweep measures best: replace this with that run"
+)
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
