@@ -113,7 +113,7 @@ class CKDN(nn.Module):
         return self.fc_(self.features(restored, degraded))[:, 0]
 
     def forward(self, restored: Tensor, degraded: Tensor) -> Tensor:
-        return torch.sigmoid(self.logits(restored, degraded))
+        return torch.sigmoid(self.logits(restored, degraded).float())  # fp32 score under bf16 autocast too
 
 
 # --- checkpoint conversion -------------------------------------------------------------------------
