@@ -120,6 +120,7 @@ class ServedModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.runtime.channels_last:
             args = tuple(_channels_last(a) for a in args)
+            kwargs = {k: _channels_last(v) for k, v in kwargs.items()}
         with self.runtime.autocast():
             return self._call(*args, **kwargs)
 
