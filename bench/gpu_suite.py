@@ -63,11 +63,14 @@ GOALS = {
 
 
 def _bench(name: str) -> Any:
-    """A sibling bench script as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+    """A sibling bench script as a module (bench/ is not a package), loaded once."""
+    key = f"bench_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module  # dataclasses look their module up while the class is made
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules[key]
 
 
 @dataclass
@@ -97,7 +100,7 @@ class Settings:
             return cls(device, smoke)
         return cls(device, smoke, detr_size=(96, 128), detr_batches=(1,), ckdn_size=64, ckdn_batches=(1,),
                    ftcn_batches=(1,), iters=1, warmup=0, compile=False, decode_images=3, concurrency=(1,),
-                   served_s=2.0, streams=(1,), stream_s=2.0, e2e_seconds=1.4)
+                   served_s=1.0, streams=(1,), stream_s=1.0, e2e_seconds=1.4)
 
 
 def _sync(device: torch.device) -> None:
@@ -428,12 +431,12 @@ def main(argv: list[str] | None = None) -> int:
         ("raw DETR-R50", raw_detr), ("raw CKDN", raw_ckdn), ("raw FTCN+TT", raw_ftcn),
         ("FTCN end to end", end_to_end_ftcn), ("decode + preprocess", decode_rows)]
     for name, run in sections:
-        print(f"{name} ...", file=sys.stderr, flush=True)
+        print(f"{name} ... ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr, flush=True)
         report[name] = run(s)
     report["served (gateway + TorchServe)"], report["streams"] = [], []
     if not args.no_serve:
         models = ["detr_resnet50", "ckdn_r50"]
-        print("served ...", file=sys.stderr, flush=True)
+        print(f"served ... ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr, flush=True)
         try:
             with serving(models, s) as gateway:
                 report["served (gateway + TorchServe)"] = asyncio.run(served_rows(gateway.http_url, models, s))
