@@ -51,7 +51,6 @@ from handlers.codec import decode_image, probe_image  # noqa: E402
 from zoo import device_image, get_entry  # noqa: E402
 from zoo.ckdn import CKDN, CROP_SIZE  # noqa: E402
 from zoo.detr import eval_tensor, preprocess  # noqa: E402
-from zoo.ftcn import CLIP_LEN, CLIP_SIZE  # noqa: E402
 from zoo.layers import resnet_stage  # noqa: E402
 from zoo.runtime import Runtime  # noqa: E402
 
@@ -133,8 +132,27 @@ def _compiled(model: torch.nn.Module, s: Settings) -> torch.nn.Module | None:
 
 
 # --- 1. raw DETR ---------------------------------------------------------------------------------------
+# --smoke: the same architectures, one block per stage / layer, so a CPU runs the code paths in seconds
+TINY_DETR = {"backbone_depths": [1, 1, 1, 1], "num_encoder_layers": 1, "num_decoder_layers": 1}
+TINY_FTCN = {"clip_len": 8, "image_size": 64}
+
+
+def detr_models(s: Settings) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(zoo DETR-R50, transformers DETR) with the same seeded weights (bench/detr_raw.py); tiny in --smoke."""
+    if not s.smoke:
+        return _bench("detr_raw").build_models(s.device)
+    from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
+
+    torch.manual_seed(0)
+    hf = DetrForObjectDetection(DetrConfig(
+        backbone_config=ResNetConfig(depths=TINY_DETR["backbone_depths"], out_features=["stage4"]), num_labels=91,
+        encoder_layers=1, decoder_layers=1, attn_implementation="eager")).eval()
+    zoo = get_entry("detr_resnet50").build(**TINY_DETR).eval()  # own weights: the converter wants all of R50's
+    return zoo.to(s.device), hf.to(s.device)
+
+
 def raw_detr(s: Settings) -> list[dict[str, Any]]:
-    zoo, hf = _bench("detr_raw").build_models(s.device)
+    zoo, hf = detr_models(s)
     variants: list[tuple[str, Runtime]] = [("fp32 eager", Runtime(s.device)),
                                            ("bf16 + channels_last", Runtime(s.device, "bf16", True))]
     rows = []
@@ -214,12 +232,16 @@ def raw_ckdn(s: Settings) -> list[dict[str, Any]]:
 
 # --- 3. FTCN: model, then end to end -------------------------------------------------------------------
 def raw_ftcn(s: Settings) -> list[dict[str, Any]]:
-    ftcn = _bench("ftcn")
-    model, _ = ftcn.load_model(None, s.device)
+    if s.smoke:
+        torch.manual_seed(0)
+        model = get_entry("ftcn_tt").build(**TINY_FTCN).eval()
+    else:
+        model, _ = _bench("ftcn").load_model(None, s.device)
     rows = []
     variants = [("fp32 eager", Runtime(s.device)), ("bf16", Runtime(s.device, "bf16"))]
     for batch in s.ftcn_batches:
-        clips = torch.randn(batch, 3, CLIP_LEN, CLIP_SIZE, CLIP_SIZE, device=s.device)
+        clip_len, size = model.clip_len, model.image_size
+        clips = torch.randn(batch, 3, clip_len, size, size, device=s.device)
         for label, runtime in variants[: 1 if s.smoke else 2]:
             served = runtime.prepare(model)
             rows.append(throughput_row(f"zoo FTCN+TT {label}", batch, timed(lambda m=served: m(clips), s), "clips/s"))
@@ -236,7 +258,8 @@ def raw_ftcn(s: Settings) -> list[dict[str, Any]]:
 def end_to_end_ftcn(s: Settings) -> list[dict[str, Any]]:
     ftcn = _bench("ftcn")
     model, _ = ftcn.load_model(None, s.device)
-    args = argparse.Namespace(end_to_end="astronaut", e2e_seconds=s.e2e_seconds, e2e_stride=16, e2e_detect_every=1,
+    args = argparse.Namespace(end_to_end="astronaut", e2e_seconds=s.e2e_seconds, e2e_stride=16,
+                              e2e_detect_every=4 if s.smoke else 1,
                               precisions=["fp32"] if s.smoke else ["bf16"],
                               batch_sizes=[1] if s.smoke else [32])
     try:
@@ -423,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-serve", action="store_true", help="skip TorchServe + gateway (raw sections only)")
     args = p.parse_args(argv)
     s = Settings.for_run(args.smoke)
+    if args.smoke:
+        torch.set_num_threads(1)  # a shared CI core: oversubscribed threads only slow the smoke run down
     if args.no_compile:
         s.compile = False
     started = time.perf_counter()

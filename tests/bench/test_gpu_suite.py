@@ -22,7 +22,7 @@ SECTIONS = ("Against the goals", "raw DETR-R50", "raw CKDN", "raw FTCN+TT", "FTC
 def test_gpu_suite_smoke_writes_every_table(tmp_path: Path) -> None:
     out = tmp_path / "report.md"
     run = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_suite.py"), "--smoke", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-4000:]
     report = out.read_text()
     for section in SECTIONS:
