@@ -32,9 +32,12 @@ Image.MAX_IMAGE_PIXELS = None
 
 @dataclass
 class ImageRequest:
-    """One decoded image request plus its validated per-request parameters."""
+    """One decoded image request plus its validated per-request parameters.
 
-    image: Image.Image
+    ``image`` is a PIL image, or a preprocessed tensor on the worker's device where the handler decodes there.
+    """
+
+    image: Image.Image | torch.Tensor
     params: dict[str, Any] = field(default_factory=dict)
 
 

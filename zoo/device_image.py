@@ -74,10 +74,17 @@ def decode_pil(image: EncodedImage) -> Image.Image:
 
 
 def decode(image: EncodedImage, device: torch.device) -> Tensor:
-    """``[3, H, W]`` uint8 RGB on ``device``: nvjpeg where ``decodes_on_gpu``, else PIL then a copy over."""
+    """``[3, H, W]`` uint8 RGB on ``device``: nvjpeg where ``decodes_on_gpu``, else PIL then a copy over.
+
+    A JPEG nvjpeg refuses (an unusual subsampling or marker) goes to PIL too: only PIL's verdict makes an
+    image corrupt.
+    """
     if decodes_on_gpu(image, device):
         data = torch.frombuffer(bytearray(image.data), dtype=torch.uint8)
-        return _tv_decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        try:
+            return _tv_decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        except RuntimeError:
+            pass
     return pil_to_tensor(decode_pil(image)).to(device, non_blocking=True)
 
 
