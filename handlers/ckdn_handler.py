@@ -26,6 +26,7 @@ from handlers.fields import CheckedFields, Field
 from zoo.ckdn import CROP_SIZE, pair_batch_to_inputs, preprocess_pair, preprocess_pair_tensors
 from zoo.device_image import EncodedImage
 from zoo.runtime import warmup_batches
+from zoo.tensors import TensorData
 
 # Largest allowed ratio between the two images' aspect ratios (w/h), e.g. 4:3 vs 16:9 = 1.33 passes, 1:1 vs
 # 16:9 = 1.78 does not.
@@ -90,3 +91,6 @@ class CKDNHandler(ZooHandler):
         for batch in warmup_batches(self.runtime):
             pairs = torch.zeros((batch, 2, CROP_SIZE, CROP_SIZE, 3), dtype=torch.uint8, device=self.device)
             self.model(*pair_batch_to_inputs(pairs))
+
+    def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
+        return {"score": np.asarray([answer["score"]], dtype=np.float32)}

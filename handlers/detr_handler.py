@@ -16,8 +16,10 @@ import torch
 from handlers.base import ZooHandler
 from handlers.codec import ImageRequest, decode_on_device
 from handlers.fields import IMAGE, CheckedFields, Field
+from handlers.outputs import detection_tensors
 from zoo.detr import batch_buckets, eval_tensor, postprocess, preprocess
 from zoo.runtime import warmup_shapes
+from zoo.tensors import TensorData
 
 
 class DetrHandler(ZooHandler):
@@ -76,3 +78,6 @@ class DetrHandler(ZooHandler):
         for batch, (height, width) in warmup_shapes(self.runtime):
             pixel_values = torch.zeros((batch, 3, height, width), device=self.device)
             self.model(pixel_values, torch.zeros((batch, height, width), dtype=torch.bool, device=self.device))
+
+    def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
+        return detection_tensors(answer)
