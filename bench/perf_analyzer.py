@@ -42,8 +42,14 @@ from cli.gateway import GatewayProcess, launch, start_gateway  # noqa: E402
 from cli.torchserve import TorchServe  # noqa: E402
 from serving.app import Gateway  # noqa: E402
 from serving.backends.inprocess import InProcessBackend  # noqa: E402
-from serving.config import BackendConfig, GatewayConfig  # noqa: E402
-from tests.serving.perf_analyzer_support import NOOP, PerfAnalyzer, noop_model, parse, perf_analyzer  # noqa: E402
+from tests.serving.perf_analyzer_support import (  # noqa: E402
+    NOOP,
+    PerfAnalyzer,
+    noop_config,
+    noop_model,
+    parse,
+    perf_analyzer,
+)
 from tests.serving.pytriton_support import PyTriton, TritonUnavailable, free_ports  # noqa: E402
 from tests.support import build_archives  # noqa: E402
 
@@ -54,9 +60,7 @@ QUIET = {"ZOO_GATEWAY_LOG_LEVEL": "WARNING", "ZOO_API_KEYS": "", "ZOO_API_KEYS_F
 def serve_noop(http_port: int, grpc_port: int) -> None:
     """This script's child mode: a gateway with only the in-process no-op model, until SIGTERM."""
     async def main() -> None:
-        base = GatewayConfig(backends={"local": BackendConfig("local", "inprocess")})
-        gateway = Gateway(base.with_routes([base.route(NOOP)]), {"local": InProcessBackend([noop_model()],
-                                                                                          name="local")})
+        gateway = Gateway(noop_config(), {"local": InProcessBackend([noop_model()], name="local")})
         await gateway.start("127.0.0.1", http_port, grpc_port)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

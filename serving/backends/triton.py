@@ -232,13 +232,17 @@ class TritonBackend(Backend):
                 raise error from None
         return False
 
-    async def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
-        what = f"model '{model}'" + (f" version {version}" if version else "")
+    async def _describe(self, kind: str, model: str, version: str) -> dict[str, Any]:
+        """Triton's JSON `kind` document ("metadata" or "config") of a model, its errors mapped."""
+        what = f"{kind} of model '{model}'" + (f" version {version}" if version else "")
+        ask = self._get_client().get_model_metadata if kind == "metadata" else self._get_client().get_model_config
         try:
-            doc = await self._get_client().get_model_metadata(
-                model, version, as_json=True, client_timeout=_CONTROL_TIMEOUT_S)
+            return await ask(model, version, as_json=True, client_timeout=_CONTROL_TIMEOUT_S)
         except Exception as exc:
-            raise self._error(exc, f"metadata of {what}") from None
+            raise self._error(exc, what) from None
+
+    async def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        doc = await self._describe("metadata", model, version)
 
         def tensors(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # protobuf's JSON writes int64 as strings: shapes back to ints.
@@ -256,12 +260,7 @@ class TritonBackend(Backend):
 
     async def model_config(self, model: str, version: str = "") -> dict[str, Any]:
         """Triton's own model config, in the fields the gateway's schema carries."""
-        what = f"model '{model}'" + (f" version {version}" if version else "")
-        try:
-            doc = await self._get_client().get_model_config(
-                model, version, as_json=True, client_timeout=_CONTROL_TIMEOUT_S)
-        except Exception as exc:
-            raise self._error(exc, f"config of {what}") from None
+        doc = await self._describe("config", model, version)
         return to_json(to_message(doc.get("config", {}), oip.ModelConfig()))
 
     # --- inference --------------------------------------------------------------------------------

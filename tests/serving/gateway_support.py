@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ from PIL import Image
 
 from cli.gateway import GatewayProcess, start_gateway
 from cli.torchserve import TorchServe
+from serving.app import Gateway
+from serving.config import GatewayConfig
 
 FULL_KEY = "full-key-0123"  # every model
 TOY_KEY = "toy-key-4567"  # toy_echo only
@@ -67,3 +71,39 @@ def infer_over_both(http_url: str, grpc_target: str, model: str, image: bytes, k
     gclient = tgrpc.InferenceServerClient(grpc_target)
     for _ in range(n_grpc):
         gclient.infer(model, [image_input(tgrpc, image)], headers={"authorization": f"Bearer {key}"})
+
+
+class Running:
+    """A Gateway on its own event loop in a thread (as in its own process), for blocking clients."""
+
+    def __init__(self, cfg: GatewayConfig, backends: dict[str, Any]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.gateway = Gateway(cfg, backends)
+        http_port, grpc_port = self.run(self.gateway.start("127.0.0.1", 0, 0))
+        self.http_url = f"http://127.0.0.1:{http_port}"
+        self.grpc_target = f"127.0.0.1:{grpc_port}"
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.gateway.metrics.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def stop(self) -> None:
+        self.run(self.gateway.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@contextlib.contextmanager
+def in_process_gateway(config: GatewayConfig, backends: dict[str, Any]) -> Iterator[Running]:
+    """A `Running` gateway with `config` and `backends` (in-process ones, typically), stopped on exit."""
+    running = Running(config, backends)
+    try:
+        yield running
+    finally:
+        running.stop()

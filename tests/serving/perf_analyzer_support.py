@@ -12,17 +12,21 @@ batch dimension and cannot for an empty one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import site
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.backends.inprocess import InProcessModel
+from serving.backends.inprocess import InProcessBackend, InProcessModel
+from serving.config import BackendConfig, GatewayConfig
+from tests.serving.gateway_support import Running, in_process_gateway
 from zoo.tensors import TensorSpec
 
 NOOP = "noop"
@@ -38,6 +42,19 @@ def noop_model() -> InProcessModel:
     return InProcessModel(NOOP, lambda fields: 1, inputs={"INPUT": "any bytes (ignored)"},
                           input_specs=(TensorSpec("INPUT", "BYTES", (1,), "any bytes (ignored)"),),
                           outputs=(TensorSpec("ok", "INT32", (1,), "always 1"),), tensors=lambda answer: {"ok": [1]})
+
+
+def noop_config(backend: str = "local") -> GatewayConfig:
+    """A gateway config (no keys) routing the no-op model to the in-process backend named `backend`."""
+    base = GatewayConfig(backends={backend: BackendConfig(backend, "inprocess")})
+    return base.with_routes([base.route(NOOP)])
+
+
+@contextlib.contextmanager
+def noop_gateway(backend: str = "local") -> Iterator[Running]:
+    """A gateway (its own loop in a thread) serving only the no-op model."""
+    with in_process_gateway(noop_config(backend), {backend: InProcessBackend([noop_model()], name=backend)}) as gw:
+        yield gw
 
 
 def _cudart_dir() -> Path | None:

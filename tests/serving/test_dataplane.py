@@ -30,7 +30,6 @@ from tritonclient.utils import InferenceServerException
 
 from handlers.toy_handler import ToyHandler
 from proto import oip
-from serving.app import Gateway
 from serving.backends.base import ListedModel
 from serving.backends.inprocess import InProcessBackend, InProcessModel
 from serving.config import ApiKey, BackendConfig, GatewayConfig, digest
@@ -38,7 +37,15 @@ from serving.dataplane import DataPlane
 from serving.errors import InvalidInput
 from serving.metrics import GatewayMetrics
 from serving.repository import ModelRepository
-from tests.serving.gateway_support import FULL_KEY, TOY_KEY, bearer, infer_over_both, png_bytes
+from tests.serving.gateway_support import (
+    FULL_KEY,
+    TOY_KEY,
+    Running,
+    bearer,
+    in_process_gateway,
+    infer_over_both,
+    png_bytes,
+)
 from tests.serving.gateway_support import image_input as support_image_input
 from tests.support import http_request, json_body, multipart
 from zoo.toy import TOY_ECHO
@@ -121,39 +128,10 @@ def backend() -> InProcessBackend:
     ], name=BACKEND)
 
 
-class Running:
-    """A Gateway on its own event loop in a thread (as in its own process), for blocking clients."""
-
-    def __init__(self, cfg: GatewayConfig, backends: dict[str, Any]) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.gateway = Gateway(cfg, backends)
-        http_port, grpc_port = self.run(self.gateway.start("127.0.0.1", 0, 0))
-        self.http_url = f"http://127.0.0.1:{http_port}"
-        self.grpc_target = f"127.0.0.1:{grpc_port}"
-
-    def run(self, coro: Any, timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def metric(self, name: str, **labels: str) -> float:
-        value = self.gateway.metrics.registry.get_sample_value(name, labels)
-        return 0.0 if value is None else value
-
-    def stop(self) -> None:
-        self.run(self.gateway.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
 @pytest.fixture(scope="module")
 def gw() -> Iterator[Running]:
-    running = Running(config(), {BACKEND: backend()})
-    try:
+    with in_process_gateway(config(), {BACKEND: backend()}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def image_input(module: Any, data: bytes = PNG) -> Any:

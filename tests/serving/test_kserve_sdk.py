@@ -17,15 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from serving.backends.inprocess import InProcessBackend
-from serving.config import BackendConfig, GatewayConfig
-from tests.serving.perf_analyzer_support import NOOP, noop_model
-from tests.serving.test_dataplane import Running
+from tests.serving.gateway_support import Running
+from tests.serving.perf_analyzer_support import NOOP, noop_gateway
 
 REPO = Path(__file__).resolve().parents[2]
 KSERVE_VENV = REPO / ".venv-kserve"
 CLIENT = Path(__file__).resolve().parent / "kserve_client.py"
-BACKEND = "local"
 
 
 def kserve_python() -> Path:
@@ -44,12 +41,8 @@ def kserve_python() -> Path:
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[Running]:
-    base = GatewayConfig(backends={BACKEND: BackendConfig(BACKEND, "inprocess")})
-    running = Running(base.with_routes([base.route(NOOP)]), {BACKEND: InProcessBackend([noop_model()], name=BACKEND)})
-    try:
+    with noop_gateway() as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_kserve_clients_infer_and_show_the_gateways_errors(gw: Running) -> None:

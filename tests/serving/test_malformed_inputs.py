@@ -11,24 +11,17 @@ import grpc
 import pytest
 
 from proto import oip, serialize
-from serving.backends.inprocess import InProcessBackend
-from serving.config import BackendConfig, GatewayConfig
-from tests.serving.perf_analyzer_support import NOOP, noop_model
-from tests.serving.test_dataplane import Running
+from tests.serving.gateway_support import Running
+from tests.serving.perf_analyzer_support import NOOP, noop_gateway
 from tests.support import http_request, json_body
 
-BACKEND = "local"
 RAW_X = b"\x01\x00\x00\x00x"  # one BYTES element b"x" in the raw layout
 
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[Running]:
-    base = GatewayConfig(backends={BACKEND: BackendConfig(BACKEND, "inprocess")})
-    running = Running(base.with_routes([base.route(NOOP)]), {BACKEND: InProcessBackend([noop_model()], name=BACKEND)})
-    try:
+    with noop_gateway() as running:
         yield running
-    finally:
-        running.stop()
 
 
 def tensor(**changes: Any) -> dict[str, Any]:

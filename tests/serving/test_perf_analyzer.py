@@ -8,13 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from serving.backends.inprocess import InProcessBackend
-from serving.config import BackendConfig, GatewayConfig
-from tests.serving.perf_analyzer_support import NOOP, PerfAnalyzer, PerfAnalyzerUnavailable, noop_model, parse
+from tests.serving.gateway_support import Running
+from tests.serving.perf_analyzer_support import NOOP, PerfAnalyzer, PerfAnalyzerUnavailable, noop_gateway, parse
 from tests.serving.perf_analyzer_support import perf_analyzer as find_perf_analyzer
-from tests.serving.test_dataplane import Running
-
-BACKEND = "local"
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +23,8 @@ def tool() -> PerfAnalyzer:
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[Running]:
-    base = GatewayConfig(backends={BACKEND: BackendConfig(BACKEND, "inprocess")})
-    running = Running(base.with_routes([base.route(NOOP)]), {BACKEND: InProcessBackend([noop_model()], name=BACKEND)})
-    try:
+    with noop_gateway() as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])

@@ -307,6 +307,17 @@ def test_gateway_metadata_and_readiness(triton: PyTriton, gateway: GatewayProces
         via_grpc.close()
 
 
+def test_gateway_passes_tritons_model_config_through(triton: PyTriton, gateway: GatewayProcess) -> None:
+    """Triton's own config (PyTriton: max_batch_size 8, dims [4]) under the public name, over both protocols."""
+    reference = httpclient.InferenceServerClient(triton.http_url).get_model_config("add_sub")
+    config = httpclient.InferenceServerClient(gateway.http_url.removeprefix("http://")).get_model_config("calc")
+    assert config["name"] == "calc" and config["max_batch_size"] == reference["max_batch_size"] == 8
+    assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [
+        (i["name"], i["data_type"], i["dims"]) for i in reference["input"]]
+    gconfig = grpcclient.InferenceServerClient(gateway.grpc_target).get_model_config("calc", as_json=True)["config"]
+    assert [o["name"] for o in gconfig["output"]] == [o["name"] for o in reference["output"]]
+
+
 def test_gateway_errors(gateway: GatewayProcess) -> None:
     # unknown public model: 404 / NOT_FOUND (REST readiness and metadata too)
     for path in ("/v2/models/no_such_model", "/v2/models/no_such_model/ready"):

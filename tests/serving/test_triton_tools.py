@@ -17,7 +17,8 @@ import tritonclient.http.aio as thttp_aio
 from google.protobuf import json_format
 from tritonclient.utils import InferenceServerException
 
-from tests.serving.test_dataplane import AUTH, BACKEND, GRPC_AUTH, TOY_KEY, Running, backend, config, image_input
+from tests.serving.gateway_support import Running, in_process_gateway
+from tests.serving.test_dataplane import AUTH, BACKEND, GRPC_AUTH, TOY_KEY, backend, config, image_input
 from zoo.toy import TOY_ECHO
 
 TYPED = "toy_typed"  # pass copies of AUTH to tritonclient: it adds headers to the dict it is given
@@ -25,11 +26,8 @@ TYPED = "toy_typed"  # pass copies of AUTH to tritonclient: it adds headers to t
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[Running]:
-    running = Running(config(), {BACKEND: backend()})
-    try:
+    with in_process_gateway(config(), {BACKEND: backend()}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def http_client(gw: Running) -> thttp.InferenceServerClient:
