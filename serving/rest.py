@@ -8,6 +8,7 @@ configured. Errors are ``{"error": "<message>"}`` with the status from `serving.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,7 @@ from serving.backend_metrics import BackendStateCollector
 from serving.config import ModelRoute
 from serving.dataplane import Call, DataPlane, api_key
 from serving.errors import (
+    GatewayError,
     InvalidInput,
     Unauthenticated,
     as_gateway_error,
@@ -200,7 +202,24 @@ class RestApi:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request, call: Call) -> web.Response:
-        return json_response(openapi_document())
+        """The routes, plus one typed inference path per model the caller's key may use (none without a valid
+        key when keys are configured: the document itself is open)."""
+        return json_response(openapi_document(await self._served_metadata(api_key_from(request.headers))))
+
+    async def _served_metadata(self, key: str | None) -> list[dict[str, Any]]:
+        try:
+            routes = self.dp.allowed_routes(key)
+        except GatewayError:
+            return []
+
+        async def metadata(route: ModelRoute) -> dict[str, Any] | None:
+            try:
+                return await self.dp.model_metadata(route)
+            except GatewayError:
+                return None  # a model its backend cannot describe now is left out
+
+        found = await asyncio.gather(*(metadata(route) for route in routes))
+        return [meta for meta in found if meta is not None]
 
     # --- metadata -------------------------------------------------------------------------------------
     async def server_metadata(self, request: web.Request, call: Call) -> web.Response:
@@ -304,8 +323,46 @@ ROUTES: list[Route] = [
 ]
 
 
-def openapi_document() -> dict[str, Any]:
-    """OpenAPI 3 description of every route in `ROUTES`."""
+def _typed_tensors(tensors: list[dict[str, Any]], with_data: bool) -> dict[str, Any]:
+    """An array schema accepting exactly these declared tensors (name, datatype, shape rank)."""
+    items = []
+    for t in tensors:
+        props: dict[str, Any] = {
+            "name": {"type": "string", "enum": [t["name"]]},
+            "datatype": {"type": "string", "enum": [t["datatype"]]},
+            "shape": {"type": "array", "items": {"type": "integer"}, "minItems": len(t.get("shape", [])),
+                      "maxItems": len(t.get("shape", [])), "description": f"declared {t.get('shape', [])}; -1 any"}}
+        if with_data:
+            props["data"] = {"type": "array", "items": {}}
+        items.append({"type": "object", "required": ["name", "datatype", "shape"], "properties": props})
+    return {"type": "array", "items": {"oneOf": items} if items else {}}
+
+
+def model_paths(meta: dict[str, Any]) -> dict[str, Any]:
+    """The typed inference path of one served model, from its metadata (the registry's declared tensors)."""
+    name = meta["name"]
+    request = {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "inputs": _typed_tensors(meta.get("inputs", []), True),
+        "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {
+            "type": "string", "enum": [o["name"] for o in meta.get("outputs", [])]}}}}}}
+    response = {"type": "object", "properties": {
+        "model_name": {"type": "string"}, "id": {"type": "string"},
+        "outputs": _typed_tensors(meta.get("outputs", []), True)}}
+    error = {"description": "error", "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    return {f"/v2/models/{name}/infer": {"post": {
+        "summary": f"Inference on {name} (its declared tensors)",
+        "operationId": f"infer_{name}",
+        "security": [{"bearer": []}, {"apiKey": []}],
+        "requestBody": {"required": True, "content": {JSON: {"schema": request}}},
+        "responses": {"200": {"description": "the declared outputs, batch dimension first",
+                              "content": {JSON: {"schema": response}}},
+                      **{code: error for code in ("400", "401", "403", "404", "413", "500", "503", "504")}}}}}
+
+
+def openapi_document(models: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """OpenAPI 3 description of every route in `ROUTES`, plus a typed inference path per model in `models`
+    (their OIP metadata)."""
     error = {"description": "error", "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
@@ -338,6 +395,8 @@ def openapi_document() -> dict[str, Any]:
                     "multipart/form-data": {"schema": {"type": "object"}},
                     JSON: {"schema": {"type": "object"}}}}
         paths.setdefault(route.path, {})[route.method.lower()] = op
+    for meta in models or ():
+        paths.update(model_paths(meta))
     tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
         "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
         "datatype": {"type": "string"}, "parameters": {"type": "object"},

@@ -19,6 +19,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.serving.gateway_support import Running, in_process_gateway
 from tests.serving.test_dataplane import AUTH, BACKEND, GRPC_AUTH, TOY_KEY, backend, config, image_input
+from tests.support import http_request, json_body
 from zoo.toy import TOY_ECHO
 
 TYPED = "toy_typed"  # pass copies of AUTH to tritonclient: it adds headers to the dict it is given
@@ -179,3 +180,22 @@ def test_aio_clients_read_config_statistics_and_index(gw: Running) -> None:
             await grpc.close()
 
     asyncio.run(main())
+
+
+# --- OpenAPI from the declared tensors -----------------------------------------------------------------------
+def test_openapi_has_a_typed_inference_path_per_model_the_key_may_use(gw: Running) -> None:
+    status, _, raw = http_request(f"{gw.http_url}/openapi.json", None, dict(AUTH), "GET")
+    doc = json_body(raw)
+    typed = doc["paths"][f"/v2/models/{TYPED}/infer"]["post"]
+    outputs = typed["responses"]["200"]["content"]["application/json"]["schema"]["properties"]["outputs"]
+    described = [(o["properties"]["name"]["enum"][0], o["properties"]["datatype"]["enum"][0],
+                  o["properties"]["shape"]["maxItems"]) for o in outputs["items"]["oneOf"]]
+    assert status == 200 and described == [(s.name, s.datatype, len(s.shape) + 1) for s in TOY_ECHO.outputs]
+    inputs = typed["requestBody"]["content"]["application/json"]["schema"]["properties"]["inputs"]
+    assert [i["properties"]["name"]["enum"] for i in inputs["items"]["oneOf"]] == [["image"]]
+    toy_only = json_body(http_request(f"{gw.http_url}/openapi.json", None,
+                                      {"Authorization": f"Bearer {TOY_KEY}"}, "GET")[2])
+    assert [p for p in toy_only["paths"] if not p.count("{") and p.endswith("/infer")] == ["/v2/models/toy_echo/infer"]
+    anonymous = json_body(http_request(f"{gw.http_url}/openapi.json", None, {}, "GET")[2])
+    assert "/v2/models/{model}/infer" in anonymous["paths"]  # the routes, but no model without a key
+    assert not [p for p in anonymous["paths"] if not p.count("{") and p.endswith("/infer")]
