@@ -199,3 +199,10 @@ def test_openapi_has_a_typed_inference_path_per_model_the_key_may_use(gw: Runnin
     anonymous = json_body(http_request(f"{gw.http_url}/openapi.json", None, {}, "GET")[2])
     assert "/v2/models/{model}/infer" in anonymous["paths"]  # the routes, but no model without a key
     assert not [p for p in anonymous["paths"] if not p.count("{") and p.endswith("/infer")]
+
+
+def test_server_metadata_lists_the_extensions_that_work(gw: Running) -> None:
+    extensions = http_client(gw).get_server_metadata(headers=dict(AUTH))["extensions"]
+    assert {"model_configuration", "statistics", "binary_tensor_data", "classification"} <= set(extensions)
+    assert "model_repository" not in extensions  # the index only: no load/unload
+    assert list(grpc_client(gw).get_server_metadata(headers=dict(GRPC_AUTH)).extensions) == extensions
