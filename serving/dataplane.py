@@ -269,7 +269,7 @@ class DataPlane:
                 return "UNAVAILABLE"
 
         states = await asyncio.gather(*(state(route) for route in allowed))
-        return [{"name": route.public_name, "version": "", "state": s, "reason": ""}
+        return [{"name": route.public_name, "state": s, "reason": ""}
                 for route, s in zip(allowed, states, strict=True) if s == "READY" or not ready_only]
 
     # --- backend calls (backend metrics) -------------------------------------------------------------
