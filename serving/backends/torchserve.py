@@ -26,6 +26,7 @@ import logging
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import grpc
@@ -50,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 PING = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping"
+# TorchServe's answers that mean "no capacity now" (queue full, no worker, worker died): 503 + Retry-After
+UNAVAILABLE_MARKERS = ("Worker died", "has no worker", "no worker to serve", "ServiceUnavailable",
+                       "queue is full", "job queue", "Model is not ready", "not ready to serve")
 
 
 def handler_error(body: bytes) -> GatewayError | None:
@@ -137,7 +141,9 @@ class TorchServeBackend(Backend):
         """Management API description of a model (None without a management URL). ModelNotFound if unknown."""
         if self._http is None:
             return None
-        url = f"{self.management_url}/models/{model}" + (f"/{version}" if version else "")
+        # quoted: a name or version never adds path segments (the gateway also refuses such versions)
+        url = f"{self.management_url}/models/{quote(model, safe='')}" + (f"/{quote(version, safe='')}"
+                                                                         if version else "")
         try:
             async with self._http.get(url) as resp:
                 if resp.status == 404:
@@ -253,8 +259,10 @@ class TorchServeBackend(Backend):
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"model '{model}': deadline exceeded waiting for TorchServe")
         # "Worker died.": the model's worker crashed or TorchServe is shutting down; TorchServe restarts
-        # workers by itself, so this is retryable like UNAVAILABLE
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or "Worker died" in first_line:
+        # workers by itself, so this is retryable like UNAVAILABLE. A full job queue and a model scaled to 0
+        # workers ("has no worker to serve inference request") are capacity, not bugs: 503 too.
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or any(
+                marker in details for marker in UNAVAILABLE_MARKERS):
             return BackendUnavailable(f"TorchServe unavailable for model '{model}': {first_line}",
                                       retry_after_s=self.retry_after_s)
         if ("ModelNotFoundException" in details or "ModelVersionNotFoundException" in details
