@@ -20,6 +20,7 @@ limits:
   max_concurrency: 64              # per model: requests sent to the backend at once (more wait in the gateway)
   max_queue: 256                   # per model: requests waiting in the gateway; beyond it 503 + Retry-After
   max_decompressed_bytes: 67108864 # a Content-Encoding (gzip ...) body may inflate to at most this (64 MiB)
+  max_json_bytes: 16777216         # the JSON part of an infer request (16 MiB): larger tensors go binary
 auth:
   keys_file: /etc/zoo/keys.yaml    # or env ZOO_API_KEYS_FILE
   keys:                            # or env ZOO_API_KEYS="key1=*;key2=detr,ckdn_r50"
@@ -67,6 +68,8 @@ DEFAULT_DEADLINE_S = 60.0
 DEFAULT_MAX_CONCURRENCY = 64
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+# Parsing JSON holds the GIL whatever thread runs it: this bounds how long one request can stall the loop.
+DEFAULT_MAX_JSON_BYTES = 16 * 1024 * 1024
 ENV_KEYS = "ZOO_API_KEYS"
 ENV_KEYS_FILE = "ZOO_API_KEYS_FILE"
 
@@ -133,6 +136,7 @@ class GatewayConfig:
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
     max_queue: int = DEFAULT_MAX_QUEUE
     max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
     header_timeout_s: float = 15.0
     body_timeout_s: float = 30.0
     access_log: bool = True
@@ -289,6 +293,7 @@ def load_config(path: str | Path | None = None,
         max_concurrency=int(limits.get("max_concurrency", DEFAULT_MAX_CONCURRENCY)),
         max_queue=int(limits.get("max_queue", DEFAULT_MAX_QUEUE)),
         max_decompressed_bytes=int(limits.get("max_decompressed_bytes", DEFAULT_MAX_DECOMPRESSED_BYTES)),
+        max_json_bytes=int(limits.get("max_json_bytes", DEFAULT_MAX_JSON_BYTES)),
         header_timeout_s=float(server.get("header_timeout_s", defaults.header_timeout_s)),
         body_timeout_s=float(server.get("body_timeout_s", defaults.body_timeout_s)),
         access_log=bool(server.get("access_log", defaults.access_log)),

@@ -21,7 +21,7 @@ from aiohttp import BodyPartReader, http_exceptions, web
 
 from serving.backend_metrics import BackendStateCollector
 from serving.config import ModelRoute
-from serving.dataplane import Call, DataPlane, api_key
+from serving.dataplane import VERSION_PATTERN, Call, DataPlane, api_key
 from serving.errors import (
     ClientGone,
     Forbidden,
@@ -33,7 +33,7 @@ from serving.errors import (
     as_gateway_error,
     error_for_status,
 )
-from serving.types import InferRequest, InferResponse
+from serving.types import DATATYPES, MAX_DIMS, InferRequest, InferResponse
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +291,11 @@ class RestApi:
                 header_length = int(header_length)
             except ValueError:
                 raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+        json_bytes = len(body) if header_length is None else min(header_length, len(body))
+        if json_bytes > self.dp.config.max_json_bytes:
+            raise PayloadTooLarge(f"JSON part of {json_bytes} bytes is over the limit of "
+                                  f"{self.dp.config.max_json_bytes} bytes: send large tensors as binary data "
+                                  f"({HEADER_LENGTH})")
         infer_request = await off_loop(len(body), InferRequest.from_rest, body, header_length, call.name,
                                        call.version)
         response = await self.dp.infer(route, infer_request, call.deadline())
@@ -346,12 +351,20 @@ ROUTES: list[Route] = [
 ]
 
 
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "model": {"type": "string", "minLength": 1},
+    "version": {"type": "string", "pattern": r"^(?!.*\.\.)" + VERSION_PATTERN.pattern + "$"},
+}
+IMAGE_RULES = ("The model's natural input: image bytes (JPEG, PNG, ...; at least 8 pixels on each side), a "
+               "multipart form with one part per field, or JSON; over the model's size limit: 413.")
+
+
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3 description of every route in `ROUTES`."""
     error = {"description": "error", "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
-        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        params = [{"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS[name]}
                   for name in ("model", "version") if "{" + name + "}" in route.path]
         op: dict[str, Any] = {
             "summary": route.summary,
@@ -375,15 +388,16 @@ def openapi_document() -> dict[str, Any]:
                 op["requestBody"] = {"required": False, "content": {
                     JSON: {"schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}
             else:
-                op["requestBody"] = {"required": True, "content": {
+                op["requestBody"] = {"required": True, "description": IMAGE_RULES, "content": {
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
                     "multipart/form-data": {"schema": {"type": "object"}},
                     JSON: {"schema": {"type": "object"}}}}
         paths.setdefault(route.path, {})[route.method.lower()] = op
     tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-        "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-        "datatype": {"type": "string"}, "parameters": {"type": "object"},
-        "data": {"type": "array", "items": {}}}}
+        "name": {"type": "string", "minLength": 1},
+        "shape": {"type": "array", "maxItems": MAX_DIMS, "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": list(DATATYPES)}, "parameters": {"type": "object"},
+        "data": {}}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "zoo-gateway", "version": "0.1.0",
@@ -397,8 +411,9 @@ def openapi_document() -> dict[str, Any]:
                 "Tensor": tensor,
                 "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
                     "id": {"type": "string"}, "parameters": {"type": "object"},
-                    "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
-                    "outputs": {"type": "array", "items": {"type": "object"}}}},
+                    "inputs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Tensor"}},
+                    "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                        "name": {"type": "string"}, "parameters": {"type": "object"}}}}}},
             },
         },
     }
