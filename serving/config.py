@@ -36,7 +36,8 @@ server:
   body_timeout_s: 30               # a request body that sends nothing for this long is answered 408
   access_log: true                 # one JSON line per request on the `zoo.access` logger
   metrics_cache_s: 2               # /metrics is rendered at most this often
-  metrics_require_key: false       # true: /metrics needs an API key (when keys are on)
+  metrics_anonymous: redacted      # /metrics without a valid key, when keys are on: redacted (no series that
+                                   # name a model), full, or refused (401)
   tls:                             # optional, REST and gRPC alike
     cert_file: /etc/zoo/tls.crt
     key_file: /etc/zoo/tls.key
@@ -65,6 +66,7 @@ import yaml
 
 DEFAULT_MAX_REQUEST_BYTES = 512 * 1024 * 1024
 DEFAULT_DEADLINE_S = 60.0
+METRICS_ANONYMOUS = ("full", "redacted", "refused")
 DEFAULT_MAX_CONCURRENCY = 64
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
@@ -141,7 +143,7 @@ class GatewayConfig:
     body_timeout_s: float = 30.0
     access_log: bool = True
     metrics_cache_s: float = 2.0
-    metrics_require_key: bool = False
+    metrics_anonymous: str = "redacted"  # full | redacted | refused
     tls: TlsConfig | None = None
     source: Path | None = None  # the YAML this was read from (API keys are re-read from it on reload)
 
@@ -247,6 +249,13 @@ def _load_keys(auth: dict[str, Any], base: Path | None) -> dict[str, ApiKey]:
     return keys
 
 
+def _choice(section: dict[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
+    value = str(section.get(key, default))
+    if value not in allowed:
+        raise ConfigError(f"server.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def load_config(path: str | Path | None = None,
                 backends: dict[str, BackendConfig] | None = None) -> GatewayConfig:
     """Read the YAML (if any); `backends` (e.g. from the command line) fill in missing backends."""
@@ -298,7 +307,7 @@ def load_config(path: str | Path | None = None,
         body_timeout_s=float(server.get("body_timeout_s", defaults.body_timeout_s)),
         access_log=bool(server.get("access_log", defaults.access_log)),
         metrics_cache_s=float(server.get("metrics_cache_s", defaults.metrics_cache_s)),
-        metrics_require_key=bool(server.get("metrics_require_key", defaults.metrics_require_key)),
+        metrics_anonymous=_choice(server, "metrics_anonymous", METRICS_ANONYMOUS, defaults.metrics_anonymous),
         tls=tls,
         source=Path(path) if path else None,
     )

@@ -207,15 +207,16 @@ class RestApi:
     async def metrics_route(self, request: web.Request, call: Call) -> web.Response:
         """Prometheus exposition. The backend questions behind it are asked at most every `metrics_cache_s`
         (concurrent scrapes share one refresh), and the text is rendered off the event loop. With API keys
-        on, a scrape without a valid key gets no series that name a model (or 401 with
-        `metrics_require_key`), so keys cannot learn model names here."""
+        on, a scrape without a valid key gets no series that name a model (`server.metrics_anonymous`:
+        redacted, the default; or 401 with `refused`; or everything with `full`), so no one learns model
+        names here that a restricted key could not probe."""
         config = self.dp.config
         full = True
-        if config.auth_enabled:
+        if config.auth_enabled and config.metrics_anonymous != "full":
             try:
                 self.dp.authorize(api_key_from(request.headers))
             except Unauthenticated:
-                if config.metrics_require_key:
+                if config.metrics_anonymous == "refused":
                     raise
                 full = False
         await self._refresh_backend_state()
