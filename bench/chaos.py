@@ -397,6 +397,9 @@ async def run_liveness(gateway: GatewayProcess) -> dict[str, Any]:
     header = json.dumps({"inputs": [{"name": "image", "shape": [50 << 20], "datatype": "UINT8",
                                      "parameters": {"binary_data_size": 50 << 20}}]}).encode()
     binary = header + os.urandom(50 << 20)
+    video_header = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                           "parameters": {"binary_data_size": 4 + (50 << 20)}}]}).encode()
+    video = video_header + struct.pack("<I", 50 << 20) + b"\x00\x00\x00\x18ftypmp42" + os.urandom((50 << 20) - 12)
     auth = {"Authorization": f"Bearer {KEY}"}
     worst: dict[str, Any] = {}
     peak = rss_mb(gateway.proc.pid)
@@ -404,8 +407,11 @@ async def run_liveness(gateway: GatewayProcess) -> dict[str, Any]:
         for label, body, headers in (
             (f"gzip bomb ({len(bomb) // 1024} KB -> 200 MB)", bomb,
              {**auth, "Content-Type": "application/json", "Content-Encoding": "gzip"}),
-            ("50 MB binary tensor", binary, {**auth, "Content-Type": "application/octet-stream",
-                                             "Inference-Header-Content-Length": str(len(header))}),
+            ("50 MB binary UINT8 tensor", binary, {**auth, "Content-Type": "application/octet-stream",
+                                                   "Inference-Header-Content-Length": str(len(header))}),
+            ("50 MB binary BYTES tensor (a video-sized upload)", video,
+             {**auth, "Content-Type": "application/octet-stream",
+              "Inference-Header-Content-Length": str(len(video_header))}),
         ):
             done = asyncio.Event()
             latencies: list[float] = []

@@ -150,6 +150,12 @@ def test_gzip_bomb_is_refused_while_bounded_and_liveness_stays_fast(gw: Running)
     big = infer_body(data="y" * (5 << 20))
     status, _, doc = rest(gw, "/v2/models/toy_echo/infer", big, AUTH, "POST")
     assert status == 413 and "binary" in doc["error"]
+    # a big numeric tensor would be written as JSON for a handler-style model: refused, BYTES is the way
+    header = json.dumps({"inputs": [{"name": "image", "shape": [2 << 20], "datatype": "UINT8",
+                                     "parameters": {"binary_data_size": 2 << 20}}]}).encode()
+    status, _, doc = rest(gw, "/v2/models/toy_echo/infer", header + bytes(2 << 20),
+                          {**AUTH, "Inference-Header-Content-Length": str(len(header))}, "POST")
+    assert status == 413 and "BYTES" in doc["error"]
 
 
 # --- 2. overload and missing workers answer 503 + Retry-After -------------------------------------------------
