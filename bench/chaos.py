@@ -27,11 +27,14 @@ import json
 import os
 import random
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,7 +77,7 @@ def stack(workdir: Path) -> Iterator[tuple[TorchServe, GatewayProcess]]:
         if not (store / f"{name}.mar").exists():
             build_mar(get_entry(name), store, random_weights=True, seed=0, progress=False)
         archives.append(f"{name}.mar")
-    ts = TorchServe(store, archives, workdir / "ts")
+    ts = TorchServe(store, archives, workdir / "ts", token_auth=True)  # as `zoo serve` runs it
     ts.start()
     try:
         ts.wait_ready(timeout_s=300)
@@ -379,6 +382,7 @@ async def run_malformed(gateway: GatewayProcess, ts: TorchServe, scale: float) -
         codes[f"stream {exc.code().name}"] += 1
     await channel.close()
     workers_after = all_worker_pids(ts)
+    management = await asyncio.to_thread(torchserve_without_token, ts)
     total = n_rest + len(raws) + len(grpc_cases) + 1
     return {
         "requests": total, "rest": n_rest, "raw_http": len(raws), "grpc": len(grpc_cases) + 1,
@@ -387,7 +391,27 @@ async def run_malformed(gateway: GatewayProcess, ts: TorchServe, scale: float) -
         "non_json_examples": non_json[:10],
         "worker_restarts": sum(len(set(workers_before[m]) - set(workers_after[m])) for m in MODELS),
         "gateway_alive": psutil.pid_exists(gateway_pid) and gateway.proc.poll() is None,
+        "torchserve_without_token": management,
     }
+
+
+def torchserve_without_token(ts: TorchServe) -> dict[str, Any]:
+    """What a local process without TorchServe's token gets from its APIs (scale to 0, list, infer), and
+    whether its metrics stay scrapeable without one."""
+    def status(url: str, method: str = "GET") -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    before = worker_pids(ts, "toy_echo")
+    found = {"scale_to_0": status(f"{ts.management_url}/models/toy_echo?min_worker=0&max_worker=0", "PUT"),
+             "list_models": status(f"{ts.management_url}/models"),
+             "infer": status(f"{ts.inference_url}/predictions/toy_echo", "POST"),
+             "metrics": status(ts.metrics_url)}
+    found["workers_unchanged"] = worker_pids(ts, "toy_echo") == before
+    return found
 
 
 # --- R1b: liveness while worst-case bodies are handled ------------------------------------------------------------
@@ -525,8 +549,6 @@ def run_serve_kill(workdir: Path, target: str) -> dict[str, Any]:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

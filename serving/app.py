@@ -63,7 +63,8 @@ def make_backend(spec: BackendConfig, config: GatewayConfig) -> Backend:
             raise ConfigError(f"backend {spec.name!r}: torchserve needs 'grpc' (host:port)")
         return TorchServeBackend(
             grpc_target=options["grpc"], management_url=options.get("management"),
-            model_store=options.get("model_store"), max_message_bytes=config.largest_request_bytes,
+            model_store=options.get("model_store"), token_file=options.get("token_file"),
+            max_message_bytes=config.largest_request_bytes,
             backend_grace_s=config.backend_grace_s, retry_after_s=config.retry_after_s, name=spec.name)
     if spec.type == "triton":
         return TritonBackend.from_config(spec, config)
@@ -219,6 +220,8 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
             options["management"] = args.torchserve_management
         if args.model_store:
             options["model_store"] = args.model_store
+        if args.torchserve_token_file:
+            options["token_file"] = args.torchserve_token_file
         backends["torchserve"] = BackendConfig("torchserve", "torchserve", options)
     config = load_config(args.config, backends)
     if args.models and config.discover_models:
@@ -232,6 +235,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torchserve-grpc", help="TorchServe gRPC inference address host:port")
     p.add_argument("--torchserve-management", help="TorchServe management URL (readiness, versions)")
     p.add_argument("--model-store", help="TorchServe model store (archives, for model metadata)")
+    p.add_argument("--torchserve-token-file", help="TorchServe's key_file.json (when its token auth is on)")
     p.add_argument("--models", help="comma-separated models to serve (default: every TorchServe model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--http-port", type=int, default=8080)

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     ports = TorchServePorts(metrics_host=args.torchserve_metrics_host)
     if args.torchserve_metrics_port:
         ports.metrics = args.torchserve_metrics_port
-    ts = TorchServe(store, archives, Path(args.run_dir) / "torchserve", ports=ports)
+    # token auth: only `zoo serve` and its gateway (which reads the token file) may call TorchServe's APIs
+    ts = TorchServe(store, archives, Path(args.run_dir) / "torchserve", ports=ports, token_auth=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
