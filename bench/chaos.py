@@ -535,8 +535,9 @@ def run_serve_kill(workdir: Path, target: str) -> dict[str, Any]:
         children = psutil.Process(proc.pid).children(recursive=False)
         if target == "gateway":
             victim = next(c for c in children if "serving.app" in " ".join(c.cmdline()))
-        else:
-            victim = next(c for c in children if "serving.app" not in " ".join(c.cmdline()))
+        else:  # the JVM itself, not only its launcher
+            launcher = next(c for c in children if "serving.app" not in " ".join(c.cmdline()))
+            victim = next((c for c in launcher.children(recursive=True) if c.name() == "java"), launcher)
         killed = time.monotonic()
         victim.send_signal(signal.SIGKILL)
         code = proc.wait(timeout=60)

@@ -31,6 +31,11 @@ def test_malformed_requests_crash_nothing(results: dict[str, Any]) -> None:
     assert r1["5xx"] == 0, r1["5xx_examples"]
     assert r1["hangs"] == 0, r1["hang_examples"]
     assert r1["worker_restarts"] == 0 and r1["gateway_alive"]
+    # TorchServe runs with token auth as under `zoo serve`: a local process without its token cannot scale a
+    # model to 0 (nor list or infer), while its metrics stay scrapeable
+    local = r1["torchserve_without_token"]
+    assert local["scale_to_0"] >= 400 and local["list_models"] >= 400 and local["workers_unchanged"], local
+    assert local["metrics"] == 200
 
 
 def test_worst_case_bodies_keep_liveness(results: dict[str, Any]) -> None:
