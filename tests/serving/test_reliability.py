@@ -83,11 +83,8 @@ def backend() -> InProcessBackend:
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[Running]:
-    running = Running(config(), {BACKEND: backend()})
-    try:
+    with Running(config(), {BACKEND: backend()}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def rest(gw: Running, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
