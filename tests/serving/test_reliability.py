@@ -202,7 +202,7 @@ def test_torchserve_management_urls_are_quoted() -> None:
     seen: list[str] = []
 
     class Session:
-        def get(self, url: str) -> Any:
+        def get(self, url: str, **kwargs: Any) -> Any:
             seen.append(url)
             raise OSError("stop here")
 
