@@ -32,7 +32,7 @@ from typing import Any
 
 import grpc
 import yaml
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from serving.backends.base import Backend
 from serving.backends.torchserve import TorchServeBackend
@@ -73,6 +73,25 @@ def make_backend(spec: BackendConfig, config: GatewayConfig) -> Backend:
                           f"(known: {', '.join(BACKEND_TYPES)})")
     module, cls = BACKEND_TYPES[spec.type].split(":")
     return getattr(importlib.import_module(module), cls)(name=spec.name, **options)
+
+
+class ClientParseErrorsAreInfo(logging.Filter):
+    """aiohttp logs every unparseable request (bad request line, header bytes) at ERROR with a traceback: that
+    is the client's fault, so it is logged at INFO without the traceback (error alerts stay for real errors)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno >= logging.ERROR and isinstance(exc, http_exceptions.HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"{record.msg}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_client_parse_errors() -> None:
+    server_logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientParseErrorsAreInfo) for f in server_logger.filters):
+        server_logger.addFilter(ClientParseErrorsAreInfo())
 
 
 def _close_if_idle_from_start(protocol: Any) -> None:
@@ -140,6 +159,7 @@ class Gateway:
         self._grpc = None
 
     async def start(self, host: str, http_port: int, grpc_port: int) -> tuple[int, int]:
+        quiet_client_parse_errors()
         await self.dataplane.start()
         largest = self.config.largest_request_bytes
         app = RestApi(self.dataplane).application()

@@ -359,6 +359,15 @@ def test_client_gone_mid_upload_is_499_not_an_error(gw: Running, caplog: pytest.
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+def test_unparseable_http_is_not_logged_as_an_error(gw: Running, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG):
+        answer = raw_http(gw, b"POST /v2/model\xed/x HTTP/1.1\r\nHost: x\r\nx-ap\xcd-key: k\r\n"
+                          b"Connection: close\r\n\r\n")
+    assert answer.startswith((b"HTTP/1.0 400", b"HTTP/1.1 400"))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("Error handling request" in r.getMessage() for r in caplog.records)
+
+
 def test_malformed_protobuf_is_invalid_argument(gw: Running) -> None:
     channel = grpc.insecure_channel(gw.grpc_target)
     for method in ("ModelInfer", "ModelMetadata", "ModelReady"):
