@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 import yaml
 from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from serving.backends.base import Backend
 from serving.backends.torchserve import TorchServeBackend
@@ -76,12 +77,14 @@ def make_backend(spec: BackendConfig, config: GatewayConfig) -> Backend:
 
 
 class ClientParseErrorsAreInfo(logging.Filter):
-    """aiohttp logs every unparseable request (bad request line, header bytes) at ERROR with a traceback: that
-    is the client's fault, so it is logged at INFO without the traceback (error alerts stay for real errors)."""
+    """aiohttp logs every unparseable request (bad request line, header bytes, a body it cannot inflate while
+    draining it after the answer) at ERROR with a traceback: that is the client's fault, so it is logged at
+    INFO without the traceback (error alerts stay for real errors)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if record.levelno >= logging.ERROR and isinstance(exc, http_exceptions.HttpProcessingError):
+        if record.levelno >= logging.ERROR and isinstance(exc, (http_exceptions.HttpProcessingError,
+                                                                RequestPayloadError)):
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.msg = f"{record.msg}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
             record.exc_info = record.exc_text = None

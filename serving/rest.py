@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import BodyPartReader, http_exceptions, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from serving.backend_metrics import BackendStateCollector
 from serving.config import ModelRoute
@@ -156,14 +157,17 @@ class RestApi:
     async def _read_chunk(self, request: web.Request) -> bytes:
         """One chunk of the body (b"" at its end), with the body read timeout and transport errors mapped."""
         try:
-            return await asyncio.wait_for(request.content.readany(), self.dp.config.body_timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(self.dp.config.body_timeout_s):
+                return await request.content.readany()
+        except TimeoutError:
             raise RequestTimeout(f"request body stalled: nothing received for {self.dp.config.body_timeout_s:g}s")\
                 from None
         except ConnectionResetError:
             raise ClientGone("client went away while sending the request body") from None
-        except http_exceptions.HttpProcessingError as exc:  # a broken gzip stream, a short body ...
+        except http_exceptions.HttpProcessingError as exc:  # a short body, bad chunking ...
             raise InvalidInput(f"malformed request body: {exc.message or type(exc).__name__}") from None
+        except RequestPayloadError as exc:  # a broken gzip stream (aiohttp wraps the parser's error)
+            raise InvalidInput(f"malformed request body: {str(exc).splitlines()[-1].strip() or exc}") from None
 
     async def _read_fields(self, request: web.Request, call: Call) -> dict[str, bytes]:
         """Task-route input: multipart parts by name, else the raw body as ``body``; query params too."""
@@ -185,7 +189,8 @@ class RestApi:
                         call.check_size(total, so_far=True)
                     fields[part.name or f"part{index}"] = bytes(buf)
                     index += 1
-            except (ValueError, AssertionError, RuntimeError, http_exceptions.HttpProcessingError) as exc:
+            except (ValueError, AssertionError, RuntimeError, http_exceptions.HttpProcessingError,
+                    RequestPayloadError) as exc:
                 raise InvalidInput(f"malformed multipart body: {exc}") from None  # aiohttp's parser on a broken body
             except ConnectionResetError:
                 raise ClientGone("client went away while sending the request body") from None
