@@ -141,15 +141,20 @@ class RestApi:
         inflate_limit = self.dp.config.max_decompressed_bytes if encoded else None
         chunks: list[bytes] = []
         size = 0
-        while True:
-            chunk = await self._read_chunk(request)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            call.check_size(size, so_far=True)
-            if inflate_limit is not None and size > inflate_limit:
-                raise PayloadTooLarge(f"compressed request inflates to more than {inflate_limit} bytes")
+        try:
+            while True:
+                chunk = await self._read_chunk(request)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                call.check_size(size, so_far=True)
+                if inflate_limit is not None and size > inflate_limit:
+                    raise PayloadTooLarge(f"compressed request inflates to more than {inflate_limit} bytes")
+        except GatewayError:
+            if encoded:
+                skip_draining(request)
+            raise
         body = b"".join(chunks)
         call.request_bytes = len(body)
         return body
@@ -316,6 +321,14 @@ class RestApi:
         fields = await self._read_fields(request, call)
         result = await self.dp.predict_raw(route, call.version, fields, call.deadline())
         return web.Response(body=result.body, headers={"Content-Type": result.content_type, **result.headers})
+
+
+def skip_draining(request: web.Request) -> None:
+    """Close the connection after the answer instead of reading (and so inflating) the rest of a refused
+    compressed body: aiohttp drains an unread body for up to `lingering_time`, inflating it on the loop."""
+    protocol = request.protocol
+    if hasattr(protocol, "_lingering_time"):
+        protocol._lingering_time = 0
 
 
 def without_model_series(exposition: bytes) -> bytes:
