@@ -46,7 +46,8 @@ access_logger = logging.getLogger("zoo.access")
 
 SERVER_NAME = "zoo-gateway"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["binary_tensor_data", "model_stream_infer", "zoo_task_routes"]
+# the protocol extensions that work here (server metadata lists exactly these)
+EXTENSIONS = ["binary_tensor_data", "classification", "model_stream_infer", "zoo_task_routes"]
 CLIENT_GONE = 499  # status recorded for a request (or stream session) whose client went away
 # A version path segment: digits or a version name; never a path ("/", "%", "..") that could reach another
 # model in a backend's own API.

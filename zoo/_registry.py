@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from zoo.tensors import TensorSpec
+
 
 @dataclass(frozen=True)
 class WeightsSource:
@@ -116,9 +118,31 @@ class WeightsSource:
         return "trust on first use, locked" + (f"; sha256 prefix {prefix} checked" if prefix else "")
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class GpuServing:
+    """Batching and workers for a GPU host, with the measurement that chose them (``measured_by``)."""
+
+    batch_size: int
+    max_batch_delay_ms: int
+    workers: int = 1  # TorchServe workers per GPU
+    measured_by: str = ""
+
+
 @dataclass(frozen=True)
 class ServingConfig:
-    """TorchServe knobs written into the archive's ``model-config.yaml``."""
+    """TorchServe knobs written into the archive's ``model-config.yaml``, plus how a worker runs the model.
+
+    ``precision``/``channels_last``/``compile``/``device_preprocess`` apply on CUDA only (a CPU worker runs
+    fp32, eager, PIL preprocessing unless ``ZOO_PRECISION``/``ZOO_CHANNELS_LAST``/``ZOO_COMPILE``/
+    ``ZOO_DEVICE_PREPROCESS`` say otherwise; see ``zoo.runtime``): bf16 autocast is slower than fp32 on CPUs
+    without bf16 matrix units. ``buckets`` are the padded ``(height, width)`` input shapes a batch is grouped
+    into, so a compiled graph (and its CUDA graphs) is reused and every shape is warmed at load;
+    ``batch_buckets`` the batch sizes a bucketed batch is padded to. ``accuracy`` states the measured
+    difference of ``precision`` (and device preprocessing) from fp32/PIL; ``gpu`` the tuned batching on a GPU.
+    """
 
     batch_size: int = 8
     max_batch_delay_ms: int = 20
@@ -127,6 +151,20 @@ class ServingConfig:
     response_timeout_s: int = 120
     device_type: str = "auto"  # auto -> gpu when the host has one, else cpu
     extra: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    device_preprocess: bool = False
+    buckets: tuple[tuple[int, int], ...] = ()
+    batch_buckets: tuple[int, ...] = ()
+    accuracy: str = ""
+    gpu: GpuServing | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if list(self.batch_buckets) != sorted(set(self.batch_buckets)):
+            raise ValueError(f"batch_buckets must be increasing, got {self.batch_buckets}")
 
 
 @dataclass(frozen=True)
@@ -138,8 +176,8 @@ class ModelEntry:
     builder: Callable[..., torch.nn.Module]
     config: dict[str, Any]
     handler: str  # module path under handlers/, e.g. "handlers.detr_handler"
-    inputs: dict[str, str]
-    outputs: dict[str, str]
+    inputs: dict[str, str]  # name -> description; typed as BYTES inputs (``input_specs``)
+    outputs: tuple[TensorSpec, ...]  # the typed outputs inference returns, per request (no batch dimension)
     weights: WeightsSource
     license: str
     paper: str
@@ -176,6 +214,13 @@ class ModelEntry:
         """Other names that reach this entry (the full name when it is served under the bare arch)."""
         return (self.name,) if self.serve_name != self.name else ()
 
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        """The inputs as typed tensors: each a one-element BYTES tensor (an image/video's bytes, or a
+        parameter's text, e.g. ``b"0.5"``); a parameter (described as ``optional``) may be left out."""
+        return tuple(TensorSpec(name, "BYTES", (1,), text, optional=text.startswith("optional"))
+                     for name, text in self.inputs.items())
+
     def build(self, **overrides: Any) -> torch.nn.Module:
         """Build the architecture with random (untrained) parameters."""
         return self.builder(**{**self.config, **overrides})
@@ -191,7 +236,8 @@ class ModelEntry:
             "config": self.config,
             "handler": self.handler,
             "inputs": self.inputs,
-            "outputs": self.outputs,
+            "input_specs": [spec.as_dict() for spec in self.input_specs],
+            "outputs": [spec.as_dict() for spec in self.outputs],
             "weights": asdict(self.weights),
             "license": self.license,
             "paper": self.paper,
@@ -222,6 +268,9 @@ def register(entry: ModelEntry) -> ModelEntry:
     """Add an entry; a malformed name or a second entry under the same name is a programming error."""
     if not NAME_RE.match(entry.name):
         raise ValueError(f"model name {entry.name!r} is not 'arch.tag' (lower-case letters, digits, '_')")
+    names = [getattr(spec, "name", spec) for spec in entry.outputs]
+    if not names or len(set(names)) != len(names) or not all(isinstance(s, TensorSpec) for s in entry.outputs):
+        raise ValueError(f"model {entry.name!r}: outputs must be TensorSpecs with distinct names, got {names}")
     if entry.name in _REGISTRY and _REGISTRY[entry.name] is not entry:
         raise ValueError(f"model {entry.name!r} is registered twice")
     _REGISTRY[entry.name] = entry

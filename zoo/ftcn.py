@@ -34,9 +34,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo._registry import GpuServing, ModelEntry, ServingConfig, WeightsSource, register
 from zoo.checkpoint import expected_keys, filter_checkpoint
 from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
+from zoo.runtime import GPU_NOT_MEASURED
+from zoo.tensors import TensorSpec
 
 CLIP_LEN = 32  # frames per clip (``clip_size`` in ftcn_tt.yaml)
 CLIP_SIZE = 224  # aligned face crop, pixels (``imsize`` in ftcn_tt.yaml)
@@ -433,9 +435,17 @@ register(
             f"{CLIP_LEN}-frame {CLIP_SIZE}x{CLIP_SIZE} clips (model input: normalised (B, 3, {CLIP_LEN}, "
             f"{CLIP_SIZE}, {CLIP_SIZE}) clips)",
         },
-        outputs={
-            "fake_probability": "sigmoid of the FTCN+TT logit (1 = forged), per clip and averaged per video",
-        },
+        outputs=(
+            TensorSpec("fake_probability", "FP32", (1,),
+                       "sigmoid of the FTCN+TT logit (1 = forged), aggregated per video; NaN when no face"),
+            TensorSpec("verdict", "BYTES", (1,), "fake | real | no_face"),
+            TensorSpec("track_ids", "INT32", (-1,), "id per face track"),
+            TensorSpec("track_scores", "FP32", (-1,), "fake probability per face track (NaN: no clip scored)"),
+            TensorSpec("track_frames", "INT32", (-1, 2), "[first, last] frame number per face track"),
+            TensorSpec("track_clips", "INT32", (-1,), "clips scored per face track"),
+            TensorSpec("frames_analyzed", "INT32", (1,), "frames decoded"),
+            TensorSpec("clips_analyzed", "INT32", (1,), "clips scored"),
+        ),
         weights=WeightsSource(
             hf_repo=None,  # no Hugging Face mirror of the official weights is known
             converter="zoo.ftcn:convert_checkpoint",
@@ -453,7 +463,12 @@ register(
         # README names no licence, so none is granted; the weights are the authors' to license.
         license="none granted (yinglinzheng/FTCN has no licence file; ask the authors before redistributing)",
         paper="https://arxiv.org/abs/2108.06693",
-        serving=ServingConfig(batch_size=4, max_batch_delay_ms=50, response_timeout_s=600),
+        serving=ServingConfig(
+            batch_size=4, max_batch_delay_ms=50, response_timeout_s=600, precision="bf16",
+            accuracy="bf16 autocast vs fp32: clip fake probability within 6e-4 (CPU, bench/ftcn.py, seeded random "
+                     "weights; docs/benchmarks.md)",
+            gpu=GpuServing(batch_size=4, max_batch_delay_ms=50, workers=1, measured_by=GPU_NOT_MEASURED),
+        ),
         default_serve=True,
         assets=("zoo.faces.weights:mar_assets",),  # MTCNN face detector travels inside the archive
         description="FTCN+TT video face-forgery detector (Zheng et al., ICCV 2021): temporal-only 3D ResNet "

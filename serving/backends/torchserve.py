@@ -37,7 +37,7 @@ import grpc
 
 from proto import serialize, ts
 from serving.backends.base import Backend, ListedModel, ModelWorkers, RawPrediction, time_left
-from serving.backends.fields import OUTPUT, answer_all, answers_to_response, fan_out
+from serving.backends.fields import OUTPUT, answer_all, answers_to_response, fan_out, tensor_metadata, typed_answer
 from serving.errors import (
     BackendError,
     BackendUnavailable,
@@ -50,6 +50,7 @@ from serving.errors import (
 )
 from serving.types import InferRequest, InferResponse
 from zoo.contract import ARCHIVE_META_FILE
+from zoo.tensors import specs_from
 
 logger = logging.getLogger(__name__)
 
@@ -261,6 +262,14 @@ class TorchServeBackend(Backend):
             raise ModelNotFound(f"model '{model}' not found")
         weights = meta.get("weights") or {}
         kind = weights.get("kind", "unknown")
+        if meta.get("input_specs"):
+            inputs = tensor_metadata(specs_from(meta["input_specs"]))
+        else:  # an archive built before typed I/O
+            inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in (meta.get("inputs") or {})]
+        declared = meta.get("outputs")
+        typed = isinstance(declared, list) and all(isinstance(d, dict) for d in declared)
+        outputs = (tensor_metadata(specs_from(declared)) if typed
+                   else [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}])
         params: dict[str, Any] = {
             "backend": self.name,
             "backend_model": model,
@@ -269,18 +278,18 @@ class TorchServeBackend(Backend):
             "random_weights": kind == "random-seeded",
             "weights": weights,
             "input_descriptions": meta.get("inputs", {}),
-            "output_descriptions": meta.get("outputs", {}),
+            "output_descriptions": ({d["name"]: d.get("description", "") for d in declared} if typed
+                                    else meta.get("outputs", {})),
             "license": meta.get("license", ""),
             "paper": meta.get("paper", ""),
         }
-        inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in (meta.get("inputs") or {})]
         return {
             "name": model,
             "versions": versions or ([str(meta["version"])] if meta.get("version") else []),
             # the weights kind is in the platform string too: gRPC metadata has no parameters field
             "platform": f"torchserve (weights: {kind})",
             "inputs": inputs,
-            "outputs": [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": outputs,
             "parameters": params,
         }
 
@@ -336,8 +345,10 @@ class TorchServeBackend(Backend):
 
     async def infer(self, request: InferRequest, deadline: float | None) -> InferResponse:
         model, version = request.model_name, request.model_version
-        answers = await answer_all(fan_out(request), lambda fields: self._call(model, version, fields, deadline))
-        return answers_to_response(request, answers)
+        async def answer(fields: dict[str, bytes]) -> Any:
+            return typed_answer(await self._call(model, version, fields, deadline))
+
+        return answers_to_response(request, await answer_all(fan_out(request), answer))
 
     async def predict_raw(self, model: str, version: str, fields: dict[str, bytes],
                           deadline: float | None) -> RawPrediction:
