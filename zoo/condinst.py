@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -460,9 +461,14 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """torchvision ``batched_nms`` (as detectron2 calls it, boxes in float32): the coordinate-offset trick up
-    to 4000 box coordinates on CPU, else NMS per class with the kept indices re-sorted by score."""
-    boxes = boxes.float()
+    """torchvision ``batched_nms`` (as detectron2 calls it, boxes in float32) with its CPU rules on any device:
+    the coordinate-offset trick up to 4000 box coordinates, else NMS per class with the kept indices
+    re-sorted by score. Runs on the CPU (a sequential loop; a GPU would only add a sync per box)."""
+    device = boxes.device
+    return _batched_nms_cpu(boxes.detach().float().cpu(), scores.detach().cpu(), idxs.cpu(), iou_threshold).to(device)
+
+
+def _batched_nms_cpu(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
     if boxes.numel() > 4000:
         keep_mask = torch.zeros_like(scores, dtype=torch.bool)
         for class_id in torch.unique(idxs):
@@ -705,8 +711,10 @@ def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
     from pycocotools import mask as mask_util
 
     counts = rle["counts"]
-    return mask_util.decode({"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str)
-                             else counts})
+    obj = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    with warnings.catch_warnings():  # pycocotools 2.0.x under numpy 2 warns about its own __array__ (copy=False)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_util.decode(obj)
 
 
 def category(index: int) -> tuple[int, str]:
