@@ -215,6 +215,7 @@ MODEL_MODULES = (
     "zoo.addernet",  # image-classification, opt-in (default_serve=False)
     "zoo.bit",  # image-classification, opt-in (default_serve=False)
     "zoo.patchforensics",  # image-forensics, opt-in (default_serve=False)
+    "zoo.condinst",  # instance-segmentation, opt-in (default_serve=False), NON-COMMERCIAL weights
 )
 
 
