@@ -216,6 +216,8 @@ MODEL_MODULES = (
     "zoo.bit",  # image-classification, opt-in (default_serve=False)
     "zoo.patchforensics",  # image-forensics, opt-in (default_serve=False)
     "zoo.condinst",  # instance-segmentation, opt-in (default_serve=False), NON-COMMERCIAL weights
+    "zoo.dnl",  # semantic-segmentation, opt-in (default_serve=False)
+    "zoo.stereo_mono",  # stereo-depth, opt-in (default_serve=False); NON-COMMERCIAL licence
 )
 
 
