@@ -111,6 +111,7 @@ MODEL_MODULES = (
     "zoo.addernet",  # image-classification, opt-in (default_serve=False)
     "zoo.bit",  # image-classification, opt-in (default_serve=False)
     "zoo.patchforensics",  # image-forensics, opt-in (default_serve=False)
+    "zoo.cut",  # image-translation, opt-in (default_serve=False)
 )
 
 
