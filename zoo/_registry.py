@@ -112,6 +112,7 @@ MODEL_MODULES = (
     "zoo.bit",  # image-classification, opt-in (default_serve=False)
     "zoo.patchforensics",  # image-forensics, opt-in (default_serve=False)
     "zoo.cut",  # image-translation, opt-in (default_serve=False)
+    "zoo.scan",  # image-classification (cluster ids), opt-in (default_serve=False)
 )
 
 
