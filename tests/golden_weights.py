@@ -61,6 +61,8 @@ def golden_state_dict(table: str | Path) -> dict[str, torch.Tensor]:
                 tensor = torch.randn(shape) * math.sqrt(2.0 / entry["fan_in"])
             elif entry["kind"] == "adder_bn_running_var":  # Python float times the float32 draw
                 tensor = (0.25 * entry["fan_in"]) * (1 + 0.5 * torch.rand(shape))
+            elif entry["kind"] == "buffer_keep":  # a fixed constructor value (CUT blur filters): nothing drawn
+                tensor = torch.tensor(entry["value_2d"], dtype=torch.float32).expand(shape).clone()
             else:
                 tensor = _FILLS[entry["kind"]](shape)
             assert tensor.dtype == torch.float32

@@ -218,6 +218,8 @@ MODEL_MODULES = (
     "zoo.condinst",  # instance-segmentation, opt-in (default_serve=False), NON-COMMERCIAL weights
     "zoo.dnl",  # semantic-segmentation, opt-in (default_serve=False)
     "zoo.stereo_mono",  # stereo-depth, opt-in (default_serve=False); NON-COMMERCIAL licence
+    "zoo.cut",  # image-translation, opt-in (default_serve=False)
+    "zoo.scan",  # image-classification (cluster ids), opt-in (default_serve=False)
 )
 
 
