@@ -821,11 +821,13 @@ _IO = {
         "threshold": "FP32, shape [1], optional: keep instances with score >= threshold (default 0: all the model "
                      "returns, i.e. score > 0.05 before the square root, at most 100)",
     },
-    "outputs": {
-        "instances": "BYTES (JSON), shape [-1]: per instance {label: COCO category name, label_id: INT32 COCO "
-                     "category id (1..90), score: FP32, box: FP32 [x1, y1, x2, y2] in original-image pixels, "
-                     "mask: COCO RLE {size: [H, W], counts: str} of the binary mask at original-image size}, "
-                     "best first",
+    "outputs": {  # handlers.instance_segmentation_handler: tensors(); one row per instance, best first
+        "boxes": "FP32 [-1, 4]: [x1, y1, x2, y2] in original-image pixels",
+        "scores": "FP32 [-1]: instance score (sqrt of class x centerness probability)",
+        "labels": "INT32 [-1]: COCO category id (1..90)",
+        "label_names": "BYTES [-1]: COCO category name",
+        "masks_rle": "BYTES [-1]: the binary mask at original-image size as COCO RLE (pycocotools), each element "
+                     "the JSON {\"size\": [H, W], \"counts\": str}",
     },
 }
 
@@ -846,6 +848,8 @@ def _entry(tag: str, filename: str, sha256: str, note: str) -> ModelEntry:
                 revision="a0288e75d3ad42599a58841d037d3293ea13ab0c",  # "Upload 9 files" (2023-12-09)
                 filename=filename,
                 sha256=sha256,  # the Hub's LFS record for this file
+                sha256_record=f"the Hub's LFS pointer of {filename} at tianzhi/AdelaiDet-CondInst@a0288e7 "
+                              "(oid sha256, as the Hub lists it for that commit)",
                 converter="zoo.condinst:convert_detectron2",
                 upstream_url=f"https://huggingface.co/tianzhi/AdelaiDet-CondInst/resolve/main/{filename}",
                 description=note,

@@ -362,19 +362,27 @@ def _entry(arch: str, tag: str) -> ModelEntry:
             "image": f"BYTES [1]: image (JPEG/PNG bytes, multipart field 'image', or base64 in JSON "
                      f"{{\"image\": ...}}); input domain: {domain}. Model tensor: FP32 [-1, 3, 256, 256] in "
                      f"[-1, 1] (bicubic resize to 256x256, the official test transform)",
-            "format": "optional BYTES [1]: 'png' (default, lossless like the official test.py) or 'jpeg'",
+            "format": "BYTES [1], optional: 'png' (default, lossless like the official test.py) or 'jpeg'",
+            "quality": "INT32 [1], optional: JPEG quality 1..100 (default 95)",
+            "preprocess": "BYTES [1], optional: 'resize' (default: 256x256 whatever the aspect ratio) or 'none' "
+                          "(official --preprocess none: the image's own size, each side rounded to a multiple "
+                          "of 4, at most 1024 px, else HTTP 400)",
         },
-        outputs={
-            "image": f"BYTES [1]: the translated image ({direction}), 256x256 RGB, PNG or JPEG bytes "
-                     f"(uint8 by the official truncating tensor2im)",
-            "model_output": "FP32 [-1, 3, 256, 256]: tanh output in [-1, 1] (the tensor the image is made from)",
+        outputs={  # handlers.image_translation_handler: tensors()
+            "image": f"BYTES [1]: the translated image ({direction}), RGB PNG or JPEG bytes as 'format' asks, "
+                     f"256x256 (or the rounded input size with preprocess 'none'); uint8 by the official "
+                     f"truncating tensor2im",
         },
         weights=WeightsSource(
             hf_repo=None,  # no Hub mirror by the authors is known; the official tar is the source
             converter="zoo.cut:convert_official",
             upstream_url=UPSTREAM_TAR,
-            # TODO(unverified): no sha256 is published for the tar or its members; not downloaded here.
+            # One tar holds all six generators, which zoo pull cannot unpack: the user extracts this entry's
+            # member and hands it to `zoo pull MODEL --file`. No sha256 is published for the tar or its members.
             upstream_sha256=None,
+            upstream_filename=member,
+            manual_download=True,
+            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
             description=f"official {MODES[arch]} {tag} generator: member {member} of pretrained_models.tar",
         ),
         license="BSD-2-Clause",

@@ -457,17 +457,17 @@ def _io(dataset: str, classes: int, scale: tuple[int, int]) -> dict[str, dict[st
         "inputs": {"image": "BYTES [1]: image (JPEG/PNG bytes, or base64 in JSON); RGB, any size; resized "
                             f"keeping the aspect ratio into {scale[0]}x{scale[1]} (long x short edge), "
                             "whole-image inference"},
-        "outputs": {
-            "labels": f"UINT8 [-1, -1]: {dataset} class index per pixel (0..{classes - 1}), original image size",
-            "png": "BYTES [1]: palette-mode PNG of the label map (pixel = class index, coloured with the "
-                   f"{dataset} palette)",
-            "fractions": "FP32 [-1]: {class name: fraction of pixels} for the classes present",
+        "outputs": {  # handlers.semantic_segmentation_handler: tensors()
+            "label_map_png": "BYTES [1]: palette-mode PNG of the label map at the original image size (pixel "
+                             f"value = {dataset} class index 0..{classes - 1}, coloured with the {dataset} palette)",
+            "class_fractions": f"FP32 [{classes}]: fraction of the image's pixels per class (sums to 1)",
         },
     }
 
 
 def _entry(tag: str, dataset: str, scale: tuple[int, int], url: str, mIoU: str, what: str) -> ModelEntry:
     classes = len(DATASETS[dataset][0])
+    sha256_prefix = url.rsplit("-", 1)[1].removesuffix(".pth")  # OpenMMLab file names end in -<sha256[:8]>.pth
     return register(
         ModelEntry(
             name=f"dnl_r50_d8.{tag}",
@@ -489,8 +489,11 @@ def _entry(tag: str, dataset: str, scale: tuple[int, int], url: str, mIoU: str, 
                 hf_repo=None,  # OpenMMLab hosts the checkpoints on its own server, not the Hub
                 converter="zoo.dnl:convert_mmseg",
                 upstream_url=MMSEG_URL + url,
-                # TODO(unverified): no public sha256; the file name carries the first 8 hex digits of it
-                upstream_sha256=None,
+                upstream_sha256=None,  # no full sha256 is published; the file name carries its first 8 hex digits
+                upstream_sha256_prefix=sha256_prefix,
+                sha256_record=f"partial: the sha256 prefix {sha256_prefix} in the "
+                              "official file name (OpenMMLab publish_model convention: sha256sum, first 8 hex "
+                              "digits); the full hash is trusted on first use",
                 description=f"mmsegmentation dnl_r50-d8 {what} ({mIoU} mIoU in configs/dnlnet/metafile.yaml)",
             ),
             license=LICENSE,

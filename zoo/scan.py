@@ -318,8 +318,11 @@ def _entry(name: str, backbone: str, clusters: int, heads: int, size: int, prepr
             hf_repo=None,  # no Hugging Face mirror by the authors is known
             converter=converter,
             upstream_url=DRIVE.format(drive_id),
-            # TODO(unverified): no sha256 is published; Google Drive was not reachable here.
+            # A Google Drive page: the user downloads the file in a browser and runs `zoo pull MODEL --file`.
+            # No sha256 is published; Google Drive was not reachable here.
             upstream_sha256=None,
+            manual_download=True,
+            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
             description=weights_note,
         ),
         license=LICENSE,

@@ -384,21 +384,26 @@ STEREO_FROM_MONO = register(
         handler="handlers.stereo_depth_handler",
         inputs={
             "left": "BYTES [1]: left (reference) view, JPEG/PNG bytes or base64 in JSON; RGB",
-            "right": "BYTES [1]: right view, same size as the left one (else HTTP 400); both are resized to "
-                     f"{KITTI_SIZE[0]}x{KITTI_SIZE[1]} for the network",
+            "right": "BYTES [1]: right view, same size as the left one (else HTTP 400 naming both sizes); both "
+                     f"are resized to {KITTI_SIZE[0]}x{KITTI_SIZE[1]} for the network, whatever their size",
+            "dtype": "BYTES [1], optional: 'float32' (default) or 'float16', the datatype of the disparity",
         },
-        outputs={
-            "disparity": "FP32 [-1, -1]: disparity in pixels of the original left image (left(x) <-> right(x - d))",
-            "png16": "BYTES [1]: 16-bit greyscale PNG of disparity * 256 (KITTI format)",
-            "colour": "BYTES [1]: PNG colour visualisation (fixed jet-like map, scaled to the image's maximum)",
+        outputs={  # handlers.stereo_depth_handler: tensors()
+            "disparity": "FP32 [-1, -1]: [H, W] disparity in pixels of the original left image (left(x) <-> "
+                         "right(x - d)); FP16 when the request asks dtype=float16",
+            "disparity_png16": "BYTES [1]: 16-bit greyscale PNG of disparity * 256, truncated (KITTI format)",
         },
         weights=WeightsSource(
             hf_repo=None,  # not on the Hub; the authors host a zip with model.pth (+ optimiser.pth)
             converter="zoo.stereo_mono:convert_official",
             upstream_url="https://storage.googleapis.com/niantic-lon-static/research/stereo-from-mono/models/"
                          "hourglass_midas_release.zip",
-            # TODO(unverified): no public sha256 for the zip or its model.pth
+            # A zip (model.pth + optimiser.pth) that zoo pull cannot read: the user unzips it and hands model.pth
+            # to `zoo pull stereo_from_mono --file`. No sha256 is published for the zip or its model.pth.
             upstream_sha256=None,
+            upstream_filename="model.pth",
+            manual_download=True,
+            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
             description="authors' hourglass PSMNet trained on MiDaS-synthesised stereo (model.pth inside the zip)",
         ),
         license="NON-COMMERCIAL: Niantic Stereo-from-mono License (non-commercial use only, patent pending; "
