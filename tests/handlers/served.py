@@ -1,0 +1,72 @@
+"""Helpers for the dense-output handler tests: real photos, requests, the served archive's handler run in
+process (same random weights as the server), and the typed-output contract of an entry."""
+
+from __future__ import annotations
+
+import io
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cli.torchserve import TorchServe
+from tests.handlers.handler_context import HandlerContext
+from tests.support import http_request, json_body, multipart
+from zoo._registry import ModelEntry
+
+DATATYPES = {"FP32": np.float32, "FP16": np.float16, "INT32": np.int32}
+DECLARED = re.compile(r"^(FP32|FP16|INT32|BYTES) \[([-\d, ]+)\]")
+
+
+def photo(name: str, size: tuple[int, int]) -> Image.Image:
+    """A real photograph shipped with scikit-image (astronaut, coffee, chelsea, rocket ...), resized."""
+    from skimage import data
+
+    return Image.fromarray(getattr(data, name)()).convert("RGB").resize(size, Image.Resampling.BILINEAR)
+
+
+def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def post(ts: TorchServe, model: str, fields: dict[str, bytes | str]) -> tuple[int, dict[str, Any]]:
+    """Multipart fields (bytes as files) to TorchServe's prediction route -> (status, JSON answer)."""
+    body, ctype = multipart({k: (k, v, "application/octet-stream") if isinstance(v, bytes) else v
+                             for k, v in fields.items()})
+    status, _, raw = http_request(f"{ts.inference_url}/predictions/{model}", body, {"Content-Type": ctype}, "POST",
+                                  timeout=600)
+    return status, json_body(raw)  # type: ignore[return-value]
+
+
+def served_handler(ts: TorchServe, model: str, handler_class: type, folder: Path) -> tuple[Any, HandlerContext]:
+    """The served archive's handler, initialised in this process from the archive's own meta and weights."""
+    with zipfile.ZipFile(Path(ts.model_store) / f"{model}.mar") as zf:
+        zf.extractall(folder)
+    handler, context = handler_class(), HandlerContext(folder)
+    handler.initialize(context)
+    return handler, context
+
+
+def check_typed_outputs(entry: ModelEntry, tensors: dict[str, Any]) -> None:
+    """`tensors(answer)` gives exactly the outputs the entry declares, each of its declared datatype and shape
+    (``FP32 [-1, 4]``: -1 is any size; FP32 may come as FP16 where the description says so)."""
+    assert set(tensors) == set(entry.outputs), (sorted(tensors), sorted(entry.outputs))
+    for name, description in entry.outputs.items():
+        match = DECLARED.match(description)
+        assert match, f"{entry.name} output {name!r} does not start with 'DATATYPE [shape]': {description!r}"
+        datatype, dims = match.group(1), [int(d) for d in match.group(2).split(",")]
+        value = tensors[name]
+        if datatype == "BYTES":
+            assert isinstance(value, list) and all(isinstance(v, bytes) for v in value), name
+            shape: tuple[int, ...] = (len(value),)
+        else:
+            allowed = {DATATYPES[datatype]} | ({np.float16} if "FP16" in description else set())
+            assert isinstance(value, np.ndarray) and value.dtype.type in allowed, (name, type(value))
+            shape = value.shape
+        assert len(shape) == len(dims) and all(d in (-1, s) for d, s in zip(dims, shape, strict=True)), \
+            (name, shape, dims)
