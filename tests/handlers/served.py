@@ -3,7 +3,9 @@ process (same random weights as the server), and the typed-output contract of an
 
 from __future__ import annotations
 
+import base64
 import io
+import json
 import re
 import zipfile
 from pathlib import Path
@@ -34,13 +36,23 @@ def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
-def post(ts: TorchServe, model: str, fields: dict[str, bytes | str]) -> tuple[int, dict[str, Any]]:
-    """Multipart fields (bytes as files) to TorchServe's prediction route -> (status, JSON answer)."""
-    body, ctype = multipart({k: (k, v, "application/octet-stream") if isinstance(v, bytes) else v
-                             for k, v in fields.items()})
-    status, _, raw = http_request(f"{ts.inference_url}/predictions/{model}", body, {"Content-Type": ctype}, "POST",
-                                  timeout=600)
+def post_body(ts: TorchServe, model: str, body: bytes, content_type: str) -> tuple[int, dict[str, Any]]:
+    """One body to TorchServe's prediction route -> (status, JSON answer)."""
+    status, _, raw = http_request(f"{ts.inference_url}/predictions/{model}", body, {"Content-Type": content_type},
+                                  "POST", timeout=600)
     return status, json_body(raw)  # type: ignore[return-value]
+
+
+def post(ts: TorchServe, model: str, fields: dict[str, bytes | str]) -> tuple[int, dict[str, Any]]:
+    """Multipart fields (bytes as files) -> (status, JSON answer)."""
+    return post_body(ts, model, *multipart({k: (k, v, "application/octet-stream") if isinstance(v, bytes) else v
+                                            for k, v in fields.items()}))
+
+
+def post_json(ts: TorchServe, model: str, fields: dict[str, bytes | str]) -> tuple[int, dict[str, Any]]:
+    """A JSON object (bytes as base64) -> (status, JSON answer)."""
+    doc = {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in fields.items()}
+    return post_body(ts, model, json.dumps(doc).encode(), "application/json")
 
 
 def served_handler(ts: TorchServe, model: str, handler_class: type, folder: Path) -> tuple[Any, HandlerContext]:
@@ -52,14 +64,25 @@ def served_handler(ts: TorchServe, model: str, handler_class: type, folder: Path
     return handler, context
 
 
+def declared_outputs(entry: ModelEntry) -> dict[str, tuple[str, list[int], str]]:
+    """{name: (datatype, shape, description)} of the entry's outputs: ``TensorSpec``s, or descriptions that start
+    with ``DATATYPE [shape]`` (``FP32 [-1, 4]: ...``)."""
+    if isinstance(entry.outputs, dict):
+        out = {}
+        for name, description in entry.outputs.items():
+            match = DECLARED.match(description)
+            assert match, f"{entry.name} output {name!r} does not start with 'DATATYPE [shape]': {description!r}"
+            out[name] = (match.group(1), [int(d) for d in match.group(2).split(",")], description)
+        return out
+    return {spec.name: (spec.datatype, list(spec.shape), spec.description) for spec in entry.outputs}
+
+
 def check_typed_outputs(entry: ModelEntry, tensors: dict[str, Any]) -> None:
-    """`tensors(answer)` gives exactly the outputs the entry declares, each of its declared datatype and shape
-    (``FP32 [-1, 4]``: -1 is any size; FP32 may come as FP16 where the description says so)."""
-    assert set(tensors) == set(entry.outputs), (sorted(tensors), sorted(entry.outputs))
-    for name, description in entry.outputs.items():
-        match = DECLARED.match(description)
-        assert match, f"{entry.name} output {name!r} does not start with 'DATATYPE [shape]': {description!r}"
-        datatype, dims = match.group(1), [int(d) for d in match.group(2).split(",")]
+    """`tensors(answer)` gives exactly the outputs the entry declares, in its order, each of its declared datatype
+    and shape (-1 is any size; FP32 may come as FP16 where the description says so)."""
+    declared = declared_outputs(entry)
+    assert list(tensors) == list(declared), (list(tensors), list(declared))
+    for name, (datatype, dims, description) in declared.items():
         value = tensors[name]
         if datatype == "BYTES":
             assert isinstance(value, list) and all(isinstance(v, bytes) for v in value), name
@@ -70,3 +93,9 @@ def check_typed_outputs(entry: ModelEntry, tensors: dict[str, Any]) -> None:
             shape = value.shape
         assert len(shape) == len(dims) and all(d in (-1, s) for d, s in zip(dims, shape, strict=True)), \
             (name, shape, dims)
+
+
+def served_as(answer: dict[str, Any]) -> str:
+    """The registry entry (``arch.tag``) an answer names, whether ``model.name`` is the entry or the served name
+    (then ``model.entry`` is the entry)."""
+    return answer["model"].get("entry", answer["model"]["name"])

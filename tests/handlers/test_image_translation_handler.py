@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,8 +18,17 @@ from PIL import Image
 from clients.draw import draw_translation
 from clients.types import TranslationResult
 from handlers.image_translation_handler import ImageTranslationHandler
-from tests.handlers.served import check_typed_outputs, encode, photo, post, served_handler
-from tests.support import http_request, json_body, running_torchserve
+from tests.handlers.served import (
+    check_typed_outputs,
+    encode,
+    photo,
+    post,
+    post_body,
+    post_json,
+    served_as,
+    served_handler,
+)
+from tests.support import running_torchserve
 from zoo import get_entry
 
 MODEL = "cut"  # cut.horse2zebra, the architecture's default tag
@@ -50,15 +58,13 @@ def image_of(answer: dict) -> Image.Image:
 @pytest.mark.integration
 def test_real_photos_png_jpeg_and_own_size(torchserve, in_process) -> None:
     handler, _ = in_process
-    status, _, raw = http_request(f"{torchserve.inference_url}/predictions/{MODEL}", PHOTOS[0],
-                                  {"Content-Type": "image/jpeg"}, "POST", timeout=600)
-    assert status == 200, raw
-    answer = json_body(raw)
-    assert answer["format"] == "png" and answer["direction"] == "horse -> zebra"  # type: ignore[index]
-    assert answer["image_size"] == {"width": SQUARE, "height": SQUARE}  # type: ignore[index]
-    assert answer["input_size"] == {"width": 150, "height": 100}  # type: ignore[index]
-    assert answer["model"]["name"] == "cut.horse2zebra"  # type: ignore[index]
-    png = image_of(answer)  # type: ignore[arg-type]
+    status, answer = post_body(torchserve, MODEL, PHOTOS[0], "image/jpeg")
+    assert status == 200, answer
+    assert answer["format"] == "png" and answer["direction"] == "horse -> zebra"
+    assert answer["image_size"] == {"width": SQUARE, "height": SQUARE}
+    assert answer["input_size"] == {"width": 150, "height": 100}
+    assert served_as(answer) == "cut.horse2zebra"
+    png = image_of(answer)
     assert png.format == "PNG" and png.mode == "RGB" and png.size == (SQUARE, SQUARE)
     check_typed_outputs(get_entry(MODEL), handler.tensors(answer))
 
@@ -70,12 +76,10 @@ def test_real_photos_png_jpeg_and_own_size(torchserve, in_process) -> None:
     assert status == 200, own
     assert own["image_size"] == {"width": 96, "height": 64} and image_of(own).size == (96, 64)  # multiples of 4
 
-    payload = json.dumps({"image": base64.b64encode(PHOTOS[0]).decode()}).encode()
-    status, _, raw = http_request(f"{torchserve.inference_url}/predictions/{MODEL}", payload,
-                                  {"Content-Type": "application/json"}, "POST", timeout=600)
-    assert status == 200 and json_body(raw)["image"] == answer["image"]  # type: ignore[index]
+    status, as_json = post_json(torchserve, MODEL, {"image": PHOTOS[0]})
+    assert status == 200 and as_json["image"] == answer["image"]
 
-    result = TranslationResult.from_json(answer)  # type: ignore[arg-type]
+    result = TranslationResult.from_json(answer)
     np.testing.assert_array_equal(np.asarray(result.image()), np.asarray(png))
     assert result.model.random_weights and result.input_size == (150, 100)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 
 import numpy as np
 import pytest
@@ -19,8 +18,17 @@ from PIL import Image
 from clients.draw import CAPTION_BG, blend, draw_label_map
 from clients.types import SemanticSegmentationResult
 from handlers.semantic_segmentation_handler import CLASS_CHUNK, SemanticSegmentationHandler, label_map
-from tests.handlers.served import check_typed_outputs, encode, photo, post, served_handler
-from tests.support import http_request, json_body, running_torchserve
+from tests.handlers.served import (
+    check_typed_outputs,
+    encode,
+    photo,
+    post,
+    post_body,
+    post_json,
+    served_as,
+    served_handler,
+)
+from tests.support import running_torchserve
 from zoo import get_entry
 from zoo.dnl import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, upsample_logits
 from zoo.dnl import label_map as official_label_map
@@ -48,7 +56,7 @@ def decoded(answer: dict) -> Image.Image:
 
 def check_answer(handler: SemanticSegmentationHandler, answer: dict, width: int, height: int) -> None:
     assert answer["image_size"] == {"width": width, "height": height} and answer["dataset"] == "cityscapes"
-    assert answer["model"]["name"] == "dnl_r50_d8.cityscapes" and answer["model"]["weights"]["kind"] == "random-seeded"
+    assert served_as(answer) == "dnl_r50_d8.cityscapes" and answer["model"]["weights"]["kind"] == "random-seeded"
     png = decoded(answer)
     assert png.format == "PNG" and png.mode == "P" and png.size == (width, height)
     assert png.getpalette()[:3 * 19] == [v for color in CITYSCAPES_PALETTE for v in color]
@@ -69,21 +77,17 @@ def check_answer(handler: SemanticSegmentationHandler, answer: dict, width: int,
 @pytest.mark.integration
 def test_real_photos_raw_multipart_and_json(torchserve, in_process) -> None:
     handler, _ = in_process
-    chelsea = encode(photo("chelsea", (150, 100)), "JPEG")
-    status, _, raw = http_request(f"{torchserve.inference_url}/predictions/{MODEL}", chelsea,
-                                  {"Content-Type": "image/jpeg"}, "POST", timeout=600)
-    assert status == 200, raw
-    check_answer(handler, json_body(raw), 150, 100)  # type: ignore[arg-type]
+    status, answer = post_body(torchserve, MODEL, encode(photo("chelsea", (150, 100)), "JPEG"), "image/jpeg")
+    assert status == 200, answer
+    check_answer(handler, answer, 150, 100)
 
     coffee = encode(photo("coffee", (120, 80)))
     status, multi = post(torchserve, MODEL, {"image": coffee})
     assert status == 200, multi
     check_answer(handler, multi, 120, 80)
-    payload = json.dumps({"image": base64.b64encode(coffee).decode()}).encode()
-    status, _, raw = http_request(f"{torchserve.inference_url}/predictions/{MODEL}", payload,
-                                  {"Content-Type": "application/json"}, "POST", timeout=600)
-    assert status == 200, raw
-    assert json_body(raw)["label_map_png"] == multi["label_map_png"]  # type: ignore[index]
+    status, as_json = post_json(torchserve, MODEL, {"image": coffee})
+    assert status == 200, as_json
+    assert as_json["label_map_png"] == multi["label_map_png"]
 
     result = SemanticSegmentationResult.from_json(multi)  # the SDK's reading of the same answer
     np.testing.assert_array_equal(result.label_map(), np.asarray(decoded(multi)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 
 import numpy as np
 import pytest
@@ -19,8 +18,8 @@ from PIL import Image
 from clients.draw import disparity_colors, draw_disparity
 from clients.types import DisparityResult
 from handlers.stereo_depth_handler import StereoDepthHandler
-from tests.handlers.served import check_typed_outputs, encode, photo, post, served_handler
-from tests.support import http_request, json_body, running_torchserve
+from tests.handlers.served import check_typed_outputs, encode, photo, post, post_json, served_as, served_handler
+from tests.support import running_torchserve
 from zoo import get_entry
 from zoo.stereo_mono import decode_png16
 
@@ -59,7 +58,7 @@ def test_shifted_photo_pair_multipart_and_json(torchserve, in_process) -> None:
     status, answer = post(torchserve, MODEL, {"left": PAIR[0], "right": PAIR[1]})
     assert status == 200, answer
     assert answer["image_size"] == {"width": 120, "height": 90}
-    assert answer["model"]["name"] == "stereo_from_mono.hourglass"
+    assert served_as(answer) == "stereo_from_mono.hourglass"
     assert answer["model"]["weights"]["kind"] == "random-seeded"
     disparity = disparity_of(answer)
     assert disparity.dtype == np.float32 and disparity.shape == (90, 120)
@@ -73,15 +72,11 @@ def test_shifted_photo_pair_multipart_and_json(torchserve, in_process) -> None:
     check_typed_outputs(get_entry(MODEL), tensors)
     np.testing.assert_array_equal(tensors["disparity"], disparity)
 
-    payload = json.dumps({"left": base64.b64encode(PAIR[0]).decode(), "right": base64.b64encode(PAIR[1]).decode(),
-                          "dtype": "float16"}).encode()
-    status, _, raw = http_request(f"{torchserve.inference_url}/predictions/{MODEL}", payload,
-                                  {"Content-Type": "application/json"}, "POST", timeout=600)
-    assert status == 200, raw
-    half = json_body(raw)
-    assert half["disparity"]["dtype"] == "float16"  # type: ignore[index]
+    status, half = post_json(torchserve, MODEL, {"left": PAIR[0], "right": PAIR[1], "dtype": "float16"})
+    assert status == 200, half
+    assert half["disparity"]["dtype"] == "float16"
     assert handler.tensors(half)["disparity"].dtype == np.float16
-    np.testing.assert_allclose(disparity_of(half).astype(np.float32), disparity, rtol=1e-3, atol=1e-2)  # type: ignore[arg-type]
+    np.testing.assert_allclose(disparity_of(half).astype(np.float32), disparity, rtol=1e-3, atol=1e-2)
 
     result = DisparityResult.from_json(answer)  # the SDK's reading
     np.testing.assert_allclose(result.disparity_from_png16(), disparity, atol=1 / 256)

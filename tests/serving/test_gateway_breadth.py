@@ -15,7 +15,7 @@ from PIL import Image
 from cli.main import main as cli_main
 from clients import DisparityResult, InvalidInputError, TranslationResult, ZooClient
 from clients.draw import disparity_colors
-from tests.handlers.served import photo
+from tests.handlers.served import photo, served_as
 from tests.serving.gateway_support import running_gateway
 from tests.support import http_request, json_body, running_torchserve
 from zoo import get_entry
@@ -66,7 +66,7 @@ def test_sdk_typed_results_through_the_gateway(gateway, files) -> None:
 
         clusters = zoo.predict(CLUSTERS, {"image": files["cat.jpg"].read_bytes(), "top_k": "3"})
         assert [c["label"] for c in clusters["top_k"]] == [None] * 3  # clusters are not classes
-        assert all(0 <= c["index"] < 10 for c in clusters["top_k"]) and clusters["model"]["name"] == "scan_r18.cifar10"
+        assert all(0 <= c["index"] < 10 for c in clusters["top_k"]) and served_as(clusters) == "scan_r18.cifar10"
         assert sum(c["score"] for c in clusters["top_k"]) <= 1.0 + 1e-6
 
         meta = zoo.model_metadata(STEREO)
