@@ -157,8 +157,11 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | knobs | published (top-1 % unless noted) | batch | dtype | images/s | ms / batch |",
              "|---|---|---:|---:|---|---:|---:|"]
     for r in rows:
+        rate = r["images_per_s"]
         lines.append(f"| {r['model']} | {r['knobs']} | {r['published']} | {r['batch']} | {r['dtype']} | "
-                     f"{r['images_per_s']:.1f} | {r['ms']:.1f} |")
+                     f"{rate:.1f} | {r['ms']:.1f} |" if rate >= 1 else
+                     f"| {r['model']} | {r['knobs']} | {r['published']} | {r['batch']} | {r['dtype']} | "
+                     f"{rate:.3g} | {r['ms']:.1f} |")
     return "\n".join(lines)
 
 
