@@ -8,15 +8,17 @@ import io
 import json
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cli.torchserve import TorchServe
 from tests.handlers.handler_context import HandlerContext
-from tests.support import http_request, json_body, multipart
+from tests.support import http_request, json_body, multipart, running_torchserve
 from zoo._registry import ModelEntry
 
 DATATYPES = {"FP32": np.float32, "FP16": np.float16, "INT32": np.int32}
@@ -53,6 +55,31 @@ def post_json(ts: TorchServe, model: str, fields: dict[str, bytes | str]) -> tup
     """A JSON object (bytes as base64) -> (status, JSON answer)."""
     doc = {k: base64.b64encode(v).decode() if isinstance(v, bytes) else v for k, v in fields.items()}
     return post_body(ts, model, json.dumps(doc).encode(), "application/json")
+
+
+def serving_fixtures(model: str, handler_class: type, overrides: dict[str, Any]) -> tuple[Any, Any]:
+    """Module fixtures ``(torchserve, in_process)``: one TorchServe serving `model`'s random-weight archive built
+    with config `overrides` (a reduced test size), and that archive's handler run in this process. Assign them
+    to module names ``torchserve, in_process = serving_fixtures(...)`` so pytest finds them."""
+
+    @pytest.fixture(scope="module")
+    def torchserve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+        with running_torchserve(tmp_path_factory.mktemp(f"{model}_ts"), [model],
+                                config_overrides={model: overrides}) as ts:
+            yield ts
+
+    @pytest.fixture(scope="module")
+    def in_process(torchserve: TorchServe, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, HandlerContext]:
+        return served_handler(torchserve, model, handler_class, tmp_path_factory.mktemp(f"{model}_mar"))
+
+    return torchserve, in_process
+
+
+def image_from_b64(text: str) -> Image.Image:
+    """A base64 PNG/JPEG of an answer, decoded (mode and format kept)."""
+    img = Image.open(io.BytesIO(base64.b64decode(text)))
+    img.load()
+    return img
 
 
 def served_handler(ts: TorchServe, model: str, handler_class: type, folder: Path) -> tuple[Any, HandlerContext]:

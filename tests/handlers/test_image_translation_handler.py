@@ -8,12 +8,10 @@ only the contract is checked, never the translation.
 from __future__ import annotations
 
 import base64
-import io
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from clients.draw import draw_translation
 from clients.types import TranslationResult
@@ -21,14 +19,14 @@ from handlers.image_translation_handler import ImageTranslationHandler
 from tests.handlers.served import (
     check_typed_outputs,
     encode,
+    image_from_b64,
     photo,
     post,
     post_body,
     post_json,
     served_as,
-    served_handler,
+    serving_fixtures,
 )
-from tests.support import running_torchserve
 from zoo import get_entry
 
 MODEL = "cut"  # cut.horse2zebra, the architecture's default tag
@@ -38,21 +36,7 @@ PHOTOS = [encode(photo(name, size), "JPEG") for name, size in
           (("chelsea", (150, 100)), ("coffee", (120, 80)), ("astronaut", (96, 96)))]
 
 
-@pytest.fixture(scope="module")
-def torchserve(tmp_path_factory: pytest.TempPathFactory):
-    with running_torchserve(tmp_path_factory.mktemp("cut_ts"), [MODEL], config_overrides={MODEL: TEST_SIZE}) as ts:
-        yield ts
-
-
-@pytest.fixture(scope="module")
-def in_process(torchserve, tmp_path_factory: pytest.TempPathFactory):
-    return served_handler(torchserve, MODEL, ImageTranslationHandler, tmp_path_factory.mktemp("cut_mar"))
-
-
-def image_of(answer: dict) -> Image.Image:
-    img = Image.open(io.BytesIO(base64.b64decode(answer["image"])))
-    img.load()
-    return img
+torchserve, in_process = serving_fixtures(MODEL, ImageTranslationHandler, TEST_SIZE)
 
 
 @pytest.mark.integration
@@ -64,17 +48,18 @@ def test_real_photos_png_jpeg_and_own_size(torchserve, in_process) -> None:
     assert answer["image_size"] == {"width": SQUARE, "height": SQUARE}
     assert answer["input_size"] == {"width": 150, "height": 100}
     assert served_as(answer) == "cut.horse2zebra"
-    png = image_of(answer)
+    png = image_from_b64(answer["image"])
     assert png.format == "PNG" and png.mode == "RGB" and png.size == (SQUARE, SQUARE)
     check_typed_outputs(get_entry(MODEL), handler.tensors(answer))
 
     status, jpeg = post(torchserve, MODEL, {"image": PHOTOS[0], "format": "JPEG", "quality": "80"})
     assert status == 200, jpeg
-    assert jpeg["format"] == "jpeg" and image_of(jpeg).format == "JPEG"
+    assert jpeg["format"] == "jpeg" and image_from_b64(jpeg["image"]).format == "JPEG"
 
     status, own = post(torchserve, MODEL, {"image": encode(photo("coffee", (98, 62))), "preprocess": "none"})
     assert status == 200, own
-    assert own["image_size"] == {"width": 96, "height": 64} and image_of(own).size == (96, 64)  # multiples of 4
+    assert own["image_size"] == {"width": 96, "height": 64}  # sides rounded to multiples of 4
+    assert image_from_b64(own["image"]).size == (96, 64)
 
     status, as_json = post_json(torchserve, MODEL, {"image": PHOTOS[0]})
     assert status == 200 and as_json["image"] == answer["image"]
@@ -93,8 +78,8 @@ def test_concurrent_requests_are_batched_and_match_singles(torchserve, in_proces
     batched = handler.handle([{"body": image} for image in PHOTOS], context)
     assert context.headers[0]["X-Zoo-Batch-Size"] == "3" and not context.status
     for single, other, together in zip(singles, concurrent, batched, strict=True):
-        a = np.asarray(image_of({"image": single}), dtype=np.int16)
-        for b in (image_of({"image": other}), image_of(together)):
+        a = np.asarray(image_from_b64(single), dtype=np.int16)
+        for b in (image_from_b64(other), image_from_b64(together["image"])):
             assert np.abs(a - np.asarray(b, dtype=np.int16)).max() <= 1  # truncation to uint8 under float noise
 
 

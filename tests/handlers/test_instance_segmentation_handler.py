@@ -26,9 +26,8 @@ from tests.handlers.served import (
     post_body,
     post_json,
     served_as,
-    served_handler,
+    serving_fixtures,
 )
-from tests.support import running_torchserve
 from zoo import get_entry
 from zoo.condinst import COCO_CONTIGUOUS_IDS, decode_rle
 from zoo.mar import read_archive_meta
@@ -40,16 +39,7 @@ TEST_SIZE = {"min_size_test": 128, "max_size_test": 192}
 SAME_SIZE = [encode(photo(name, (128, 96)), "JPEG") for name in ("astronaut", "coffee", "chelsea")]
 
 
-@pytest.fixture(scope="module")
-def torchserve(tmp_path_factory: pytest.TempPathFactory):
-    with running_torchserve(tmp_path_factory.mktemp("condinst_ts"), [MODEL],
-                            config_overrides={MODEL: TEST_SIZE}) as ts:
-        yield ts
-
-
-@pytest.fixture(scope="module")
-def in_process(torchserve, tmp_path_factory: pytest.TempPathFactory):
-    return served_handler(torchserve, MODEL, InstanceSegmentationHandler, tmp_path_factory.mktemp("condinst_mar"))
+torchserve, in_process = serving_fixtures(MODEL, InstanceSegmentationHandler, TEST_SIZE)
 
 
 def check_answer(handler: InstanceSegmentationHandler, answer: dict, width: int, height: int,

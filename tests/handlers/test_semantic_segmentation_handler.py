@@ -21,14 +21,14 @@ from handlers.semantic_segmentation_handler import CLASS_CHUNK, SemanticSegmenta
 from tests.handlers.served import (
     check_typed_outputs,
     encode,
+    image_from_b64,
     photo,
     post,
     post_body,
     post_json,
     served_as,
-    served_handler,
+    serving_fixtures,
 )
-from tests.support import running_torchserve
 from zoo import get_entry
 from zoo.dnl import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, upsample_logits
 from zoo.dnl import label_map as official_label_map
@@ -37,27 +37,13 @@ MODEL = "dnl_r50_d8"
 TEST_SCALE = {"test_scale": [192, 96]}
 
 
-@pytest.fixture(scope="module")
-def torchserve(tmp_path_factory: pytest.TempPathFactory):
-    with running_torchserve(tmp_path_factory.mktemp("dnl_ts"), [MODEL], config_overrides={MODEL: TEST_SCALE}) as ts:
-        yield ts
-
-
-@pytest.fixture(scope="module")
-def in_process(torchserve, tmp_path_factory: pytest.TempPathFactory):
-    return served_handler(torchserve, MODEL, SemanticSegmentationHandler, tmp_path_factory.mktemp("dnl_mar"))
-
-
-def decoded(answer: dict) -> Image.Image:
-    img = Image.open(io.BytesIO(base64.b64decode(answer["label_map_png"])))
-    img.load()
-    return img
+torchserve, in_process = serving_fixtures(MODEL, SemanticSegmentationHandler, TEST_SCALE)
 
 
 def check_answer(handler: SemanticSegmentationHandler, answer: dict, width: int, height: int) -> None:
     assert answer["image_size"] == {"width": width, "height": height} and answer["dataset"] == "cityscapes"
     assert served_as(answer) == "dnl_r50_d8.cityscapes" and answer["model"]["weights"]["kind"] == "random-seeded"
-    png = decoded(answer)
+    png = image_from_b64(answer["label_map_png"])
     assert png.format == "PNG" and png.mode == "P" and png.size == (width, height)
     assert png.getpalette()[:3 * 19] == [v for color in CITYSCAPES_PALETTE for v in color]
     labels = np.asarray(png)
@@ -90,7 +76,7 @@ def test_real_photos_raw_multipart_and_json(torchserve, in_process) -> None:
     assert as_json["label_map_png"] == multi["label_map_png"]
 
     result = SemanticSegmentationResult.from_json(multi)  # the SDK's reading of the same answer
-    np.testing.assert_array_equal(result.label_map(), np.asarray(decoded(multi)))
+    np.testing.assert_array_equal(result.label_map(), np.asarray(image_from_b64(multi["label_map_png"])))
     assert [c.index for c in result.class_fractions] == [r["index"] for r in multi["class_fractions"]]
 
 
@@ -104,7 +90,7 @@ def test_batch_equals_singles(in_process) -> None:
     batched = handler.handle([{"body": image} for image in images], context)
     assert context.headers[0]["X-Zoo-Batch-Size"] == "2" and not context.status
     for single, together in zip(singles, batched, strict=True):
-        a, b = np.asarray(decoded(single)), np.asarray(decoded(together))
+        a, b = (np.asarray(image_from_b64(answer["label_map_png"])) for answer in (single, together))
         assert np.count_nonzero(a != b) <= 0.001 * a.size  # argmax ties may fall either way under float noise
 
 

@@ -18,8 +18,15 @@ from PIL import Image
 from clients.draw import disparity_colors, draw_disparity
 from clients.types import DisparityResult
 from handlers.stereo_depth_handler import StereoDepthHandler
-from tests.handlers.served import check_typed_outputs, encode, photo, post, post_json, served_as, served_handler
-from tests.support import running_torchserve
+from tests.handlers.served import (
+    check_typed_outputs,
+    encode,
+    photo,
+    post,
+    post_json,
+    served_as,
+    serving_fixtures,
+)
 from zoo import get_entry
 from zoo.stereo_mono import decode_png16
 
@@ -37,15 +44,7 @@ def shifted_pair(name: str, size: tuple[int, int], shift: int) -> tuple[bytes, b
 PAIR = shifted_pair("astronaut", (120, 90), 6)
 
 
-@pytest.fixture(scope="module")
-def torchserve(tmp_path_factory: pytest.TempPathFactory):
-    with running_torchserve(tmp_path_factory.mktemp("sfm_ts"), [MODEL], config_overrides={MODEL: TEST_SIZE}) as ts:
-        yield ts
-
-
-@pytest.fixture(scope="module")
-def in_process(torchserve, tmp_path_factory: pytest.TempPathFactory):
-    return served_handler(torchserve, MODEL, StereoDepthHandler, tmp_path_factory.mktemp("sfm_mar"))
+torchserve, in_process = serving_fixtures(MODEL, StereoDepthHandler, TEST_SIZE)
 
 
 def disparity_of(answer: dict) -> np.ndarray:
