@@ -98,4 +98,6 @@ def start_gateway(ts: Any, host: str = "127.0.0.1", http_port: int = 0, grpc_por
             "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
     if config_path:
         args += ["--config", str(config_path)]
+    if getattr(ts, "token_auth", False):
+        args += ["--torchserve-token-file", str(ts.key_file)]
     return launch(args, host=host, env=env)

@@ -84,7 +84,7 @@ def zoo_cli(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch):  # 
 
 def metric(url: str, model: str, route: str, status: int) -> float:
     """zoo_gateway_requests_total for one (model, route, status), summed over versions and protocols."""
-    _, _, body = http_request(f"{url}/metrics")
+    _, _, body = http_request(f"{url}/metrics", headers={"x-api-key": API_KEY})  # keyed: model series
     total = 0.0
     for line in body.decode().splitlines():
         if line.startswith("zoo_gateway_requests_total{") and f'model="{model}"' in line \

@@ -98,6 +98,12 @@ class Running:
         self.thread.join(10)
         self.loop.close()
 
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 @contextlib.contextmanager
 def in_process_gateway(config: GatewayConfig, backends: dict[str, Any]) -> Iterator[Running]:
