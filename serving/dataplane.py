@@ -39,7 +39,7 @@ from serving.errors import (
 )
 from serving.metrics import UNKNOWN_MODEL, GatewayMetrics
 from serving.repository import ModelRepository
-from serving.triton_schema import Statistics
+from serving.triton_schema import DEFAULT_VERSION, Statistics
 from serving.types import InferRequest, InferResponse
 
 logger = logging.getLogger(__name__)
@@ -339,14 +339,14 @@ class DataPlane:
 
     def model_statistics(self, key: str | None, name: str = "", version: str = "") -> dict[str, Any]:
         """Triton's statistics (REST form) of model `name` (already admitted) or, with no name, of every model
-        this key may use; a model's versions are those it was asked for (none yet: the default, "")."""
+        this key may use; a model's versions are those it was asked for (none yet: the default)."""
         if name:
             names = [name]
         else:
             names = [route.public_name for route in self.allowed_routes(key)]
         stats = []
         for model in names:
-            versions = [version] if name and version else (self.statistics.versions_of(model) or [""])
+            versions = [version] if name and version else (self.statistics.versions_of(model) or [DEFAULT_VERSION])
             stats.extend(self.statistics.report(model, v) for v in versions)
         return {"model_stats": stats}
 

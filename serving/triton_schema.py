@@ -116,6 +116,11 @@ def _int64_as_numbers(doc: dict[str, Any], descriptor: Any) -> dict[str, Any]:
     return doc
 
 
+# Requests that name no version are reported under this version label: Triton's clients (perf_analyzer) parse
+# a statistics entry's version as a number and abort on an empty one.
+DEFAULT_VERSION = "1"
+
+
 # --- statistics ---------------------------------------------------------------------------------------------
 @dataclass
 class Duration:
@@ -175,14 +180,35 @@ class Statistics:
         counters.queue.count += 1  # the backends report no queue time: counted, 0 ns
 
     def versions_of(self, model: str) -> list[str]:
-        return sorted(version for name, version in self._models if name == model)
+        """The version labels a model has counters under (requests naming no version count as the default)."""
+        return sorted({version or DEFAULT_VERSION for name, version in self._models if name == model})
+
+    def _counters(self, model: str, version: str) -> ModelCounters:
+        """One version's counters; the default version's include the requests that named no version."""
+        found = [c for (name, v), c in self._models.items()
+                 if name == model and (v or DEFAULT_VERSION) == (version or DEFAULT_VERSION)]
+        if len(found) <= 1:
+            return found[0] if found else ModelCounters()
+        total = ModelCounters()
+        for c in found:
+            for kind in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+                mine, theirs = getattr(total, kind), getattr(c, kind)
+                mine.count, mine.ns = mine.count + theirs.count, mine.ns + theirs.ns
+            for size, durations in c.by_batch.items():
+                into = total.by_batch.setdefault(size, (Duration(), Duration(), Duration()))
+                for mine, theirs in zip(into, durations, strict=True):
+                    mine.count, mine.ns = mine.count + theirs.count, mine.ns + theirs.ns
+            total.inference_count += c.inference_count
+            total.execution_count += c.execution_count
+            total.last_inference_ms = max(total.last_inference_ms, c.last_inference_ms)
+        return total
 
     def report(self, model: str, version: str) -> dict[str, Any]:
         """Triton's ModelStatistics (REST form) of one model version; zeros when it has served nothing."""
-        c = self._models.get((model, version)) or ModelCounters()
+        c = self._counters(model, version)
         return {
             "name": model,
-            "version": version,
+            "version": version or DEFAULT_VERSION,
             "last_inference": c.last_inference_ms,
             "inference_count": c.inference_count,
             "execution_count": c.execution_count,

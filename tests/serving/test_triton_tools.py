@@ -111,6 +111,7 @@ def test_statistics_count_successes_and_failures_over_both_protocols(gw: Running
     stats = client.get_inference_statistics(TYPED, headers=dict(AUTH))
     assert _success(stats, TYPED) == before + 2
     one = stats["model_stats"][0]
+    assert one["version"] == "1"  # no version named: the default, as a number (perf_analyzer parses it)
     assert one["inference_count"] >= 2 and one["execution_count"] >= 2 and one["last_inference"] > 0
     infer_stats = one["inference_stats"]
     assert infer_stats["compute_infer"]["count"] >= 2 and infer_stats["compute_infer"]["ns"] > 0
