@@ -118,7 +118,7 @@ class WeightsSource:
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """TorchServe knobs written into the archive's ``model-config.yaml``."""
+    """Serving knobs: TorchServe's ``model-config.yaml`` and Triton's ``config.pbtxt`` are written from these."""
 
     batch_size: int = 8
     max_batch_delay_ms: int = 20
@@ -127,6 +127,12 @@ class ServingConfig:
     response_timeout_s: int = 120
     device_type: str = "auto"  # auto -> gpu when the host has one, else cpu
     extra: dict[str, Any] = field(default_factory=dict)
+    # Triton's dynamic batcher: batch sizes it prefers to form (empty: the full batch_size only)
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    @property
+    def preferred_sizes(self) -> tuple[int, ...]:
+        return self.preferred_batch_sizes or (self.batch_size,)
 
 
 @dataclass(frozen=True)
