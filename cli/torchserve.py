@@ -135,6 +135,11 @@ class TorchServe:
     def model_names(self) -> list[str]:
         return [Path(m).stem for m in self.models]
 
+    def gateway_args(self) -> list[str]:
+        """How `python -m serving.app` reaches this server (see `cli.gateway.start_gateway`)."""
+        return ["--torchserve-grpc", self.grpc_target, "--torchserve-management", self.management_url,
+                "--model-store", str(self.model_store)]
+
     def start(self) -> TorchServe:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.run_dir / "config.properties"

@@ -78,12 +78,18 @@ def find_triton() -> TritonInstall:
     if not python.exists():
         raise TritonError(f"no tritonserver: none on PATH, and no Triton venv at {python} (`make .venv-triton/"
                           ".installed` makes one with PyTriton's bundled server; or set ZOO_TRITONSERVER)")
+    marker = python.parent.parent / "UNAVAILABLE"
+    if marker.is_file():
+        raise TritonError(f"the Triton venv's set-up failed: {marker.read_text().strip()}")
+    # torch and safetensors: what the zoo's handlers need inside the Python backend's stub
     probe = subprocess.run(
-        [str(python), "-c", "import json, sys, pathlib, pytriton; p = pathlib.Path(pytriton.__file__).parent; "
+        [str(python), "-c", "import json, sys, pathlib, pytriton, torch, safetensors; "
+         "p = pathlib.Path(pytriton.__file__).parent; "
          "print(json.dumps([str(p), f'{sys.version_info[0]}.{sys.version_info[1]}', sys.prefix]))"],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=120)
     if probe.returncode != 0:
-        raise TritonError(f"{python} cannot import pytriton: {probe.stderr.strip()[-500:]}")
+        raise TritonError(f"{python} cannot import pytriton, torch and safetensors (`make .venv-triton/.installed` "
+                          f"installs them): {probe.stderr.strip()[-500:]}")
     package, version, prefix = json.loads(probe.stdout)
     dist = Path(package) / "tritonserver"
     libs = Path(package).parent / "nvidia_pytriton.libs"
@@ -129,6 +135,10 @@ class TritonServer:
     @property
     def model_names(self) -> list[str]:
         return list(self.models)
+
+    def gateway_args(self) -> list[str]:
+        """How `python -m serving.app` reaches this server (see `cli.gateway.start_gateway`)."""
+        return ["--triton-grpc", self.grpc_target]
 
     @property
     def http_url(self) -> str:
@@ -200,8 +210,8 @@ class TritonServer:
             self._get(f"/v2/models/{name}/ready") == 200 for name in self.models)
 
     def wait_ready(self, timeout_s: float = 300.0) -> None:
-        """Block until every model is ready; fail with the server's log if it exits or stalls (a model that
-        fails to load makes tritonserver exit: --strict-model-config and explicit loading)."""
+        """Block until every model is ready; fail with the server's log if it exits (a model that fails to
+        load makes tritonserver exit: --exit-on-error is on by default) or stalls."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:

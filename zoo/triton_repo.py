@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from zoo._registry import ModelEntry
-from zoo.contract import ARCHIVE_WEIGHTS_FILE
+from zoo.contract import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE, TRITON_ZOO_META_PARAMETER
 from zoo.mar import archive_meta, stage_model_files
 from zoo.weights import WeightsLabel, resolve_weights, save_zoo_weights
 
@@ -93,13 +93,22 @@ def config_pbtxt(entry: ModelEntry, label: WeightsLabel, kind: str) -> str:
     parameters = {
         "zoo_model": entry.name,
         "zoo_handler": entry.handler,
-        "zoo_meta": json.dumps(archive_meta(entry, label), separators=(",", ":")),
+        TRITON_ZOO_META_PARAMETER: json.dumps(archive_meta(entry, label), separators=(",", ":")),
     }
     lines += ["parameters ["]
     lines += [",\n".join(f"  {{ key: {_string(k)} value: {{ string_value: {_string(v)} }} }}"
                          for k, v in parameters.items())]
     lines += ["]"]
     return "\n".join(line for line in lines if line) + "\n"
+
+
+def read_model_meta(repository: str | Path, entry: ModelEntry) -> dict | None:
+    """The ``zoo_model.json`` of the entry's built model (None when it is not built), as `read_archive_meta`."""
+    path = Path(repository) / entry.serve_name / triton_version(entry) / ARCHIVE_META_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def build_triton_model(

@@ -128,3 +128,30 @@ async def answer_all(payloads: list[dict[str, bytes]],
         if isinstance(result, BaseException):
             raise result
     return list(results)
+
+
+def zoo_metadata(meta: dict[str, Any], model: str, versions: list[str], engine: str, backend: str) -> dict[str, Any]:
+    """OIP metadata of a model that runs a zoo handler, from its ``zoo_model.json`` (`meta`, may be empty),
+    alike on every engine: the handler's inputs as BYTES, ``output``, and the zoo's parameters."""
+    weights = meta.get("weights") or {}
+    kind = weights.get("kind", "unknown")
+    return {
+        "name": model,
+        "versions": versions or ([str(meta["version"])] if meta.get("version") else []),
+        # the weights kind is in the platform string too: gRPC metadata has no parameters field
+        "platform": f"{engine} (weights: {kind})",
+        "inputs": [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in (meta.get("inputs") or {})],
+        "outputs": [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}],
+        "parameters": {
+            "backend": backend,
+            "backend_model": model,
+            "task": meta.get("task", ""),
+            "weights_kind": kind,
+            "random_weights": kind == "random-seeded",
+            "weights": weights,
+            "input_descriptions": meta.get("inputs", {}),
+            "output_descriptions": meta.get("outputs", {}),
+            "license": meta.get("license", ""),
+            "paper": meta.get("paper", ""),
+        },
+    }

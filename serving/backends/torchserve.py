@@ -32,7 +32,7 @@ import grpc
 
 from proto import serialize, ts
 from serving.backends.base import Backend, ListedModel, ModelWorkers, RawPrediction, time_left
-from serving.backends.fields import OUTPUT, answer_all, answers_to_response, fan_out
+from serving.backends.fields import answer_all, answers_to_response, fan_out, zoo_metadata
 from serving.errors import (
     BackendError,
     BackendUnavailable,
@@ -221,30 +221,7 @@ class TorchServeBackend(Backend):
         meta = self._archive_meta(model, archive)
         if described is None and not meta:
             raise ModelNotFound(f"model '{model}' not found")
-        weights = meta.get("weights") or {}
-        kind = weights.get("kind", "unknown")
-        params: dict[str, Any] = {
-            "backend": self.name,
-            "backend_model": model,
-            "task": meta.get("task", ""),
-            "weights_kind": kind,
-            "random_weights": kind == "random-seeded",
-            "weights": weights,
-            "input_descriptions": meta.get("inputs", {}),
-            "output_descriptions": meta.get("outputs", {}),
-            "license": meta.get("license", ""),
-            "paper": meta.get("paper", ""),
-        }
-        inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in (meta.get("inputs") or {})]
-        return {
-            "name": model,
-            "versions": versions or ([str(meta["version"])] if meta.get("version") else []),
-            # the weights kind is in the platform string too: gRPC metadata has no parameters field
-            "platform": f"torchserve (weights: {kind})",
-            "inputs": inputs,
-            "outputs": [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}],
-            "parameters": params,
-        }
+        return zoo_metadata(meta, model, versions, "torchserve", self.name)
 
     # --- inference -------------------------------------------------------------------------------
     def _map_rpc_error(self, exc: grpc.aio.AioRpcError, model: str, version: str) -> GatewayError:

@@ -1,0 +1,208 @@
+"""The same zoo models on both engines: TorchServe (.mar) and Triton (`zoo build --engine triton`, the Python
+backend running the same handler class), each behind its own gateway, answer the same requests identically.
+
+Same weights (random, seed 0, labelled), same handler code, same inputs: task-route answers are compared byte
+for byte, OIP answers tensor for tensor, errors by status and message. Triton directly: a bad request in a
+dynamic batch fails alone, and every item of a request with a batch dimension is answered.
+
+Needs the Triton venv (`make .venv-triton/.installed`: PyTriton's tritonserver, torch, this package's
+dependencies); skips citing why without it (ZOO_REQUIRE_TRITON=1 makes that a failure).
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+from PIL import Image
+
+from cli.torchserve import TorchServe
+from cli.triton import TritonError, TritonServer, find_triton
+from tests.serving.gateway_support import running_gateway
+from tests.support import build_archives, http_request, multipart
+from zoo._registry import get_entry
+from zoo.triton_repo import build_triton_model
+
+pytestmark = pytest.mark.integration
+
+MODELS = ["toy_echo", "detr_resnet50", "ckdn_r50"]
+
+
+def image_bytes(width: int = 64, height: int = 48, seed: int = 0, fmt: str = "PNG") -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, fmt)
+    return buf.getvalue()
+
+
+def require_triton() -> None:
+    try:
+        find_triton()
+    except TritonError as exc:
+        if os.environ.get("ZOO_REQUIRE_TRITON") == "1":
+            pytest.fail(f"Triton engine: {exc}")
+        pytest.skip(f"Triton engine: {exc}")
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """Both engines over the same random-weight models, each behind a gateway: {"torchserve": gw, "triton": gw,
+    "triton_server": TritonServer}."""
+    require_triton()
+    work = tmp_path_factory.mktemp("engine-parity")
+    store, repository = work / "store", work / "triton"
+    archives = build_archives(store, MODELS)
+    for name in MODELS:
+        build_triton_model(get_entry(name), repository, random_weights=True, seed=0, gpu=False)
+    ts = TorchServe(store, archives, work / "ts-run")
+    triton = TritonServer(repository, MODELS, work / "triton-run")
+    ts.start()
+    triton.start()
+    try:
+        ts.wait_ready(timeout_s=300)
+        triton.wait_ready(timeout_s=300)
+        with running_gateway(ts, work / "gw-ts") as gw_ts, running_gateway(triton, work / "gw-triton") as gw_triton:
+            yield {"torchserve": gw_ts, "triton": gw_triton, "triton_server": triton}
+    finally:
+        triton.stop()
+        ts.stop()
+
+
+def task(gateway, model: str, body: bytes, content_type: str, query: str = "") -> tuple[int, bytes]:
+    status, _, raw = http_request(f"{gateway.http_url}/v1/models/{model}:predict{query}", body,
+                                  {"Content-Type": content_type}, "POST")
+    return status, raw
+
+
+PNG = image_bytes()
+JPEG = image_bytes(96, 80, seed=1, fmt="JPEG")
+TASK_CASES = {
+    "toy raw body": ("toy_echo", PNG, "application/octet-stream", ""),
+    "toy json base64 + extra field": (
+        "toy_echo", json.dumps({"image": base64.b64encode(PNG).decode(), "note": "hi"}).encode(),
+        "application/json", ""),
+    "toy query parameter": ("toy_echo", PNG, "application/octet-stream", "?sleep_ms=1"),
+    "toy not an image": ("toy_echo", b"not an image", "application/octet-stream", ""),
+    "toy sleep_ms out of range": ("toy_echo", PNG, "application/octet-stream", "?sleep_ms=99999"),
+    "detr json threshold top_k": (
+        "detr_resnet50", json.dumps({"image": base64.b64encode(JPEG).decode(), "threshold": 0, "top_k": 3}).encode(),
+        "application/json", ""),
+    "detr query parameters": ("detr_resnet50", JPEG, "image/jpeg", "?threshold=0&top_k=2"),
+    "detr bad threshold": ("detr_resnet50", JPEG, "image/jpeg", "?threshold=2"),
+    "detr unknown field": ("detr_resnet50", JPEG, "image/jpeg", "?treshold=0.5"),
+    "ckdn multipart pair": ("ckdn_r50", *multipart({"restored": ("r.png", PNG, "image/png"),
+                                                   "degraded": ("d.png", image_bytes(seed=2), "image/png")}), ""),
+    "ckdn missing degraded": ("ckdn_r50", *multipart({"restored": ("r.png", PNG, "image/png")}), ""),
+}
+
+
+@pytest.mark.parametrize("case", list(TASK_CASES))
+def test_task_routes_answer_alike_on_both_engines(engines: dict, case: str) -> None:
+    model, body, content_type, query = TASK_CASES[case]
+    ts_status, ts_body = task(engines["torchserve"], model, body, content_type, query)
+    triton_status, triton_body = task(engines["triton"], model, body, content_type, query)
+    assert (triton_status, triton_body) == (ts_status, ts_body), (case, ts_body[:500], triton_body[:500])
+    if ts_status == 200:
+        assert json.loads(ts_body)["model"]["weights"]["kind"] == "random-seeded"
+
+
+def oip_outputs(gateway, model: str, inputs: dict[str, list[bytes]], parameters: dict) -> dict:
+    client = tgrpc.InferenceServerClient(gateway.grpc_target)
+    tensors = []
+    for name, elements in inputs.items():
+        tensor = tgrpc.InferInput(name, [len(elements)], "BYTES")
+        tensor.set_data_from_numpy(np.array(elements, dtype=object))
+        tensors.append(tensor)
+    try:
+        result = client.infer(model, tensors, parameters=parameters or None)
+    except tgrpc.InferenceServerException as exc:
+        return {"error": (exc.status(), exc.message())}
+    return {o.name: result.as_numpy(o.name).tolist() for o in result.get_response().outputs}
+
+
+@pytest.mark.parametrize(("model", "inputs", "parameters"), [
+    ("toy_echo", {"image": [PNG, image_bytes(seed=3)]}, {}),
+    ("detr_resnet50", {"image": [JPEG]}, {"threshold": "0", "top_k": 2}),
+    ("ckdn_r50", {"restored": [PNG], "degraded": [image_bytes(seed=2)]}, {}),
+    ("ckdn_r50", {"restored": [b"broken"], "degraded": [PNG]}, {}),
+], ids=["toy two images", "detr", "ckdn", "ckdn bad image"])
+def test_oip_inference_answers_alike_on_both_engines(engines: dict, model: str, inputs: dict,
+                                                     parameters: dict) -> None:
+    via_ts = oip_outputs(engines["torchserve"], model, inputs, parameters)
+    via_triton = oip_outputs(engines["triton"], model, inputs, parameters)
+    assert via_triton == via_ts
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_model_metadata_alike_on_both_engines(engines: dict, model: str) -> None:
+    docs = {}
+    for engine in ("torchserve", "triton"):
+        status, _, raw = http_request(f"{engines[engine].http_url}/v2/models/{model}")
+        assert status == 200, raw
+        doc = json.loads(raw)
+        assert doc["platform"].startswith(f"{engine} (weights: random-seeded)")
+        docs[engine] = {k: v for k, v in doc.items() if k not in ("platform", "parameters")}
+        docs[engine]["parameters"] = {k: v for k, v in doc["parameters"].items() if k != "backend"}
+    assert docs["triton"] == docs["torchserve"]
+
+
+def triton_direct(server: TritonServer, model: str, fields: dict[str, list[bytes]],
+                  parameters: dict | None = None) -> list[bytes] | str:
+    client = tgrpc.InferenceServerClient(server.grpc_target)
+    tensors = []
+    for name, elements in fields.items():
+        tensor = tgrpc.InferInput(name, [len(elements), 1], "BYTES")
+        tensor.set_data_from_numpy(np.array(elements, dtype=object).reshape(-1, 1))
+        tensors.append(tensor)
+    try:
+        result = client.infer(model, tensors, parameters=parameters)
+    except tgrpc.InferenceServerException as exc:
+        return f"{exc.status()}: {exc.message()}"
+    return [bytes(v) for v in result.as_numpy("output").reshape(-1)]
+
+
+def test_a_bad_request_in_a_triton_batch_fails_alone(engines: dict) -> None:
+    """DETR batches up to 8 within 50 ms: one broken image among concurrent requests is that request's
+    INVALID_ARGUMENT; its batch-mates are answered."""
+    server = engines["triton_server"]
+    images = [JPEG, b"broken", image_bytes(96, 80, seed=5, fmt="JPEG"), JPEG]
+    with concurrent.futures.ThreadPoolExecutor(len(images)) as pool:
+        results = list(pool.map(lambda image: triton_direct(server, "detr_resnet50", {"image": [image]},
+                                                            {"top_k": 2}), images))
+    assert isinstance(results[1], str) and "INVALID_ARGUMENT" in results[1] and "not a recognised image" in results[1]
+    for i in (0, 2, 3):
+        assert isinstance(results[i], list) and len(json.loads(results[i][0])["detections"]) <= 2, results[i]
+    assert results[0] == results[3]
+
+
+def test_a_triton_request_with_a_batch_dimension_gets_one_answer_per_item(engines: dict) -> None:
+    answers = triton_direct(engines["triton_server"], "toy_echo", {"image": [PNG]})
+    assert isinstance(answers, list) and json.loads(answers[0])["width"] == 64
+    many = triton_direct(engines["triton_server"], "ckdn_r50",
+                         {"restored": [PNG, image_bytes(seed=7)], "degraded": [image_bytes(seed=2)] * 2})
+    assert isinstance(many, list) and len(many) == 2
+    scores = [json.loads(a)["score"] for a in many]
+    single = triton_direct(engines["triton_server"], "ckdn_r50",
+                           {"restored": [image_bytes(seed=7)], "degraded": [image_bytes(seed=2)]})
+    assert json.loads(single[0])["score"] == pytest.approx(scores[1], abs=1e-5)
+
+
+def test_triton_metrics_and_model_config(engines: dict) -> None:
+    server: TritonServer = engines["triton_server"]
+    status, _, raw = http_request(server.metrics_url)
+    assert status == 200 and b"nv_inference_request_success" in raw
+    status, _, raw = http_request(f"{server.http_url}/v2/models/detr_resnet50/config")
+    config = json.loads(raw)
+    assert config["max_batch_size"] == get_entry("detr_resnet50").serving.batch_size
+    assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 50_000
+    assert config["instance_group"][0]["kind"] == "KIND_CPU"
+    assert json.loads(config["parameters"]["zoo_meta"]["string_value"])["name"] == "detr_resnet50.coco"
+    assert Path(server.repository, "detr_resnet50", "1", "model.py").is_file()
