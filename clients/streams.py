@@ -23,6 +23,7 @@ DeadlineExceededError for idle expiry), plus `TooManyStreamsError` (429: the gat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import threading
@@ -154,7 +155,9 @@ class FrameStream:
                     raise value
         finally:
             if thread.is_alive():
-                holder["loop"].call_soon_threadsafe(holder["task"].cancel)
+                # the loop may finish between the check and the call: nothing left to cancel then
+                with contextlib.suppress(RuntimeError):
+                    holder["loop"].call_soon_threadsafe(holder["task"].cancel)
                 thread.join(10)
 
 

@@ -10,12 +10,12 @@ import each other in a cycle (function-local imports count too: a cycle hidden i
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
 
 import proto
+from zoo.mar import imported_names
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("cli", "serving", "clients", "handlers", "zoo", "proto")
@@ -51,21 +51,7 @@ def _resolve(name: str) -> str | None:
 
 
 def _imports(module: str, path: Path) -> set[str]:
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
-            names = [f"{base}.{alias.name}" for alias in node.names]
-        else:
-            continue
-        found.update(m for m in map(_resolve, names) if m and m != module)
-    return found
+    return {m for m in map(_resolve, imported_names(path, module)) if m and m != module}
 
 
 GRAPH = {module: _imports(module, path) for module, path in MODULES.items()}

@@ -43,8 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
+from zoo._registry import WeightsSource, register
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Preprocess, classification_entry
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -224,42 +225,35 @@ def zoo_keys() -> tuple[str, ...]:
 def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
     """Official ``models/ResNet20-AdderNet.pth`` (a ``DataParallel`` state dict: ``module.`` prefixes) or a
     flat state dict -> zoo layout. Raises ``WeightsError`` on any unknown or missing key."""
-    return convert_state_dict(checkpoint, zoo_keys(), "AdderNet ResNet-20")
+    return filter_checkpoint(checkpoint, what="AdderNet ResNet-20", expected=zoo_keys())
 
 
 # --- registry -------------------------------------------------------------------------------------------
-ADDERNET_RESNET20 = register(
-    ModelEntry(
-        name="addernet_resnet20.cifar10",
-        task="image-classification",
-        builder=classifier_builder(AdderResNet20),
-        config={
-            "num_classes": 10,
-            "knobs": {},
-            "preprocess": Preprocess(resize=32, crop=32, interpolation="bilinear", mean=CIFAR10_MEAN,
-                                     std=CIFAR10_STD).as_config(),
-            "labels": list(CIFAR10_LABELS),
-        },
-        handler="handlers.classify_handler",
-        **classify_io("CIFAR-10 classes", image_note="resized to 32x32", max_top_k=10),
-        weights=WeightsSource(
-            hf_repo=None,  # no Hugging Face mirror of the official weights is known
-            converter="zoo.addernet:convert_checkpoint",
-            # The checkpoint was committed to the official repository in d94dc43 ("Add files via upload") and
-            # deleted in 92cf25d, so it is fetched at the commit that added it (at 2fb8aad it is gone).
-            upstream_url="https://github.com/huawei-noah/AdderNet/raw/d94dc43a0f2a7448c8c38bcf638062de89f2d34d/"
-                         "models/ResNet20-AdderNet.pth",
-            upstream_sha256="fe3ad7c15573d34cddd9b3ec2eed12d9c2c818e59cd7d0797a954d6f76ea375b",
-            upstream_size=1_121_093,
-            sha256_record="git blob e26d7084efc00d9333e1b1a736b33708ec170ddc (1,121,093 bytes) of "
-                          "models/ResNet20-AdderNet.pth in huawei-noah/AdderNet@d94dc43: the sha256 of that public, "
-                          "content-addressed object (`git cat-file -p e26d708 | sha256sum`)",
-            description="official AdderNet ResNet-20, CIFAR-10 test accuracy 91.8%",
-        ),
-        license="BSD-3-Clause",
-        paper="https://arxiv.org/abs/1912.13200",
-        serving=ServingConfig(batch_size=32, max_batch_delay_ms=20, response_timeout_s=120),
-        default_serve=False,
-        description="CIFAR-10 ResNet-20 whose convolutions are adder layers (negative L1 distances).",
-    )
-)
+ADDERNET_RESNET20 = register(classification_entry(
+    name="addernet_resnet20.cifar10",
+    architecture=AdderResNet20,
+    config={"num_classes": 10},
+    preprocess=Preprocess(resize=32, crop=32, interpolation="bilinear", mean=CIFAR10_MEAN, std=CIFAR10_STD),
+    classes="CIFAR-10 classes",
+    labels=CIFAR10_LABELS,
+    image_note="resized to 32x32",
+    max_top_k=10,
+    weights=WeightsSource(
+        hf_repo=None,  # no Hugging Face mirror of the official weights is known
+        converter="zoo.addernet:convert_checkpoint",
+        # The checkpoint was committed to the official repository in d94dc43 ("Add files via upload") and
+        # deleted in 92cf25d, so it is fetched at the commit that added it (at 2fb8aad it is gone).
+        upstream_url="https://github.com/huawei-noah/AdderNet/raw/d94dc43a0f2a7448c8c38bcf638062de89f2d34d/"
+                     "models/ResNet20-AdderNet.pth",
+        upstream_sha256="fe3ad7c15573d34cddd9b3ec2eed12d9c2c818e59cd7d0797a954d6f76ea375b",
+        upstream_size=1_121_093,
+        sha256_record="git blob e26d7084efc00d9333e1b1a736b33708ec170ddc (1,121,093 bytes) of "
+                      "models/ResNet20-AdderNet.pth in huawei-noah/AdderNet@d94dc43: the sha256 of that public, "
+                      "content-addressed object (`git cat-file -p e26d708 | sha256sum`)",
+        description="official AdderNet ResNet-20, CIFAR-10 test accuracy 91.8%",
+    ),
+    license="BSD-3-Clause",
+    paper="https://arxiv.org/abs/1912.13200",
+    batch_size=32,
+    description="CIFAR-10 ResNet-20 whose convolutions are adder layers (negative L1 distances).",
+))

@@ -42,8 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
+from zoo._registry import WeightsSource, register
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Knob, Preprocess, classification_entry
 
 HEAD_DIM = 64  # per-head width in every AutoFormer supernet (q/k/v width = 64 * heads)
 NUM_PATCHES_SIDE = 14  # 224 / 16
@@ -329,42 +330,33 @@ def zoo_keys() -> tuple[str, ...]:
 def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
     """Official ``supernet-base.pth`` (``{"model": state_dict, ...}``, possibly ``module.``-prefixed) or a flat
     state dict -> zoo layout (the same names). Raises ``WeightsError`` on any unknown or missing key."""
-    return convert_state_dict(checkpoint, zoo_keys(), "AutoFormer supernet-B")
+    return filter_checkpoint(checkpoint, what="AutoFormer supernet-B", expected=zoo_keys())
 
 
 # --- registry -------------------------------------------------------------------------------------------
 PREPROCESS = Preprocess(resize=256, crop=224, interpolation="bicubic")
 
-AUTOFORMER_SUPERNET_B = register(
-    ModelEntry(
-        name="autoformer_supernet_b.in1k",
-        task="image-classification",
-        builder=classifier_builder(AutoFormerSupernet),
-        config={
-            **SUPERNET_B,
-            "knobs": {"subnet": {"choices": list(SERVED_SUBNETS), "default": "base"}},
-            "preprocess": PREPROCESS.as_config(),
-            "labels": None,  # ImageNet-1k class indices; the checkpoint carries no names
-        },
-        handler="handlers.classify_handler",
-        **classify_io("ImageNet-1k classes", knob_output="the subnet that answered", knobs={
-            "subnet": "optional: tiny | small | base (default base), the subnet sliced from the supernet"}),
-        weights=WeightsSource(
-            hf_repo=None,  # no Hugging Face mirror of the official weights is known
-            converter="zoo.autoformer:convert_checkpoint",
-            # Linked from the official README (AutoFormer-B row); Google Drive mirror:
-            # https://drive.google.com/file/d/1KPjUshk0SbqkaTzlirjPHM9pu19N5w0e/view
-            upstream_url="https://github.com/silent-chen/AutoFormer-model-zoo/releases/download/v1.0/supernet-base.pth",
-            # No public record of its sha256 was found (GitHub shows no digest for this 2021 release asset):
-            # `zoo pull` trusts the first download and locks it.
-            upstream_sha256=None,
-            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
-            description="official AutoFormer supernet-B (ImageNet-1k); AutoFormer-B top-1 82.4%",
-        ),
-        license="MIT",
-        paper="https://arxiv.org/abs/2107.00651",
-        serving=ServingConfig(batch_size=8, max_batch_delay_ms=20, response_timeout_s=120),
-        default_serve=False,
-        description="AutoFormer ViT supernet-B; subnet (tiny/small/base) chosen per request by weight slicing.",
-    )
-)
+AUTOFORMER_SUPERNET_B = register(classification_entry(
+    name="autoformer_supernet_b.in1k",
+    architecture=AutoFormerSupernet,
+    config=SUPERNET_B,
+    preprocess=PREPROCESS,
+    classes="ImageNet-1k classes",  # class indices; the checkpoint carries no names
+    knobs=[Knob("subnet", SERVED_SUBNETS, "base", meaning="the subnet sliced from the supernet")],
+    knob_output="the subnet that answered",
+    weights=WeightsSource(
+        hf_repo=None,  # no Hugging Face mirror of the official weights is known
+        converter="zoo.autoformer:convert_checkpoint",
+        # Linked from the official README (AutoFormer-B row); Google Drive mirror:
+        # https://drive.google.com/file/d/1KPjUshk0SbqkaTzlirjPHM9pu19N5w0e/view
+        upstream_url="https://github.com/silent-chen/AutoFormer-model-zoo/releases/download/v1.0/supernet-base.pth",
+        # No public record of its sha256 was found (GitHub shows no digest for this 2021 release asset):
+        # `zoo pull` trusts the first download and locks it.
+        upstream_sha256=None,
+        sha256_record="none published: trust on first use (zoo/weights_lock.py)",
+        description="official AutoFormer supernet-B (ImageNet-1k); AutoFormer-B top-1 82.4%",
+    ),
+    license="MIT",
+    paper="https://arxiv.org/abs/2107.00651",
+    description="AutoFormer ViT supernet-B; subnet (tiny/small/base) chosen per request by weight slicing.",
+))

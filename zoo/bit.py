@@ -38,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
-from zoo.contract import WeightsError
+from zoo._registry import WeightsSource, register
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Preprocess, classification_entry
 
 WS_EPS = 1e-10  # official StdConv2d
 HEAD_SIZE = 21843  # BiT-M: ImageNet-21k classes
@@ -179,16 +179,13 @@ def _tf2th(value: Any) -> Tensor:
 
 def npz_to_state_dict(arrays: Mapping[str, Any], keys: tuple[str, ...], what: str) -> dict[str, Tensor]:
     """TF variables of a BiT ``.npz`` -> the state dict with ``keys`` (``ResNetV2.load_from``'s mapping, HWIO
-    kernels transposed to OIHW). Raises ``WeightsError`` naming missing and unused variables, so a checkpoint
+    kernels transposed to OIHW). Raises ``WeightsError`` naming unknown and missing variables, so a checkpoint
     of another depth, or one without its head, never loads partially; shapes are the strict load's job."""
     wanted = {key: npz_name(key) for key in keys}
-    missing = sorted(name for name in wanted.values() if name not in arrays)
-    unused = sorted(set(map(str, arrays)) - set(wanted.values()))
-    if missing or unused:
-        parts = [f"{len(v)} {kind}: {', '.join(v[:6])}{' ...' if len(v) > 6 else ''}"
-                 for kind, v in (("missing", missing), ("unused", unused)) if v]
-        raise WeightsError(f"{what} npz checkpoint does not fit: " + "; ".join(parts))
-    return {key: _tf2th(arrays[name]).float() for key, name in wanted.items()}
+    tensors = {name: torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value
+               for name, value in arrays.items()}
+    variables = filter_checkpoint(tensors, what=f"{what} npz", expected=wanted.values(), unwrap=(), strip=())
+    return {key: _tf2th(variables[name]).float() for key, name in wanted.items()}
 
 
 def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -196,41 +193,30 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     ``zoo.weights.read_checkpoint``) or a ``bit_pytorch`` state dict. Fails loudly on anything that does not
     fit (``WeightsError``)."""
     if not any("/" in str(k) for k in checkpoint):
-        return convert_state_dict(checkpoint, zoo_keys(), "BiT-M R50x1")
+        return filter_checkpoint(checkpoint, what="BiT-M R50x1", expected=zoo_keys())
     return npz_to_state_dict(checkpoint, zoo_keys(), "BiT-M R50x1")
 
 
 # --- registry -------------------------------------------------------------------------------------------
-BIT_M_R50X1 = register(
-    ModelEntry(
-        name="bit_m_r50x1.in21k",
-        task="image-classification",
-        builder=classifier_builder(BiTResNetV2),
-        config={
-            "block_units": [3, 4, 6, 3],
-            "width_factor": 1,
-            "num_classes": HEAD_SIZE,
-            "knobs": {},
-            "preprocess": Preprocess(resize=224, crop=224, interpolation="bilinear", mean=(0.5, 0.5, 0.5),
-                                     std=(0.5, 0.5, 0.5), square=True).as_config(),
-            "labels": None,  # ImageNet-21k class indices; the npz carries no names
-        },
-        handler="handlers.classify_handler",
-        **classify_io("ImageNet-21k class indices", image_note="resized to 224x224"),
-        weights=WeightsSource(
-            hf_repo=None,  # the Hub's BiT copies use timm's layout, not the official one
-            converter="zoo.bit:convert_checkpoint",
-            upstream_url="https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz",
-            # No public record of its sha256 was found (Google publishes none; timm's Hub copies are another
-            # file, in timm's layout): `zoo pull` trusts the first download and locks it.
-            upstream_sha256=None,
-            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
-            description="official BiT-M R50x1 upstream model (ImageNet-21k, 21,843 classes)",
-        ),
-        license="Apache-2.0",
-        paper="https://arxiv.org/abs/1912.11370",
-        serving=ServingConfig(batch_size=8, max_batch_delay_ms=20, response_timeout_s=120),
-        default_serve=False,
-        description="BiT-M R50x1: ResNetV2-50 with GroupNorm + Weight Standardisation, ImageNet-21k head.",
-    )
-)
+BIT_M_R50X1 = register(classification_entry(
+    name="bit_m_r50x1.in21k",
+    architecture=BiTResNetV2,
+    config={"block_units": [3, 4, 6, 3], "width_factor": 1, "num_classes": HEAD_SIZE},
+    preprocess=Preprocess(resize=224, crop=224, interpolation="bilinear", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                          square=True),
+    classes="ImageNet-21k class indices",  # the npz carries no names
+    image_note="resized to 224x224",
+    weights=WeightsSource(
+        hf_repo=None,  # the Hub's BiT copies use timm's layout, not the official one
+        converter="zoo.bit:convert_checkpoint",
+        upstream_url="https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz",
+        # No public record of its sha256 was found (Google publishes none; timm's Hub copies are another
+        # file, in timm's layout): `zoo pull` trusts the first download and locks it.
+        upstream_sha256=None,
+        sha256_record="none published: trust on first use (zoo/weights_lock.py)",
+        description="official BiT-M R50x1 upstream model (ImageNet-21k, 21,843 classes)",
+    ),
+    license="Apache-2.0",
+    paper="https://arxiv.org/abs/1912.11370",
+    description="BiT-M R50x1: ResNetV2-50 with GroupNorm + Weight Standardisation, ImageNet-21k head.",
+))

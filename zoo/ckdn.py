@@ -46,7 +46,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.contract import WeightsError
+from zoo.checkpoint import TrainingOnly, expected_keys, filter_checkpoint
+from zoo.layers import IMAGENET_MEAN, IMAGENET_STD, Bottleneck, resnet_stage
 
 # --- preprocessing constants (official evaluation settings) ------------------------------------------
 CROP_SIZE = 288
@@ -54,48 +55,9 @@ CROP_PCT = 0.875
 RESIZE_SHORT = int(math.floor(CROP_SIZE / CROP_PCT))  # 329
 RESTORED_RESAMPLE = Image.Resampling.BICUBIC
 DEGRADED_RESAMPLE = Image.Resampling.NEAREST
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # --- model ------------------------------------------------------------------------------------------
-class Bottleneck(nn.Module):
-    """ResNet-50 bottleneck (1x1 -> 3x3 with the stride -> 1x1, x4 expansion), post-activation."""
-
-    expansion = 4
-
-    def __init__(self, in_channels: int, width: int, stride: int = 1) -> None:
-        super().__init__()
-        out_channels = width * self.expansion
-        self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-
-    def forward(self, x: Tensor) -> Tensor:
-        shortcut = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        return self.relu(y + shortcut)
-
-
-def resnet_stage(in_channels: int, width: int, blocks: int, stride: int) -> nn.Sequential:
-    """One ResNet stage: a (possibly strided, projecting) first block, then identity blocks."""
-    layers = [Bottleneck(in_channels, width, stride)]
-    layers += [Bottleneck(width * Bottleneck.expansion, width) for _ in range(blocks - 1)]
-    return nn.Sequential(*layers)
-
-
 def stem_conv() -> nn.Conv2d:
     """The 7x7/2 stem convolution. CKDN uses it bare: no BatchNorm and no ReLU follow it."""
     return nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -113,9 +75,9 @@ class CKDN(nn.Module):
                  dropout: float = 0.5) -> None:
         super().__init__()
         self.qse_1 = stem_conv()  # restored-image stem
-        self.qse_2 = resnet_stage(64, 64, layer1_blocks, stride=1)  # restored-image layer1
+        self.qse_2 = resnet_stage(64, 64, layer1_blocks)  # restored-image layer1
         self.dte_1 = stem_conv()  # degraded-image stem
-        self.dte_2 = resnet_stage(64, 64, layer1_blocks, stride=1)  # degraded-image layer1
+        self.dte_2 = resnet_stage(64, 64, layer1_blocks)  # degraded-image layer1
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)  # shared by both encoders
         self.csp = resnet_stage(256, 128, layer2_blocks, stride=2)  # layer2 on the feature difference
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -163,8 +125,7 @@ KEY_PREFIXES = ("module.", "net.")  # DataParallel (possibly nested) and the IQA
 @functools.cache
 def zoo_keys() -> tuple[str, ...]:
     """Every state-dict key of the zoo model (the official keys of the kept modules), in order."""
-    with torch.device("meta"):  # names only: nothing is allocated or initialised
-        return tuple(CKDN().state_dict())
+    return expected_keys(CKDN)
 
 
 def training_only_keys(keys: Iterable[str] | None = None) -> frozenset[str]:
@@ -176,24 +137,6 @@ def training_only_keys(keys: Iterable[str] | None = None) -> frozenset[str]:
     return frozenset(dropped)
 
 
-def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
-    for key in WRAPPER_KEYS:
-        inner = checkpoint.get(key)
-        if isinstance(inner, Mapping):
-            return inner
-    return checkpoint
-
-
-def _strip_prefixes(state: dict[str, Any]) -> dict[str, Any]:
-    """Remove wrapper prefixes shared by every key, repeatedly (``module.module.``, ``net.``, ...)."""
-    while state:
-        prefix = next((p for p in KEY_PREFIXES if all(k.startswith(p) for k in state)), None)
-        if prefix is None:
-            return state
-        state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
 def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     """Official (``model_best.pth.tar``), IQA-toolbox (``net.``) or zoo-layout CKDN weights -> zoo layout.
 
@@ -203,23 +146,10 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     flat zoo-layout dict. Drops the training-only ``aux_csp.*``/``fc1_.*`` keys by exact name and raises
     ``WeightsError`` naming every unknown or missing key.
     """
-    state = _unwrap(checkpoint)
-    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
-    if not_tensors:
-        raise WeightsError(
-            f"CKDN checkpoint: expected a state dict of tensors (or one under {WRAPPER_KEYS}); "
-            f"non-tensor entries: {', '.join(not_tensors[:8])}"
-        )
-    state = _strip_prefixes(dict(state))
-    expected = zoo_keys()
-    dropped = training_only_keys(expected)
-    unknown = sorted(set(state) - set(expected) - dropped)
-    missing = sorted(set(expected) - set(state))
-    if unknown or missing:
-        parts = [f"{len(keys)} {what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for what, keys in (("unknown", unknown), ("missing", missing)) if keys]
-        raise WeightsError("CKDN checkpoint does not fit the official layout: " + "; ".join(parts))
-    return {k: state[k] for k in expected}
+    no_reference_branch = TrainingOnly("the no-reference branch (aux_csp, fc1_) serves only the training loss",
+                                       names=training_only_keys())
+    return filter_checkpoint(checkpoint, what="CKDN", expected=zoo_keys(), unwrap=WRAPPER_KEYS, strip=KEY_PREFIXES,
+                             training_only=[no_reference_branch])
 
 
 # --- preprocessing ---------------------------------------------------------------------------------

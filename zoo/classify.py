@@ -1,4 +1,4 @@
-"""Shared pieces of the image-classification entries: preprocessing, per-request knobs, checkpoints, top-k.
+"""Shared pieces of the image-classification entries: preprocessing, per-request knobs, top-k, the entry itself.
 
 Every classification entry (``task="image-classification"``) follows one contract, so one handler
 (``handlers/classify_handler.py``) and one benchmark (``bench/zoo_breadth.py``) serve them all:
@@ -12,14 +12,15 @@ Every classification entry (``task="image-classification"``) follows one contrac
   side to ``resize`` with ``interpolation``, centre-crop ``crop``, then ``(x / 255 - mean) / std``;
 * ``entry.config["labels"]`` (optional) lists the class names; without it answers carry indices only.
 
-These serving keys are stripped before the architecture is built (``build_classifier``).
+These serving keys are stripped before the architecture is built (``build_classifier``);
+``classification_entry`` writes them, and the rest of an entry, from a few declarations.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -28,11 +29,10 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from zoo._registry import ModelEntry, ServingConfig, WeightsSource
 from zoo.ckdn import center_crop_box, resized_size
-from zoo.contract import WeightsError
+from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SERVING_KEYS = ("knobs", "preprocess", "labels")
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -143,11 +143,21 @@ class KnobError(ValueError):
 
 @dataclass(frozen=True)
 class Knob:
-    """One per-request setting: its allowed values (all of one type) and the default."""
+    """One per-request setting: its allowed values (all of one type), the default and, where an entry declares
+    it, what it sets (``meaning``, for the entry's input description)."""
 
     name: str
     choices: tuple[Any, ...]
     default: Any
+    meaning: str = ""
+
+    def describe(self) -> str:
+        """The entry's input description: ``optional: a | b (default a), <meaning>``."""
+        return f"optional: {' | '.join(str(c) for c in self.choices)} (default {self.default}), {self.meaning}"
+
+    def as_config(self) -> dict[str, Any]:
+        """The ``entry.config["knobs"][name]`` form that ``knob_specs`` reads back."""
+        return {"choices": list(self.choices), "default": self.default}
 
     def parse(self, raw: Any) -> Any:
         """A client's value (JSON value, form text or bytes) -> the matching choice, or KnobError."""
@@ -227,47 +237,42 @@ def top_k(logits: Tensor, k: int, labels: list[str] | None = None) -> list[list[
     ]
 
 
-# --- checkpoints --------------------------------------------------------------------------------------
-def expected_keys(model_factory: Callable[[], nn.Module]) -> tuple[str, ...]:
-    """A model's state-dict keys, built on the meta device (nothing allocated or initialised)."""
-    with torch.device("meta"):
-        return tuple(model_factory().state_dict())
+# --- registry entries ---------------------------------------------------------------------------------
+def classification_entry(
+    *,
+    name: str,
+    architecture: Callable[..., nn.Module],
+    config: Mapping[str, Any],
+    preprocess: Preprocess,
+    classes: str,
+    weights: WeightsSource,
+    license: str,
+    paper: str,
+    description: str,
+    labels: Sequence[str] | None = None,
+    knobs: Sequence[Knob] = (),
+    knob_output: str | None = None,
+    image_note: str = "",
+    max_top_k: int | None = None,
+    batch_size: int = 8,
+) -> ModelEntry:
+    """An opt-in ``image-classification`` entry served by ``handlers.classify_handler``.
 
-
-def convert_state_dict(
-    checkpoint: Mapping[str, Any],
-    expected: Iterable[str],
-    what: str,
-    wrappers: tuple[str, ...] = ("model", "state_dict"),
-    prefixes: tuple[str, ...] = ("module.",),
-) -> dict[str, Tensor]:
-    """An official training checkpoint -> exactly the expected keys, or ``WeightsError`` naming the misfits.
-
-    Unwraps the first of ``wrappers`` that holds a mapping (training scripts store the weights beside
-    the optimiser state), strips prefixes that every key shares (``module.`` from DataParallel, possibly
-    repeated) and requires the remaining keys to be exactly ``expected``.
-    """
-    state: Mapping[str, Any] = checkpoint
-    for key in wrappers:
-        inner = checkpoint.get(key)
-        if isinstance(inner, Mapping):
-            state = inner
-            break
-    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
-    if not_tensors:
-        raise WeightsError(f"{what} checkpoint: expected a state dict of tensors (or one under {wrappers}); "
-                           f"non-tensor entries: {', '.join(not_tensors[:8])}")
-    flat = dict(state)
-    while flat:
-        prefix = next((p for p in prefixes if all(k.startswith(p) for k in flat)), None)
-        if prefix is None:
-            break
-        flat = {k[len(prefix):]: v for k, v in flat.items()}
-    expected = tuple(expected)
-    unknown = sorted(set(flat) - set(expected))
-    missing = sorted(set(expected) - set(flat))
-    if unknown or missing:
-        parts = [f"{len(keys)} {kind}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for kind, keys in (("unknown", unknown), ("missing", missing)) if keys]
-        raise WeightsError(f"{what} checkpoint does not fit the official layout: " + "; ".join(parts))
-    return {k: flat[k] for k in expected}
+    ``config`` holds the architecture's arguments; the serving keys (``knobs``, ``preprocess``, ``labels``) are
+    added after them. ``classes``/``image_note``/``max_top_k``/``knob_output`` word the I/O description
+    (``classify_io``), each knob's ``meaning`` its input line."""
+    return ModelEntry(
+        name=name,
+        task="image-classification",
+        builder=classifier_builder(architecture),
+        config={**config, "knobs": {k.name: k.as_config() for k in knobs}, "preprocess": preprocess.as_config(),
+                "labels": None if labels is None else list(labels)},
+        handler="handlers.classify_handler",
+        **classify_io(classes, image_note, {k.name: k.describe() for k in knobs}, max_top_k, knob_output),
+        weights=weights,
+        license=license,
+        paper=paper,
+        serving=ServingConfig(batch_size=batch_size, max_batch_delay_ms=20, response_timeout_s=120),
+        default_serve=False,
+        description=description,
+    )

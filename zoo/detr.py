@@ -22,6 +22,7 @@ The zoo state-dict layout is the official one with two simplifications:
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.weights import WeightsError
+from zoo.checkpoint import TrainingOnly, expected_keys, filter_checkpoint, rename_keys
+from zoo.contract import WeightsError
+from zoo.layers import IMAGENET_MEAN, IMAGENET_STD, Bottleneck, resnet_stage
 
 __all__ = [
     "COCO_CATEGORY_NAMES",
@@ -82,32 +85,6 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.weight.shape[0]}, eps={self.eps}"
 
 
-class Bottleneck(nn.Module):
-    """torchvision ResNet v1.5 bottleneck: the stride sits on the 3x3 conv."""
-
-    expansion = 4
-
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
-    ) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = FrozenBatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = FrozenBatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
-        self.bn3 = FrozenBatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-
-    def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
-
-
 class ResNetBackbone(nn.Module):
     """ResNet (torchvision names, frozen BN) returning only the last stage's feature map (stride 32)."""
 
@@ -119,15 +96,9 @@ class ResNetBackbone(nn.Module):
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         inplanes = 64
         for index, (planes, blocks) in enumerate(zip((64, 128, 256, 512), depths, strict=True)):
-            stride = 1 if index == 0 else 2
-            downsample = nn.Sequential(
-                nn.Conv2d(inplanes, planes * Bottleneck.expansion, 1, stride=stride, bias=False),
-                FrozenBatchNorm2d(planes * Bottleneck.expansion),
-            )
-            layers = [Bottleneck(inplanes, planes, stride, downsample)]
+            stage = resnet_stage(inplanes, planes, blocks, 1 if index == 0 else 2, norm_layer=FrozenBatchNorm2d)
+            self.add_module(f"layer{index + 1}", stage)
             inplanes = planes * Bottleneck.expansion
-            layers += [Bottleneck(inplanes, planes) for _ in range(1, blocks)]
-            self.add_module(f"layer{index + 1}", nn.Sequential(*layers))
         self.num_channels = inplanes
 
     def forward(self, x: Tensor) -> Tensor:
@@ -399,8 +370,6 @@ def build_detr(**config: Any) -> DETR:
 # Pre- and post-processing (official eval transforms and PostProcess)
 # =====================================================================================================
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_SIZE = 800
 EVAL_MAX_SIZE = 1333
 
@@ -550,18 +519,6 @@ _HF_SENTINELS = ("class_labels_classifier.weight", "model.query_position_embeddi
 _ZOO_SENTINELS = ("backbone.conv1.weight", "transformer.encoder.layers.0.self_attn.q_proj.weight")
 
 
-def _unwrap(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
-    """The tensor mapping of a checkpoint (official files wrap it as ``{"model": state_dict, ...}``)."""
-    for wrapper in ("model", "state_dict"):
-        inner = ckpt.get(wrapper) if isinstance(ckpt, Mapping) else None
-        if isinstance(inner, Mapping):
-            ckpt = inner
-            break
-    if not isinstance(ckpt, Mapping):
-        raise WeightsError(f"a DETR checkpoint must be a mapping of tensors, got {type(ckpt).__name__}")
-    return {k: v for k, v in ckpt.items() if isinstance(v, Tensor)}
-
-
 def detect_layout(state: Mapping[str, Any]) -> str:
     """``"official"``, ``"hf"`` or ``"zoo"`` from sentinel keys; WeightsError when none fits."""
     keys = set(state)
@@ -595,8 +552,6 @@ def convert_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """facebookresearch/detr ``model`` state dict -> zoo layout."""
     out: dict[str, Tensor] = {}
     for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
         match = _OFFICIAL_IN_PROJ.match(key)
         if match:
             part, index, attn, kind = match.groups()
@@ -681,33 +636,40 @@ def _hf_key(key: str) -> str:
 
 
 def convert_hf(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Hugging Face ``DetrForObjectDetection`` state dict -> zoo layout; unknown keys kept for load_strict."""
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        new = _hf_key(key)
-        if new in out:
-            raise WeightsError(f"two checkpoint keys map to {new!r} (one of them is {key!r})")
-        out[new] = value
-    return out
+    """Hugging Face ``DetrForObjectDetection`` state dict -> zoo layout (names it cannot place are kept)."""
+    return rename_keys(state, _hf_key, "DETR")
 
 
 _CONVERTERS: dict[str, Callable[[Mapping[str, Tensor]], dict[str, Tensor]]] = {
     "official": convert_official,
     "hf": convert_hf,
-    "zoo": lambda state: {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")},
+    "zoo": dict,
 }
+# The published Hugging Face file (timm backbone, `main`) carries BatchNorm step counters for the downsample
+# norms; DETR's frozen BatchNorm has no such buffer. Nothing else is dropped.
+BN_STEP_COUNTERS = TrainingOnly("BatchNorm step counters count training steps; frozen BatchNorm has none",
+                                pattern=r".*\.num_batches_tracked")
+
+
+@functools.cache
+def zoo_keys() -> tuple[str, ...]:
+    """The state-dict keys of the registered DETR-R50 (``DETR_R50_CONFIG``)."""
+    return expected_keys(build_detr)
+
+
+def _to_zoo_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    return _CONVERTERS[detect_layout(state)](state)
 
 
 def convert_checkpoint(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Any supported DETR checkpoint (official, Hugging Face timm / no_timm, zoo) -> zoo state dict.
+    """Any supported DETR-R50 checkpoint (official, Hugging Face timm / no_timm, zoo) -> zoo state dict.
 
-    Pure: no I/O. Keys it cannot place are passed through under their own name so that
-    ``zoo.weights.load_strict`` names them; an unrecognised layout raises ``WeightsError``.
+    Pure: no I/O. Unwraps the official ``{"model": state_dict}``, converts the detected layout, drops the
+    BatchNorm step counters and raises ``WeightsError`` naming every key it cannot place and every key the
+    model lacks; an unrecognised layout raises ``WeightsError`` too.
     """
-    state = _unwrap(ckpt)
-    return _CONVERTERS[detect_layout(state)](state)
+    return filter_checkpoint(ckpt, what="DETR", expected=zoo_keys(), unwrap=("model", "state_dict"), strip=(),
+                             convert=_to_zoo_layout, training_only=[BN_STEP_COUNTERS])
 
 
 # =====================================================================================================

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
+from zoo._registry import WeightsSource, register
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Preprocess, classification_entry
 
 
 @dataclass
@@ -208,44 +209,32 @@ def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
     """Official ``imagenet_dyresnet18_h4.tar`` (``{"state_dict": DataParallel state_dict, "epoch", ...}``) or a
     flat state dict -> zoo layout (the same names without ``module.``). Raises ``WeightsError`` on any
     unknown or missing key (``_inactive_channels`` buffers included: they decide the pruning)."""
-    return convert_state_dict(checkpoint, zoo_keys(), "DGC dyresnet18")
+    return filter_checkpoint(checkpoint, what="DGC dyresnet18", expected=zoo_keys())
 
 
 # --- registry -------------------------------------------------------------------------------------------
-DGC_RESNET18 = register(
-    ModelEntry(
-        name="dgc_resnet18.in1k",
-        task="image-classification",
-        builder=classifier_builder(DGCResNet),
-        config={
-            "num_classes": 1000,
-            "heads": 4,
-            "squeeze_rate": 16,
-            "gate_factor": 0.45,
-            "knobs": {},
-            "preprocess": Preprocess(resize=256, crop=224, interpolation="bilinear").as_config(),
-            "labels": None,  # ImageNet-1k class indices; the checkpoint carries no names
-        },
-        handler="handlers.classify_handler",
-        **classify_io("ImageNet-1k classes"),
-        weights=WeightsSource(
-            hf_repo=None,  # no Hugging Face mirror of the official weights is known
-            converter="zoo.dgc:convert_checkpoint",
-            # `imagenet_dyresnet18_h4.tar` (47.2 MB), Google Drive link of the official README (OneDrive and
-            # BaiduYun mirrors there too).
-            upstream_url="https://drive.google.com/file/d/1rtSU3iUKlA0NhgnUJz-QksW5aL2Lt2Cg/view?usp=sharing",
-            # Google Drive: a browser download, handed to `zoo pull dgc_resnet18 --file PATH`. No sha256 is
-            # published: the first file is trusted and locked.
-            upstream_sha256=None,
-            upstream_filename="imagenet_dyresnet18_h4.tar",
-            manual_download=True,
-            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
-            description="official DGC ResNet-18 (heads 4, gate factor 0.45), ImageNet-1k top-1 error 31.22%",
-        ),
-        license="MIT",
-        paper="https://arxiv.org/abs/2007.04242",
-        serving=ServingConfig(batch_size=16, max_batch_delay_ms=20, response_timeout_s=120),
-        default_serve=False,
-        description="ResNet-18 with Dynamic Group Convolution: per-image, per-head input channel selection.",
-    )
-)
+DGC_RESNET18 = register(classification_entry(
+    name="dgc_resnet18.in1k",
+    architecture=DGCResNet,
+    config={"num_classes": 1000, "heads": 4, "squeeze_rate": 16, "gate_factor": 0.45},
+    preprocess=Preprocess(resize=256, crop=224, interpolation="bilinear"),
+    classes="ImageNet-1k classes",  # class indices; the checkpoint carries no names
+    weights=WeightsSource(
+        hf_repo=None,  # no Hugging Face mirror of the official weights is known
+        converter="zoo.dgc:convert_checkpoint",
+        # `imagenet_dyresnet18_h4.tar` (47.2 MB), Google Drive link of the official README (OneDrive and
+        # BaiduYun mirrors there too).
+        upstream_url="https://drive.google.com/file/d/1rtSU3iUKlA0NhgnUJz-QksW5aL2Lt2Cg/view?usp=sharing",
+        # Google Drive: a browser download, handed to `zoo pull dgc_resnet18 --file PATH`. No sha256 is
+        # published: the first file is trusted and locked.
+        upstream_sha256=None,
+        upstream_filename="imagenet_dyresnet18_h4.tar",
+        manual_download=True,
+        sha256_record="none published: trust on first use (zoo/weights_lock.py)",
+        description="official DGC ResNet-18 (heads 4, gate factor 0.45), ImageNet-1k top-1 error 31.22%",
+    ),
+    license="MIT",
+    paper="https://arxiv.org/abs/2007.04242",
+    batch_size=16,
+    description="ResNet-18 with Dynamic Group Convolution: per-image, per-head input channel selection.",
+))

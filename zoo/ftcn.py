@@ -20,11 +20,13 @@ SlowFast I3D ResNet-50, with ``root_setting.yaml`` + ``setting/ftcn_tt.yaml``):
 
 Module and parameter names follow the official ``I3D8x8`` module exactly (``resnet.s1.pathway0_stem.conv``,
 ``resnet.head.time_T.transformer.layers.0.0.fn.fn.to_qkv``, ...), so the official ``ftcn_tt.pth`` maps 1:1
-onto this model (:func:`convert_checkpoint` only unwraps containers and strips wrapper prefixes).
+onto this model (:func:`convert_checkpoint` only unwraps containers, strips wrapper prefixes and fills absent
+BatchNorm step counters).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -33,12 +35,11 @@ import torch
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.weights import WeightsError
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
 
 CLIP_LEN = 32  # frames per clip (``clip_size`` in ftcn_tt.yaml)
 CLIP_SIZE = 224  # aligned face crop, pixels (``imsize`` in ftcn_tt.yaml)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # test_on_raw_video.py normalises 0..255 RGB frames with these (computed as value * 255 there, too).
 MEAN_255 = tuple(m * 255 for m in IMAGENET_MEAN)
 STD_255 = tuple(s * 255 for s in IMAGENET_STD)
@@ -384,19 +385,18 @@ _WRAPPER_KEYS = ("state_dict", "model", "network", "model_state_dict", "net")
 _STRIP_PREFIXES = ("module.", "network.", "_warped_network.")
 
 
-def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Descend through {"model": {...}} / {"state_dict": {...}} style containers to the tensor mapping."""
-    seen = 0
-    while not any(isinstance(v, Tensor) for v in checkpoint.values()):
-        inner = [k for k in _WRAPPER_KEYS if isinstance(checkpoint.get(k), Mapping)]
-        if not inner or seen > 4:
-            raise WeightsError(
-                f"no tensors found in the FTCN checkpoint (top-level keys: {sorted(checkpoint)[:10]}); "
-                f"expected a state dict or a wrapper with one of {_WRAPPER_KEYS}"
-            )
-        checkpoint = checkpoint[inner[0]]
-        seen += 1
-    return checkpoint
+@functools.cache
+def zoo_keys() -> tuple[str, ...]:
+    """The model's state-dict keys (the official ``I3D8x8`` keys, ``num_batches_tracked`` counters included)."""
+    return expected_keys(FTCN)
+
+
+def _fill_bn_counters(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """BatchNorm ``num_batches_tracked`` counters, which do nothing in eval, set to 0 where a file lacks them."""
+    out = dict(state)
+    for key in [k for k in out if k.endswith(".running_mean")]:
+        out.setdefault(key[: -len("running_mean")] + "num_batches_tracked", torch.tensor(0, dtype=torch.long))
+    return out
 
 
 def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -404,30 +404,14 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
 
     The official code saves ``self.network.state_dict()``, i.e. ``I3D8x8`` keys ``resnet.*`` (the published
     file's ~59 MB matches these 275 tensors), and ``ModelBase.load`` reads it after stripping a ``module``
-    prefix. This accepts that layout plus wrapper
-    dicts (``{"model": ...}``, ``{"state_dict": ...}``) and the ``module.`` / ``network.`` /
-    ``_warped_network.`` prefixes (a saved ``Classifier`` lists each tensor under both of the last two;
-    the copies must agree). BatchNorm ``num_batches_tracked`` counters, which do nothing in eval, are
-    filled with 0 where a file lacks them; any other missing, unknown or mis-shaped tensor is left for
-    :func:`zoo.weights.load_strict` to reject by name.
+    prefix. This accepts that layout plus wrapper dicts (``{"model": ...}``, ``{"state_dict": ...}``) and the
+    ``module.`` / ``network.`` / ``_warped_network.`` prefixes (a saved ``Classifier`` lists each tensor under
+    both of the last two; the copies must agree). BatchNorm ``num_batches_tracked`` counters are filled with 0
+    where a file lacks them; any other missing or unknown key raises ``WeightsError`` naming it (shapes are
+    :func:`zoo.weights.load_strict`'s job).
     """
-    state = _unwrap(checkpoint)
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if not isinstance(value, Tensor):
-            raise WeightsError(f"FTCN checkpoint entry {key!r} is a {type(value).__name__}, not a tensor")
-        new = key
-        while new.startswith(_STRIP_PREFIXES):
-            new = new.split(".", 1)[1]
-        if new in out:
-            if out[new].shape != value.shape or not torch.equal(out[new], value):
-                raise WeightsError(f"FTCN checkpoint holds two different tensors for {new!r} (from {key!r})")
-            continue
-        out[new] = value
-    for key in [k for k in out if k.endswith(".running_mean")]:
-        counter = key[: -len("running_mean")] + "num_batches_tracked"
-        out.setdefault(counter, torch.tensor(0, dtype=torch.long))
-    return out
+    return filter_checkpoint(checkpoint, what="FTCN", expected=zoo_keys(), unwrap=_WRAPPER_KEYS,
+                             strip=_STRIP_PREFIXES, convert=_fill_bn_counters)
 
 
 def parameter_count(config: dict[str, Any] | None = None) -> int:

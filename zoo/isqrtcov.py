@@ -37,12 +37,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
-from zoo.contract import WeightsError
+from zoo._registry import WeightsSource, register
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Preprocess, classification_entry
+from zoo.layers import Bottleneck, resnet_stage
 
 ITER_N = 5  # official MPNCOV(iterNum=5) for ImageNet
 REDUCED_DIM = 256  # official dimension_reduction
@@ -91,32 +91,6 @@ def triu_vector(mat: Tensor) -> Tensor:
 
 
 # --- network ------------------------------------------------------------------------------------------
-class Bottleneck(nn.Module):
-    """ResNet-50 bottleneck (1x1, 3x3 with the stride, 1x1 x4), torchvision names."""
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        out = planes * self.expansion
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(out)
-        self.downsample: nn.Sequential | None = None
-        if stride != 1 or inplanes != out:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
-
-
 class CovRepresentation(nn.Module):
     """The official ``MPNCOV`` representation: 1x1 reduction + covariance + Newton-Schulz + triu vector."""
 
@@ -150,11 +124,8 @@ class ISqrtCovResNet(nn.Module):
                                   nn.MaxPool2d(3, 2, 1)]
         inplanes = 64
         for planes, blocks, stride in zip((64, 128, 256, 512), layers, (1, 2, 2, 1), strict=True):
-            stage = []
-            for i in range(blocks):
-                stage.append(Bottleneck(inplanes, planes, stride if i == 0 else 1))
-                inplanes = planes * Bottleneck.expansion
-            trunk.append(nn.Sequential(*stage))
+            trunk.append(resnet_stage(inplanes, planes, blocks, stride))  # torchvision names, stride on the 3x3
+            inplanes = planes * Bottleneck.expansion
         self.features = nn.Sequential(*trunk)
         self.representation = CovRepresentation(inplanes, reduced_dim, iter_n)
         self.classifier = nn.Linear(self.representation.output_dim, num_classes)
@@ -209,51 +180,31 @@ def convert_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     a ``main.py`` training checkpoint (``{"state_dict": ..., "epoch", "arch", "optimizer", ...}`` with
     ``features.module.`` / ``module.`` prefixes), a model fine-tuned from the released one, and the zoo layout
     itself. Raises ``WeightsError`` naming every unknown or missing key."""
-    inner = checkpoint.get("state_dict")
-    state = inner if isinstance(inner, Mapping) else checkpoint
-    renamed: dict[str, Any] = {}
-    for key, value in state.items():
-        key = str(key)
-        new = _rename(key[len("module."):] if key.startswith("module.") else key)
-        if new in renamed:
-            raise WeightsError(f"iSQRT-COV ResNet-50 checkpoint: two keys map to {new!r} (mixed layouts?)")
-        renamed[new] = value
-    return convert_state_dict(renamed, zoo_keys(), "iSQRT-COV ResNet-50", wrappers=())
+    return filter_checkpoint(checkpoint, what="iSQRT-COV ResNet-50", expected=zoo_keys(), unwrap=("state_dict",),
+                             rename=_rename)
 
 
 # --- registry -------------------------------------------------------------------------------------------
-ISQRTCOV_RESNET50 = register(
-    ModelEntry(
-        name="isqrtcov_resnet50.in1k",
-        task="image-classification",
-        builder=classifier_builder(ISqrtCovResNet),
-        config={
-            "num_classes": 1000,
-            "reduced_dim": REDUCED_DIM,
-            "iter_n": ITER_N,
-            "knobs": {},
-            "preprocess": Preprocess(resize=256, crop=224, interpolation="bilinear").as_config(),
-            "labels": None,  # ImageNet-1k class indices; the checkpoint carries no names
-        },
-        handler="handlers.classify_handler",
-        **classify_io("ImageNet-1k classes"),
-        weights=WeightsSource(
-            hf_repo=None,  # no Hugging Face mirror of the official weights is known
-            converter="zoo.isqrtcov:convert_checkpoint",
-            # model_urls['mpncovresnet50'] of src/network/mpncovresnet.py (also on the README's Google Drive,
-            # 217.3 MB). The file name carries the torch.hub-style prefix 15991845 of its sha256, a partial
-            # record: `zoo pull` checks the prefix, trusts the first download and locks its full hash.
-            upstream_url="http://jtxie.com/models/mpncovresnet50-15991845.pth",
-            upstream_sha256=None,
-            upstream_sha256_prefix="15991845",
-            sha256_record="partial: the sha256 prefix 15991845 in the official file name (torch.hub convention); "
-                          "the full hash is trusted on first use",
-            description="official fast MPN-COV (iSQRT-COV) ResNet-50, ImageNet-1k top-1 error 21.71% (224 crop)",
-        ),
-        license="MIT",
-        paper="https://arxiv.org/abs/1712.01034",
-        serving=ServingConfig(batch_size=8, max_batch_delay_ms=20, response_timeout_s=120),
-        default_serve=False,
-        description="ResNet-50 with iterative matrix-square-root covariance pooling (5 Newton-Schulz steps).",
-    )
-)
+ISQRTCOV_RESNET50 = register(classification_entry(
+    name="isqrtcov_resnet50.in1k",
+    architecture=ISqrtCovResNet,
+    config={"num_classes": 1000, "reduced_dim": REDUCED_DIM, "iter_n": ITER_N},
+    preprocess=Preprocess(resize=256, crop=224, interpolation="bilinear"),
+    classes="ImageNet-1k classes",  # class indices; the checkpoint carries no names
+    weights=WeightsSource(
+        hf_repo=None,  # no Hugging Face mirror of the official weights is known
+        converter="zoo.isqrtcov:convert_checkpoint",
+        # model_urls['mpncovresnet50'] of src/network/mpncovresnet.py (also on the README's Google Drive,
+        # 217.3 MB). The file name carries the torch.hub-style prefix 15991845 of its sha256, a partial
+        # record: `zoo pull` checks the prefix, trusts the first download and locks its full hash.
+        upstream_url="http://jtxie.com/models/mpncovresnet50-15991845.pth",
+        upstream_sha256=None,
+        upstream_sha256_prefix="15991845",
+        sha256_record="partial: the sha256 prefix 15991845 in the official file name (torch.hub convention); "
+                      "the full hash is trusted on first use",
+        description="official fast MPN-COV (iSQRT-COV) ResNet-50, ImageNet-1k top-1 error 21.71% (224 crop)",
+    ),
+    license="MIT",
+    paper="https://arxiv.org/abs/1712.01034",
+    description="ResNet-50 with iterative matrix-square-root covariance pooling (5 Newton-Schulz steps).",
+))

@@ -54,23 +54,21 @@ def _module_file(module: str) -> Path | None:
     return None
 
 
-def _imported_modules(path: Path, module: str) -> set[str]:
-    """Project modules that ``path`` imports anywhere in its body (module level or inside functions)."""
+def imported_names(path: Path, module: str) -> set[str]:
+    """Every absolute name ``path`` (module ``module``) imports anywhere in its body, module level or inside
+    functions: ``from a.b import c`` gives ``a.b`` and ``a.b.c``; relative imports are resolved."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
+            found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
+            prefix = node.module or ""
             if node.level:  # relative import
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
-                prefix = f"{base}.{node.module}" if node.module else base
-            else:
-                prefix = node.module or ""
-            names = [prefix, *(f"{prefix}.{alias.name}" for alias in node.names)]
-        else:
-            continue
-        found.update(n for n in names if n.split(".")[0] in SOURCE_PACKAGES)
+                parts = package.split(".")
+                prefix = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+            found.add(prefix)
+            found.update(f"{prefix}.{alias.name}" for alias in node.names)
     return found
 
 
@@ -93,7 +91,7 @@ def archive_sources(entry: ModelEntry, extra_modules: tuple[str, ...] = ()) -> l
         files.add(path)
         parts = module.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages' __init__
-        todo += sorted(_imported_modules(path, module) - seen)
+        todo += sorted(n for n in imported_names(path, module) - seen if n.split(".")[0] in SOURCE_PACKAGES)
     return sorted(files)
 
 

@@ -36,8 +36,9 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
-from zoo.classify import Preprocess, classifier_builder, classify_io, convert_state_dict, expected_keys
+from zoo._registry import WeightsSource, register
+from zoo.checkpoint import expected_keys, filter_checkpoint
+from zoo.classify import Knob, Preprocess, classification_entry
 
 WIDTHS = (0.7, 0.9, 1.0)  # official width_mult_list: the widths with their own BatchNorm statistics
 RESOLUTIONS = (224, 192, 160, 128)  # official resolution_list
@@ -205,44 +206,33 @@ def convert_checkpoint(checkpoint: dict) -> dict[str, Tensor]:
     """Official training checkpoint (``{"model": DataParallel state_dict, "optimizer", "last_epoch"}``) or a
     flat state dict -> zoo layout (the same names without ``module.``). Raises ``WeightsError`` on any
     unknown or missing key, including checkpoints without the per-width BatchNorm statistics."""
-    return convert_state_dict(checkpoint, zoo_keys(), "MutualNet MobileNetV2")
+    return filter_checkpoint(checkpoint, what="MutualNet MobileNetV2", expected=zoo_keys())
 
 
 # --- registry -------------------------------------------------------------------------------------------
-MUTUALNET_MBV2 = register(
-    ModelEntry(
-        name="mutualnet_mbv2.in1k",
-        task="image-classification",
-        builder=classifier_builder(MutualNetMobileNetV2),
-        config={
-            "num_classes": 1000,
-            "knobs": {
-                "width": {"choices": list(WIDTHS), "default": 1.0},
-                "resolution": {"choices": list(RESOLUTIONS), "default": 224},
-            },
-            "preprocess": Preprocess(resize=256, crop=224, interpolation="bilinear").as_config(),
-            "labels": None,  # ImageNet-1k class indices; the checkpoint carries no names
-        },
-        handler="handlers.classify_handler",
-        **classify_io("ImageNet-1k classes", knob_output="the width and resolution that answered", knobs={
-            "width": "optional: 0.7 | 0.9 | 1.0 (default 1.0), the fraction of channels used",
-            "resolution": "optional: 224 | 192 | 160 | 128 (default 224), the input resolution"}),
-        weights=WeightsSource(
-            hf_repo=None,  # no Hugging Face mirror of the official weights is known
-            converter="zoo.mutualnet:convert_checkpoint",
-            # "Model weights: [MobileNet v2]" in the official README (Google Drive; BaiduYun mirror, code 4y6m).
-            upstream_url="https://drive.google.com/open?id=1GIe5Mpbkc2CptvPbqcEgJtPSoP2WYkNm",
-            # A browser download, handed to `zoo pull mutualnet_mbv2 --file PATH`; no sha256 is published: the
-            # first file is trusted and locked.
-            upstream_sha256=None,
-            manual_download=True,
-            sha256_record="none published: trust on first use (zoo/weights_lock.py)",
-            description="official MutualNet MobileNetV2 (ImageNet-1k); 72.9% top-1 at width 1.0, 224 px",
-        ),
-        license="MIT",
-        paper="https://arxiv.org/abs/1909.12978",
-        serving=ServingConfig(batch_size=16, max_batch_delay_ms=20, response_timeout_s=120),
-        default_serve=False,
-        description="MutualNet width-switchable MobileNetV2; width and input resolution chosen per request.",
-    )
-)
+MUTUALNET_MBV2 = register(classification_entry(
+    name="mutualnet_mbv2.in1k",
+    architecture=MutualNetMobileNetV2,
+    config={"num_classes": 1000},
+    preprocess=Preprocess(resize=256, crop=224, interpolation="bilinear"),
+    classes="ImageNet-1k classes",  # class indices; the checkpoint carries no names
+    knobs=[Knob("width", WIDTHS, 1.0, meaning="the fraction of channels used"),
+           Knob("resolution", RESOLUTIONS, 224, meaning="the input resolution")],
+    knob_output="the width and resolution that answered",
+    weights=WeightsSource(
+        hf_repo=None,  # no Hugging Face mirror of the official weights is known
+        converter="zoo.mutualnet:convert_checkpoint",
+        # "Model weights: [MobileNet v2]" in the official README (Google Drive; BaiduYun mirror, code 4y6m).
+        upstream_url="https://drive.google.com/open?id=1GIe5Mpbkc2CptvPbqcEgJtPSoP2WYkNm",
+        # A browser download, handed to `zoo pull mutualnet_mbv2 --file PATH`; no sha256 is published: the
+        # first file is trusted and locked.
+        upstream_sha256=None,
+        manual_download=True,
+        sha256_record="none published: trust on first use (zoo/weights_lock.py)",
+        description="official MutualNet MobileNetV2 (ImageNet-1k); 72.9% top-1 at width 1.0, 224 px",
+    ),
+    license="MIT",
+    paper="https://arxiv.org/abs/1909.12978",
+    batch_size=16,
+    description="MutualNet width-switchable MobileNetV2; width and input resolution chosen per request.",
+))

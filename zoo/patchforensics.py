@@ -39,8 +39,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.checkpoint import expected_keys, filter_checkpoint
 from zoo.ckdn import center_crop_box, resized_size
-from zoo.classify import Preprocess, convert_state_dict, expected_keys
+from zoo.classify import Preprocess
 
 FAKE_CLASS = 0  # official default --fake_class_id
 INPUT_SIZE = 299
@@ -203,7 +204,7 @@ def convert_checkpoint(checkpoint: dict, layer: str = "block2") -> dict[str, Ten
     """Official ``bestval_net_D.pth`` (``{"state_dict", "optimizer", "scheduler", "epoch", ...}``) or a flat
     state dict of the ``xception_<layer>`` model -> zoo layout. Raises ``WeightsError`` naming unknown and
     missing keys (a block3 checkpoint offered as block2 shows its ``block3.*`` keys as unknown)."""
-    return convert_state_dict(checkpoint, zoo_keys(layer), f"Patch-Forensics xception_{layer}")
+    return filter_checkpoint(checkpoint, what=f"Patch-Forensics xception_{layer}", expected=zoo_keys(layer))
 
 
 def convert_block2(checkpoint: dict) -> dict[str, Tensor]:

@@ -15,8 +15,6 @@ from tests.golden_weights import golden_state_dict
 from zoo import get_entry, list_models
 from zoo.ckdn import (
     CKDN,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     center_crop_box,
     convert_checkpoint,
     normalize,
@@ -26,6 +24,7 @@ from zoo.ckdn import (
     training_only_keys,
     zoo_keys,
 )
+from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
 from zoo.weights import WeightsError, load_strict, resolve_weights
 
 F64 = {"rtol": 1e-9, "atol": 1e-12}  # float64 vs the official float64 run (README section 7)

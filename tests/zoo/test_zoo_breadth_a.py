@@ -22,9 +22,10 @@ from zoo import get_entry, list_models
 from zoo.autoformer import SUBNETS, AutoFormerSupernet, SubnetConfig
 from zoo.autoformer import convert_checkpoint as convert_autoformer
 from zoo.autoformer import zoo_keys as autoformer_keys
-from zoo.classify import IMAGENET_MEAN, IMAGENET_STD, Preprocess, knob_settings, knob_specs, normalize_u8
+from zoo.classify import Preprocess, knob_settings, knob_specs, normalize_u8
 from zoo.dgc import DGCResNet
 from zoo.dgc import convert_checkpoint as convert_dgc
+from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
 from zoo.mutualnet import MutualNetMobileNetV2, slim_channels
 from zoo.mutualnet import convert_checkpoint as convert_mutualnet
 from zoo.weights import WeightsError, load_strict, resolve_weights

@@ -371,7 +371,7 @@ def test_bit_npz_misfits_fail_loudly(bit, tmp_path: Path) -> None:
     arrays = as_npz(state)
     arrays.pop("resnet/head/conv2d/bias")
     arrays["resnet/pre_logits/kernel"] = np.zeros(1, np.float32)
-    with pytest.raises(WeightsError, match="1 missing: resnet/head/conv2d/bias; 1 unused: resnet/pre_logits/kernel"):
+    with pytest.raises(WeightsError, match="1 unknown: resnet/pre_logits/kernel; 1 missing: resnet/head/conv2d/bias"):
         convert_bit(arrays)
     shallower = as_npz({k: v for k, v in state.items() if not k.startswith("body.block4.unit03")})
     with pytest.raises(WeightsError, match="9 missing: resnet/block4/unit03/a/group_norm/beta"):
