@@ -4,10 +4,11 @@ Used by `zoo serve --engine triton`, the engine-parity tests and the benchmarks.
 
 1. ``ZOO_TRITONSERVER`` (a path), else a system ``tritonserver`` (PATH, or NGC images' /opt/tritonserver), with
    its own backends (``--backend-directory`` from ``ZOO_TRITON_BACKENDS`` or /opt/tritonserver/backends);
-2. else the server that the ``nvidia-pytriton`` wheel bundles, in the Triton venv (``.venv-triton`` made by
-   `make test`, or ``ZOO_TRITON_PYTHON``): its Python backend plus the stub for that venv's Python version are
-   laid out in the run directory, ``LD_LIBRARY_PATH`` gets the wheel's bundled libraries (libcudart included),
-   and the venv's ``bin`` goes first on PATH, so the stub's interpreter is that venv (torch + this package).
+2. else the server that the ``nvidia-pytriton`` wheel bundles, in the Triton venv (``ZOO_TRITON_PYTHON``, else
+   ``.venv-triton`` made by `make test`, else this interpreter, e.g. the image's with the ``triton`` extra):
+   its Python backend plus the stub for that venv's Python version are laid out in the run directory,
+   ``LD_LIBRARY_PATH`` gets the wheel's bundled libraries (libcudart included), and the venv's ``bin`` goes
+   first on PATH, so the stub's interpreter is that venv (torch + this package).
 
 Hardened like TorchServe: every endpoint on loopback (metrics may bind wider for a pod's Prometheus), models
 loaded explicitly (no repository polling), its own shared-memory prefix so servers run side by side.
@@ -60,9 +61,15 @@ class TritonInstall:
 
 
 def triton_python() -> Path:
-    """The Triton venv's interpreter: ZOO_TRITON_PYTHON, else this checkout's .venv-triton."""
+    """The interpreter with PyTriton and torch: ZOO_TRITON_PYTHON, else this checkout's .venv-triton (`make`),
+    else this interpreter (an install with the ``triton`` extra, as in the image)."""
     override = os.environ.get("ZOO_TRITON_PYTHON")
-    return Path(override) if override else REPO_ROOT / ".venv-triton" / "bin" / "python"
+    if override:
+        return Path(override)
+    checkout_venv = REPO_ROOT / ".venv-triton"
+    if checkout_venv.is_dir():
+        return checkout_venv / "bin" / "python"
+    return Path(sys.executable)
 
 
 def find_triton() -> TritonInstall:

@@ -221,10 +221,7 @@ class TritonBackend(Backend):
         ready = {m["name"] for m in index.get("models", []) if m.get("state", "READY") == "READY"}
         listed = []
         for name in sorted(ready):
-            try:
-                zoo = await self._zoo_model(name, "")
-            except GatewayError:
-                zoo = None
+            zoo = await self._zoo_model(name, "")
             aliases = tuple(a for a in (zoo.meta.get("aliases") or []) if isinstance(a, str)) if zoo else ()
             listed.append(ListedModel(name, aliases))
         return listed
@@ -235,8 +232,9 @@ class TritonBackend(Backend):
             try:
                 doc = await self._get_client().get_model_config(
                     model, version, as_json=True, client_timeout=_CONTROL_TIMEOUT_S)
-            except Exception as exc:
-                raise self._error(exc, f"config of model '{model}'") from None
+            except Exception as exc:  # e.g. restricted (PyTriton) or down: serve it as a plain Triton model
+                log.debug("no config for Triton model %s: %s", model, self._error(exc, "model config"))
+                return None
             self._zoo[model] = ZooModel.from_config(doc.get("config", doc))
         return self._zoo[model]
 
