@@ -247,5 +247,6 @@ class InferResult:
         return self.outputs[name]
 
     def json(self, name: str = "output") -> list[Any]:
-        """The BYTES output `name` decoded element-wise as JSON (the zoo handlers' answers)."""
+        """The BYTES output `name` decoded element-wise as JSON (models that declare no typed outputs answer
+        JSON in `output`; zoo models answer typed outputs, read them with `result[name]`)."""
         return [json.loads(bytes(e)) for e in self.outputs[name].reshape(-1)]

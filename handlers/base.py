@@ -1,12 +1,18 @@
 """The one handler base: decode -> batch -> predict -> encode, with per-request errors.
 
 A handler declares the request fields it accepts (``FIELDS``, see ``handlers.fields``) and implements only
-its model's steps: ``decode_fields`` (checked fields -> one item), ``batch``, ``predict`` and ``encode``.
+its model's steps: ``decode_fields`` (checked fields -> one item), ``batch``, ``predict``, ``encode`` (one
+readable JSON answer per item) and ``tensors`` (one answer -> the entry's typed outputs).
 The base owns everything else: loading the archived zoo model and its labelled weights, picking the device
 TorchServe assigned, checking the handler's declaration when the worker starts, picking and checking each
 request's fields (missing, unknown and out-of-range ones are that request's 4xx), isolating each request's
 client error, turning unexpected failures into 500s for the affected requests without killing the worker,
 tagging every answer with the model/weights metadata, and guaranteeing exactly one answer per request.
+
+Answer forms: readable JSON (the task routes, TorchServe's own clients), or, when the request carries
+``zoo.tensors.ANSWER_FIELD`` (the gateway's OIP path), the typed outputs the registry entry declares, framed by
+``zoo.tensors.encode_tensors`` and checked against the declaration. Keys of an ``encode`` answer that start
+with ``_`` reach ``tensors`` but not the JSON (e.g. a full probability vector behind a top-k answer).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from handlers.codec import RequestError
 from handlers.fields import CheckedFields, ExtraFields, Field, RequestSpec
 from zoo._registry import ModelEntry, get_entry
 from zoo.contract import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE, BATCH_SIZE_HEADER
+from zoo.tensors import ANSWER_FIELD, ANSWER_TENSORS, CONTENT_TYPE, TensorData, as_tensor, encode_tensors
 from zoo.weights import load_strict
 
 logger = logging.getLogger(__name__)
@@ -39,6 +46,14 @@ def pick_device(properties: dict[str, Any]) -> torch.device:
     return torch.device("cpu")
 
 
+def wants_tensors(request: dict[str, Any] | None) -> bool:
+    """Whether one raw request asks for the typed answer; the asking field is taken out of the request."""
+    if not request:
+        return False
+    value = request.pop(ANSWER_FIELD, None)
+    return bytes(value) == ANSWER_TENSORS if isinstance(value, (bytes, bytearray)) else value == ANSWER_TENSORS.decode()
+
+
 class ZooHandler(BaseHandler):
     """Base for every zoo handler (TorchServe custom service)."""
 
@@ -49,7 +64,7 @@ class ZooHandler(BaseHandler):
     # Whether each answer also says in its JSON how many requests its batch held (always in a header).
     BATCH_SIZE_IN_ANSWER: ClassVar[bool] = False
     # The steps a handler must implement itself (predict defaults to calling the model).
-    OWN_STEPS: ClassVar[tuple[str, ...]] = ("decode_fields", "batch", "encode")
+    OWN_STEPS: ClassVar[tuple[str, ...]] = ("decode_fields", "batch", "encode", "tensors")
 
     entry: ModelEntry
     meta: dict[str, Any]
@@ -122,6 +137,28 @@ class ZooHandler(BaseHandler):
         """Model output -> one JSON object per item, in order (the base appends the model tag)."""
         raise NotImplementedError
 
+    def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
+        """One ``encode`` answer -> the entry's typed outputs, ``{name: numpy array | list[bytes]}``, one per
+        declared output (``entry.outputs``; shapes without a batch dimension)."""
+        raise NotImplementedError
+
+    def typed_answer(self, answer: dict[str, Any]) -> bytes:
+        """The framed typed outputs of one answer, refused (a handler bug: 500) unless they are exactly what
+        the entry declares, so model metadata always equals what inference returns."""
+        outputs = self.tensors(answer)
+        declared = {spec.name: spec for spec in self.entry.outputs}
+        if list(outputs) != list(declared):
+            raise RuntimeError(f"{type(self).__name__}.tensors returned {list(outputs)}, the entry declares "
+                               f"{list(declared)}")
+        typed = {}
+        for name, value in outputs.items():
+            spec = declared[name]
+            datatype, shape, data = typed[name] = as_tensor(value, spec.datatype)
+            if not spec.accepts(datatype, shape):
+                raise RuntimeError(f"output {name!r} is {datatype} {shape}, the entry declares {spec.datatype} "
+                                   f"{list(spec.shape)}")
+        return encode_tensors(typed)
+
     # --- plumbing --------------------------------------------------------------------------------
     def model_info(self) -> dict[str, Any]:
         """Model metadata attached to every answer (weights label included, so random weights show)."""
@@ -133,10 +170,11 @@ class ZooHandler(BaseHandler):
 
     def tag(self, answer: dict[str, Any], batch_size: int) -> dict[str, Any]:
         """One answer with the batch size (where declared) and the model metadata appended."""
+        public = {key: value for key, value in answer.items() if not key.startswith("_")}
         if self.BATCH_SIZE_IN_ANSWER:
-            answer["batch_size"] = batch_size
-        answer["model"] = self.model_info()
-        return answer
+            public["batch_size"] = batch_size
+        public["model"] = self.model_info()
+        return public
 
     def _error(self, index: int, status: int, message: str) -> dict[str, Any]:
         self.context.set_response_status(status, message, index)
@@ -148,6 +186,7 @@ class ZooHandler(BaseHandler):
         started = time.perf_counter()
         answers: list[Any] = [None] * len(data)
         decoded: list[tuple[int, Any]] = []
+        typed = [wants_tensors(request) for request in data]
         for index, request in enumerate(data):
             try:
                 decoded.append((index, self.decode(request or {}, index)))
@@ -166,8 +205,12 @@ class ZooHandler(BaseHandler):
                 if len(encoded) != len(items):
                     raise RuntimeError(f"handler produced {len(encoded)} answers for {len(items)} requests")
                 for index, answer in zip(indices, encoded, strict=True):
-                    answers[index] = self.tag(answer, len(items))
-                    context.set_response_content_type(index, "application/json")
+                    if typed[index]:
+                        answers[index] = self.typed_answer(answer)
+                        context.set_response_content_type(index, CONTENT_TYPE)
+                    else:
+                        answers[index] = self.tag(answer, len(items))
+                        context.set_response_content_type(index, "application/json")
                     context.set_response_header(index, BATCH_SIZE_HEADER, str(len(items)))
             except RequestError as exc:
                 for index in indices:

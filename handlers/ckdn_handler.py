@@ -23,6 +23,7 @@ from handlers.base import ZooHandler
 from handlers.codec import RequestError
 from handlers.fields import CheckedFields, Field
 from zoo.ckdn import pair_batch_to_inputs, preprocess_pair
+from zoo.tensors import TensorData
 
 # Largest allowed ratio between the two images' aspect ratios (w/h), e.g. 4:3 vs 16:9 = 1.33 passes, 1:1 vs
 # 16:9 = 1.78 does not.
@@ -61,3 +62,6 @@ class CKDNHandler(ZooHandler):
 
     def encode(self, output: torch.Tensor, items: list[np.ndarray]) -> list[dict[str, Any]]:
         return [{"score": float(score)} for score in output.tolist()]
+
+    def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
+        return {"score": np.asarray([answer["score"]], dtype=np.float32)}

@@ -30,6 +30,7 @@ import torch
 from handlers.base import ZooHandler
 from handlers.fields import IMAGE, CheckedFields, Field
 from zoo.classify import ClassifyInput, Knob, Preprocess, knob_specs, top_k
+from zoo.tensors import TensorData
 
 DEFAULT_TOP_K = 5
 
@@ -96,5 +97,18 @@ class ClassifyHandler(ZooHandler):
             answers.append({
                 "top_k": [{"label": p.label, "index": p.index, "score": p.score} for p in best],
                 "knobs": item.knobs,
+                "_probabilities": torch.softmax(logits.float(), dim=-1).numpy(),  # typed answer only
             })
         return answers
+
+    def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
+        best = answer["top_k"]
+        outputs: dict[str, TensorData] = {
+            "probabilities": answer["_probabilities"].astype(np.float32),
+            "top_k_indices": np.asarray([p["index"] for p in best], dtype=np.int32),
+            "top_k_scores": np.asarray([p["score"] for p in best], dtype=np.float32),
+            "top_k_labels": [(p["label"] or "").encode() for p in best],
+        }
+        if any(spec.name == "knobs" for spec in self.entry.outputs):
+            outputs["knobs"] = [f"{name}={value}".encode() for name, value in answer["knobs"].items()]
+        return outputs

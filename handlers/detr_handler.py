@@ -7,7 +7,9 @@ from typing import Any
 from handlers.base import ZooHandler
 from handlers.codec import ImageRequest
 from handlers.fields import IMAGE, CheckedFields, Field
+from handlers.outputs import detection_tensors
 from zoo.detr import postprocess, preprocess
+from zoo.tensors import TensorData
 
 
 class DetrHandler(ZooHandler):
@@ -44,3 +46,6 @@ class DetrHandler(ZooHandler):
                 "image_size": {"width": item.image.width, "height": item.image.height},
             })
         return answers
+
+    def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
+        return detection_tensors(answer)

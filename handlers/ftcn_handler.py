@@ -26,11 +26,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from handlers.base import ZooHandler
 from handlers.codec import RequestError, as_bytes
 from handlers.fields import UPLOAD_ALIASES, CheckedFields, Field
 from zoo.faces.pipeline import AGGREGATES, FacePipeline, PreparedVideo
 from zoo.faces.weights import ARCHIVE_DIR, check_dir
+from zoo.tensors import TensorData
 from zoo.video import VideoError, VideoLimits
 
 
@@ -93,3 +96,20 @@ class FtcnHandler(ZooHandler):
 
     def encode(self, output: Any, items: list[PreparedVideo]) -> list[dict[str, Any]]:
         return [self.pipeline.summarize(item, probs) for item, probs in zip(items, output, strict=True)]
+
+    def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
+        tracks = answer["tracks"]
+
+        def probability(value: float | None) -> float:
+            return float("nan") if value is None else value
+
+        return {
+            "fake_probability": np.asarray([probability(answer["fake_probability"])], dtype=np.float32),
+            "verdict": [answer["verdict"].encode()],
+            "track_ids": np.asarray([t["track_id"] for t in tracks], dtype=np.int32),
+            "track_scores": np.asarray([probability(t["score"]) for t in tracks], dtype=np.float32),
+            "track_frames": np.asarray([t["frames"] for t in tracks], dtype=np.int32).reshape(-1, 2),
+            "track_clips": np.asarray([t["clips"] for t in tracks], dtype=np.int32),
+            "frames_analyzed": np.asarray([answer["frames_analyzed"]], dtype=np.int32),
+            "clips_analyzed": np.asarray([answer["clips_analyzed"]], dtype=np.int32),
+        }

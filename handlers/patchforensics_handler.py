@@ -31,6 +31,7 @@ from handlers.base import ZooHandler
 from handlers.fields import IMAGE, CheckedFields, Field
 from zoo.classify import Preprocess
 from zoo.patchforensics import FAKE_CLASS, ForensicsInput, crop_box_in_input, patch_probabilities, render_overlay
+from zoo.tensors import TensorData
 
 
 class PatchForensicsHandler(ZooHandler):
@@ -79,3 +80,12 @@ class PatchForensicsHandler(ZooHandler):
                 answer["overlay_png"] = base64.b64encode(png).decode("ascii")
             answers.append(answer)
         return answers
+
+    def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
+        overlay = answer.get("overlay_png")
+        return {
+            "fake_probability": np.asarray([answer["fake_probability"]], dtype=np.float32),
+            "heatmap": np.asarray(answer["heatmap"], dtype=np.float32),
+            "patch_grid": np.asarray(answer["patch_grid"], dtype=np.int32),
+            "overlay_png": [base64.b64decode(overlay)] if overlay else [],
+        }

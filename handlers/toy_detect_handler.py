@@ -13,6 +13,8 @@ import torch
 from handlers.base import ZooHandler
 from handlers.codec import image_to_array
 from handlers.fields import CheckedFields, Field
+from handlers.outputs import detection_tensors
+from zoo.tensors import TensorData
 
 LABEL_ID, LABEL = 1, "bright"
 
@@ -61,3 +63,6 @@ class ToyDetectHandler(ZooHandler):
             answers.append({"detections": detections[: item["top_k"]],
                             "image_size": {"width": width, "height": height}})
         return answers
+
+    def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
+        return detection_tensors(answer)

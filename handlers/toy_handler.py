@@ -16,6 +16,7 @@ import torch
 from handlers.base import ZooHandler
 from handlers.codec import decode_image, image_to_array
 from handlers.fields import CheckedFields, Field
+from zoo.tensors import TensorData
 
 # One decoded request is a plain dict (a handler module may define only its handler class):
 # {"width", "height", "mean" (3 floats), "bytes", "sleep_ms", "fields"}
@@ -62,3 +63,12 @@ class ToyHandler(ZooHandler):
             }
             for i, item in enumerate(items)
         ]
+
+    def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
+        return {
+            "width": np.asarray([answer["width"]], dtype=np.int32),
+            "height": np.asarray([answer["height"]], dtype=np.int32),
+            "mean": np.asarray(answer["mean"], dtype=np.float32),
+            "bytes": np.asarray([answer["bytes"]], dtype=np.int64),
+            "fields": [name.encode() for name in answer["fields"]],
+        }

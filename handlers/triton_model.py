@@ -6,13 +6,16 @@ two-line ``model.py`` that imports ``TritonPythonModel`` from here. So Triton ru
 itself: ``ZooHandler.initialize`` loads the model and weights, and ``ZooHandler.handle`` does decode -> batch ->
 predict -> encode with its per-request errors; this module only translates Triton's requests and responses.
 
-Interim I/O (until the registry's typed I/O schema lands; see ``zoo.triton_repo``):
+I/O (the config is written from the registry's I/O schema by ``zoo.triton_repo``):
 
 - each Triton request carries one or more items (its batch dimension); item i is one handler request whose
   fields are element i of every BYTES input that is present (the entry's declared inputs, plus ``body``: a raw
   upload, or a JSON object of fields, exactly as TorchServe passes a request body), and the request's
   parameters (strings as UTF-8, other values as JSON text), which is how undeclared fields (``top_k``...) travel;
-- ``output`` (BYTES) holds the handler's answer per item, byte for byte what TorchServe would answer.
+- a request that asks for ``output`` alone gets the handler's answer per item there, byte for byte what
+  TorchServe would answer (readable JSON, or the ``zoo.tensors`` framing when the request carries that
+  field: the gateway's path); any other request gets the entry's typed outputs (the handler's ``tensors``),
+  each ``[items, *shape]``, shorter variable dimensions padded with zeros / empty strings.
 
 A handler's per-request error (its ``set_response_status``) fails that Triton request alone with the handler's
 message (4xx -> INVALID_ARG, 503 -> UNAVAILABLE, else INTERNAL); its batch-mates are answered normally.
@@ -30,6 +33,7 @@ import numpy as np
 
 from handlers.base import ZooHandler
 from zoo.contract import ARCHIVE_META_FILE
+from zoo.tensors import ANSWER_FIELD, ANSWER_TENSORS, TensorData, decode_tensors
 
 try:  # only inside Triton's Python backend stub; tests hand `TritonPythonModel` a stand-in
     import triton_python_backend_utils as pb_utils
@@ -104,6 +108,7 @@ class TritonPythonModel:
         handler_cls = handler_class(meta["handler"])
         gpu_id = int(args["model_instance_device_id"]) if args.get("model_instance_kind") == "GPU" else None
         self.input_names = [spec["name"] for spec in config.get("input", [])]
+        self.output_names = [spec["name"] for spec in config.get("output", [])]
         self.context = TritonContext(model_dir, gpu_id)
         self.handler: ZooHandler = handler_cls()
         self.handler.initialize(self.context)
@@ -111,12 +116,19 @@ class TritonPythonModel:
     def execute(self, requests: list[Any]) -> list[Any]:
         items: list[dict[str, bytes]] = []
         spans: list[tuple[int, int] | str] = []  # per Triton request: its items' range, or why it was refused
+        typed: list[list[str]] = []  # per Triton request: the typed outputs it asks for (none: `output`)
         for request in requests:
             try:
                 fields = request_items(request, self.input_names)
             except (ValueError, UnicodeDecodeError) as exc:
                 spans.append(f"cannot read the request: {exc}")
+                typed.append([])
                 continue
+            wanted = [name for name in self.output_names if name in set(request.requested_output_names())]
+            typed.append([] if wanted == [OUTPUT] else [name for name in wanted if name != OUTPUT])
+            if typed[-1]:
+                for item in fields:
+                    item[ANSWER_FIELD] = ANSWER_TENSORS
             spans.append((len(items), len(items) + len(fields)))
             items.extend(fields)
         context = self.context.for_batch(len(items))
@@ -133,8 +145,12 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message, error_code(status))))
                 continue
             encoded = [_answer_bytes(answers[i]) for i in range(*span)]
-            output = pb_utils.Tensor(OUTPUT, np.array(encoded, dtype=object).reshape(-1, 1))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[output]))
+            if typed[len(responses)]:
+                outputs = typed_outputs([decode_tensors(answer) for answer in encoded], typed[len(responses)])
+                tensors = [pb_utils.Tensor(name, array) for name, array in outputs.items()]
+            else:
+                tensors = [pb_utils.Tensor(OUTPUT, np.array(encoded, dtype=object).reshape(-1, 1))]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
 
     def finalize(self) -> None:
@@ -150,6 +166,24 @@ def handler_class(module_name: str) -> type[ZooHandler]:
     if len(found) != 1:
         raise TypeError(f"{module_name} defines {len(found)} zoo handler classes; expected exactly one")
     return found[0]
+
+
+def typed_outputs(answers: list[list[tuple[str, str, list[int], TensorData]]], names: list[str]) -> dict[str, Any]:
+    """The typed answers of one request's items -> ``{name: array [items, *shape]}`` for the asked names, items
+    whose variable dimensions are shorter padded (zeros; empty strings for BYTES)."""
+    out = {}
+    for name in names:
+        parts = [next((datatype, shape, data) for n, datatype, shape, data in answer if n == name)
+                 for answer in answers]
+        shape = [max(dims) for dims in zip(*(s for _, s, _ in parts), strict=True)] if parts[0][1] else []
+        bytes_like = parts[0][0] == "BYTES"
+        array = np.full((len(parts), *shape), b"", dtype=object) if bytes_like else \
+            np.zeros((len(parts), *shape), dtype=np.asarray(parts[0][2]).dtype)
+        for i, (_, item_shape, data) in enumerate(parts):
+            value = np.asarray(data, dtype=object if bytes_like else None).reshape(item_shape)
+            array[(i, *(slice(0, d) for d in item_shape))] = value
+        out[name] = array
+    return out
 
 
 def _answer_bytes(answer: Any) -> bytes:

@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 
 SERVER_NAME = "zoo-gateway"
 SERVER_VERSION = "0.1.0"
-EXTENSIONS = ["binary_tensor_data", "model_stream_infer", "zoo_task_routes"]
+# the protocol extensions that work here (server metadata lists exactly these)
+EXTENSIONS = ["binary_tensor_data", "classification", "model_stream_infer", "zoo_task_routes"]
 CLIENT_GONE = 499  # status recorded for a request (or stream session) whose client went away
 
 Reply = TypeVar("Reply")

@@ -43,6 +43,13 @@ def api_key_from(headers: Any) -> str | None:
     return api_key(headers.get("Authorization"), headers.get("x-api-key"))
 
 
+def json_response(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """A JSON answer with Content-Type exactly ``application/json`` (no charset parameter: KServe's SDK
+    reads an error's message only under exactly that type; JSON is UTF-8 by definition)."""
+    return web.Response(body=json.dumps(doc).encode(), status=status,
+                        headers={"Content-Type": JSON, **(headers or {})})
+
+
 def error_response(exc: BaseException) -> web.Response:
     err = as_gateway_error(exc)
     headers = {}
@@ -50,7 +57,30 @@ def error_response(exc: BaseException) -> web.Response:
         headers["Retry-After"] = str(err.retry_after_s)
     if isinstance(err, Unauthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="zoo-gateway"'
-    return web.json_response({"error": err.message}, status=err.http_status, headers=headers)
+    return json_response({"error": err.message}, status=err.http_status, headers=headers)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                      ) -> web.StreamResponse:
+    """aiohttp's own errors (an unknown route, a method a route does not take, ...) as JSON errors too:
+    tritonclient and KServe's SDK parse every error body as JSON."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        if exc.status == 404:
+            message = f"no route {request.method} {request.path}; the routes are listed at /openapi.json"
+        elif exc.status == 405:
+            allowed = exc.headers.get("Allow", "")
+            message = f"{request.method} is not allowed on {request.path}; allowed: {allowed or 'none'}"
+        else:
+            message = exc.text or exc.reason
+        response = error_response(error_for_status(exc.status, message))
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
 
 
 def body_size(response: web.StreamResponse) -> int | None:
@@ -104,7 +134,7 @@ class RestApi:
 
     def application(self) -> web.Application:
         # aiohttp's own cap is the largest limit; per-model limits are checked on top of it
-        app = web.Application(client_max_size=self.dp.config.largest_request_bytes)
+        app = web.Application(client_max_size=self.dp.config.largest_request_bytes, middlewares=[json_errors])
         for route in ROUTES:
             app.router.add_route(route.method, route.path, self._wrap(route))
         return app
@@ -161,11 +191,11 @@ class RestApi:
 
     # --- health, metrics, openapi ------------------------------------------------------------------
     async def live(self, request: web.Request, call: Call) -> web.Response:
-        return web.json_response({"live": await self.dp.live()})
+        return json_response({"live": await self.dp.live()})
 
     async def ready(self, request: web.Request, call: Call) -> web.Response:
         ready = await self.dp.ready()
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        return json_response({"ready": ready}, status=200 if ready else 503)
 
     async def metrics_route(self, request: web.Request, call: Call) -> web.Response:
         await self.backend_state.refresh()
@@ -173,21 +203,21 @@ class RestApi:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def openapi(self, request: web.Request, call: Call) -> web.Response:
-        return web.json_response(openapi_document())
+        return json_response(openapi_document())
 
     # --- metadata -------------------------------------------------------------------------------------
     async def server_metadata(self, request: web.Request, call: Call) -> web.Response:
         self.dp.authorize(api_key_from(request.headers))
-        return web.json_response(self.dp.server_metadata())
+        return json_response(self.dp.server_metadata())
 
     async def model_metadata(self, request: web.Request, call: Call) -> web.Response:
         route = await self._admit(request, call)
-        return web.json_response(await self.dp.model_metadata(route, call.version, call.name))
+        return json_response(await self.dp.model_metadata(route, call.version, call.name))
 
     async def model_ready(self, request: web.Request, call: Call) -> web.Response:
         route = await self._admit(request, call)
         ready = await self.dp.model_ready(route, call.version)
-        return web.json_response({"name": call.name, "ready": ready}, status=200 if ready else 503)
+        return json_response({"name": call.name, "ready": ready}, status=200 if ready else 503)
 
     async def repository_index(self, request: web.Request, call: Call) -> web.Response:
         """Triton's repository index (``POST /v2/repository/index``): the models this key may use, each
@@ -220,7 +250,7 @@ class RestApi:
         states = await asyncio.gather(*(state(route) for route in allowed))
         index = [{"name": route.public_name, "state": s, "reason": ""}
                  for route, s in zip(allowed, states, strict=True) if s == "READY" or not ready_only]
-        return web.json_response(index)
+        return json_response(index)
 
     # --- inference ------------------------------------------------------------------------------------
     async def infer(self, request: web.Request, call: Call) -> web.Response:

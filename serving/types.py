@@ -20,33 +20,15 @@ Every validation failure raises `InvalidInput` naming the tensor.
 from __future__ import annotations
 
 import json
-import math
-import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from serving.errors import InvalidInput
-
-# OIP datatype -> numpy dtype of the data held in memory (BF16 is held as float32; BYTES as list[bytes]).
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"),
-    "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"),
-    "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"),
-    "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"),
-    "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"),
-    "FP32": np.dtype("<f4"),
-    "FP64": np.dtype("<f8"),
-    "BF16": np.dtype("<f4"),
-}
-DATATYPES = (*NUMPY_DTYPES, "BYTES")
+from zoo import tensors
+from zoo.tensors import DATATYPES, NUMPY_DTYPES, TensorData, TensorError
 
 # Which typed `InferTensorContents` field holds each datatype (FP16/BF16 only travel raw).
 GRPC_CONTENTS_FIELD: dict[str, str] = {
@@ -64,61 +46,27 @@ GRPC_CONTENTS_FIELD: dict[str, str] = {
     "BYTES": "bytes_contents",
 }
 
-_NUMPY_TO_DATATYPE = {
-    np.dtype(np.bool_): "BOOL",
-    **{np.dtype(k): v for k, v in {
-        "u1": "UINT8", "u2": "UINT16", "u4": "UINT32", "u8": "UINT64",
-        "i1": "INT8", "i2": "INT16", "i4": "INT32", "i8": "INT64",
-        "f2": "FP16", "f4": "FP32", "f8": "FP64",
-    }.items()},
-}
-_LEN = struct.Struct("<I")
-
 Parameters = dict[str, Any]
-TensorData = np.ndarray | list[bytes]
 
 
 def datatype_of(array: np.ndarray) -> str:
     """The OIP datatype for a numpy array (object / bytes / str arrays are BYTES)."""
-    if array.dtype.kind in "OSU":
-        return "BYTES"
     try:
-        dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-        return _NUMPY_TO_DATATYPE[dtype]
-    except KeyError:
-        raise InvalidInput(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from None
-
-
-def serialize_bytes(elements: Iterable[bytes]) -> bytes:
-    """BYTES elements as the length-prefixed raw layout."""
-    parts: list[bytes] = []
-    for element in elements:
-        parts.append(_LEN.pack(len(element)))
-        parts.append(element)
-    return b"".join(parts)
+        return tensors.datatype_of(array)
+    except TensorError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def deserialize_bytes(raw: bytes | memoryview, count: int | None, what: str) -> list[bytes]:
-    """Length-prefixed raw BYTES back to elements; `count` (when given) must match exactly."""
-    view = memoryview(raw)
-    out: list[bytes] = []
-    offset, end = 0, len(view)
-    while offset < end:
-        if end - offset < 4:
-            raise InvalidInput(f"{what}: truncated BYTES element length at offset {offset}")
-        (length,) = _LEN.unpack_from(view, offset)
-        offset += 4
-        if offset + length > end:
-            raise InvalidInput(f"{what}: BYTES element of {length} bytes overruns the data at {offset}")
-        out.append(bytes(view[offset:offset + length]))
-        offset += length
-    if count is not None and len(out) != count:
-        raise InvalidInput(f"{what}: {len(out)} BYTES elements for a shape of {count} elements")
-    return out
+    """Length-prefixed raw BYTES back to elements (`zoo.tensors`), InvalidInput when malformed."""
+    try:
+        return tensors.deserialize_bytes(raw, count, what)
+    except TensorError as exc:
+        raise InvalidInput(str(exc)) from None
 
 
-def _numel(shape: Sequence[int]) -> int:
-    return math.prod(shape) if shape else 1
+_numel = tensors.numel
+serialize_bytes = tensors.serialize_bytes
 
 
 def _check_shape(shape: Any, what: str) -> list[int]:
@@ -175,21 +123,11 @@ class _Tensor:
         what = f"{cls.kind} '{name}'"
         datatype = _check_datatype(datatype, what)
         shape = _check_shape(list(shape), what)
-        count = _numel(shape)
-        if datatype == "BYTES":
-            return cls(name, datatype, shape, deserialize_bytes(raw, count, what), dict(parameters or {}))
-        itemsize = 2 if datatype == "BF16" else NUMPY_DTYPES[datatype].itemsize
-        if len(raw) != count * itemsize:
-            raise InvalidInput(
-                f"{what}: {len(raw)} bytes of {datatype} data for shape {shape} "
-                f"(expected {count} x {itemsize} = {count * itemsize} bytes)"
-            )
-        if datatype == "BF16":
-            upper = np.frombuffer(raw, dtype="<u2").astype("<u4") << 16
-            array = upper.view("<f4")
-        else:
-            array = np.frombuffer(raw, dtype=NUMPY_DTYPES[datatype])
-        return cls(name, datatype, shape, array.reshape(shape), dict(parameters or {}))
+        try:
+            data = tensors.from_raw(datatype, shape, raw, what)
+        except TensorError as exc:
+            raise InvalidInput(str(exc)) from None
+        return cls(name, datatype, shape, data, dict(parameters or {}))
 
     @classmethod
     def from_values(cls, name: str, datatype: str, shape: Sequence[int], values: Any,
@@ -256,13 +194,8 @@ class _Tensor:
         return list(self.data)
 
     def to_raw(self) -> bytes:
-        """The raw little-endian layout (binary extension / gRPC raw contents)."""
-        if self.datatype == "BYTES":
-            return serialize_bytes(self.data)
-        array = np.ascontiguousarray(self.data, dtype=NUMPY_DTYPES[self.datatype])
-        if self.datatype == "BF16":
-            return (array.view("<u4") >> 16).astype("<u2").tobytes()
-        return array.tobytes()
+        """The raw little-endian layout (binary extension / gRPC raw contents), see `zoo.tensors`."""
+        return tensors.to_raw(self.datatype, self.data)
 
     def to_json_values(self) -> list[Any]:
         """Flat JSON values (BYTES as UTF-8 strings; raises UnicodeDecodeError for other bytes)."""
@@ -454,6 +387,10 @@ class InferRequest:
     def from_grpc(cls, msg: Any) -> InferRequest:
         """From an `inference.ModelInferRequest` message."""
         raw = msg.raw_input_contents
+        if raw and any(t.HasField("contents") for t in msg.inputs):
+            both = ", ".join(f"'{t.name}'" for t in msg.inputs if t.HasField("contents"))
+            raise InvalidInput(f"input {both} has typed contents while the request also has raw_input_contents; "
+                               "the protocol allows one or the other per request, not both")
         if raw and len(raw) != len(msg.inputs):
             raise InvalidInput(
                 f"raw_input_contents has {len(raw)} entries for {len(msg.inputs)} inputs (must be one each)"

@@ -2,7 +2,7 @@
 import each other in a cycle (function-local imports count too: a cycle hidden in a function is still one).
 
     cli  ->  serving, clients, handlers, zoo, proto        (top: the `zoo` command and the processes it runs)
-    serving -> proto, zoo.contract, zoo.streaming          (the gateway never loads torch or models)
+    serving -> proto, zoo.contract, zoo.streaming, zoo.tensors (the gateway never loads torch or models)
     clients -> proto                                       (the SDK speaks only the wire contract)
     handlers -> zoo                                        (archives carry handlers + model code only)
     zoo, proto -> nothing of the project's but themselves
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("cli", "serving", "clients", "handlers", "zoo", "proto")
 ALLOWED: dict[str, tuple[str, ...]] = {
     "cli": PACKAGES,
-    "serving": ("serving", "proto", "zoo.contract", "zoo.streaming"),
+    "serving": ("serving", "proto", "zoo.contract", "zoo.streaming", "zoo.tensors"),
     "clients": ("clients", "proto"),
     "handlers": ("handlers", "zoo"),
     "zoo": ("zoo",),

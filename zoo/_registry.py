@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from zoo.tensors import TensorSpec
+
 
 @dataclass(frozen=True)
 class WeightsSource:
@@ -144,8 +146,8 @@ class ModelEntry:
     builder: Callable[..., torch.nn.Module]
     config: dict[str, Any]
     handler: str  # module path under handlers/, e.g. "handlers.detr_handler"
-    inputs: dict[str, str]
-    outputs: dict[str, str]
+    inputs: dict[str, str]  # name -> description; typed as BYTES inputs (``input_specs``)
+    outputs: tuple[TensorSpec, ...]  # the typed outputs inference returns, per request (no batch dimension)
     weights: WeightsSource
     license: str
     paper: str
@@ -182,6 +184,13 @@ class ModelEntry:
         """Other names that reach this entry (the full name when it is served under the bare arch)."""
         return (self.name,) if self.serve_name != self.name else ()
 
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        """The inputs as typed tensors: each a one-element BYTES tensor (an image/video's bytes, or a
+        parameter's text, e.g. ``b"0.5"``); a parameter (described as ``optional``) may be left out."""
+        return tuple(TensorSpec(name, "BYTES", (1,), text, optional=text.startswith("optional"))
+                     for name, text in self.inputs.items())
+
     def build(self, **overrides: Any) -> torch.nn.Module:
         """Build the architecture with random (untrained) parameters."""
         return self.builder(**{**self.config, **overrides})
@@ -197,7 +206,8 @@ class ModelEntry:
             "config": self.config,
             "handler": self.handler,
             "inputs": self.inputs,
-            "outputs": self.outputs,
+            "input_specs": [spec.as_dict() for spec in self.input_specs],
+            "outputs": [spec.as_dict() for spec in self.outputs],
             "weights": asdict(self.weights),
             "license": self.license,
             "paper": self.paper,
@@ -228,6 +238,9 @@ def register(entry: ModelEntry) -> ModelEntry:
     """Add an entry; a malformed name or a second entry under the same name is a programming error."""
     if not NAME_RE.match(entry.name):
         raise ValueError(f"model name {entry.name!r} is not 'arch.tag' (lower-case letters, digits, '_')")
+    names = [getattr(spec, "name", spec) for spec in entry.outputs]
+    if not names or len(set(names)) != len(names) or not all(isinstance(s, TensorSpec) for s in entry.outputs):
+        raise ValueError(f"model {entry.name!r}: outputs must be TensorSpecs with distinct names, got {names}")
     if entry.name in _REGISTRY and _REGISTRY[entry.name] is not entry:
         raise ValueError(f"model {entry.name!r} is registered twice")
     _REGISTRY[entry.name] = entry

@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
 from zoo.checkpoint import TrainingOnly, expected_keys, filter_checkpoint
 from zoo.layers import IMAGENET_MEAN, IMAGENET_STD, Bottleneck, resnet_stage
+from zoo.tensors import TensorSpec
 
 # --- preprocessing constants (official evaluation settings) ------------------------------------------
 CROP_SIZE = 288
@@ -220,7 +221,7 @@ CKDN_R50 = register(
             "restored": "image (JPEG/PNG bytes, or base64 in JSON): the output of an image-restoration model",
             "degraded": "image (JPEG/PNG bytes, or base64 in JSON): the degraded input it was restored from",
         },
-        outputs={"score": "float in [0, 1]; higher means better restoration (trained on PIPAL)"},
+        outputs=(TensorSpec("score", "FP32", (1,), "in [0, 1]; higher means better restoration (trained on PIPAL)"),),
         weights=WeightsSource(
             # The IQA toolbox's conversion of the official checkpoint (keys under `net.`, all 290 tensors).
             # Commit a9f0adb added the file; its LFS pointer gives this sha256 (size 53,729,377 bytes).

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource
 from zoo.ckdn import center_crop_box, resized_size
 from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
+from zoo.tensors import TensorSpec
 
 SERVING_KEYS = ("knobs", "preprocess", "labels")
 INTERPOLATIONS = {
@@ -54,20 +55,26 @@ def classifier_builder(cls: Callable[..., nn.Module]) -> Callable[..., nn.Module
 
 
 def classify_io(classes: str, image_note: str = "", knobs: Mapping[str, str] | None = None,
-                max_top_k: int | None = None, knob_output: str | None = None) -> dict[str, dict[str, str]]:
-    """The ``inputs``/``outputs`` descriptions of a classification entry (one contract, one wording).
+                max_top_k: int | None = None, knob_output: str | None = None) -> dict[str, Any]:
+    """The ``inputs`` (descriptions) and typed ``outputs`` of a classification entry (one contract, one wording).
 
     ``classes`` names the label set ("ImageNet-1k classes"); ``image_note`` says how the image is resized
     when that is not the usual crop; ``knobs`` describes the per-request knobs; ``knob_output`` describes
-    the ``knobs`` echo that knob-taking entries return."""
+    the ``knobs`` echo that knob-taking entries return. Outputs: the full softmax ``probabilities`` (so the
+    OIP classification extension works on every entry) and the requested top-k."""
     image = "image (JPEG/PNG bytes, multipart field 'image', or base64 in JSON {\"image\": ...})"
     limit = f", at most {max_top_k}" if max_top_k else ""
     inputs = {"image": f"{image}; {image_note}" if image_note else image, **(knobs or {}),
               "top_k": f"optional: number of classes to return (default 5{limit})"}
-    outputs = {"top_k": f"[{{label, index, score}}] {classes}, softmax scores, best first"}
+    outputs = [
+        TensorSpec("probabilities", "FP32", (-1,), f"softmax probability of each of the {classes}"),
+        TensorSpec("top_k_indices", "INT32", (-1,), f"class indices of the top_k {classes}, best first"),
+        TensorSpec("top_k_scores", "FP32", (-1,), "their softmax scores"),
+        TensorSpec("top_k_labels", "BYTES", (-1,), "their class names (empty where the entry lists none)"),
+    ]
     if knob_output:
-        outputs["knobs"] = knob_output
-    return {"inputs": inputs, "outputs": outputs}
+        outputs.append(TensorSpec("knobs", "BYTES", (-1,), f"{knob_output}, as name=value"))
+    return {"inputs": inputs, "outputs": tuple(outputs)}
 
 
 # --- preprocessing ------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
 from zoo.checkpoint import TrainingOnly, expected_keys, filter_checkpoint, rename_keys
 from zoo.contract import WeightsError
 from zoo.layers import IMAGENET_MEAN, IMAGENET_STD, Bottleneck, resnet_stage
+from zoo.outputs import DETECTION_OUTPUTS
 
 __all__ = [
     "COCO_CATEGORY_NAMES",
@@ -688,10 +689,7 @@ register(
                      "eval (short side 800 px, long side at most 1333 px)",
             "threshold": "optional float in [0, 1]: keep detections with score > threshold (default 0.7)",
         },
-        outputs={
-            "detections": "list of {label: COCO category name, label_id: COCO category id (1..90), "
-                          "score: float, box: [x1, y1, x2, y2] in original-image pixels}, best first",
-        },
+        outputs=DETECTION_OUTPUTS,
         weights=WeightsSource(
             hf_repo="facebook/detr-resnet-50",
             # `main` at this commit: timm-backbone layout, 166,587,896 bytes.

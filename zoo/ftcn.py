@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
 from zoo.checkpoint import expected_keys, filter_checkpoint
 from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
+from zoo.tensors import TensorSpec
 
 CLIP_LEN = 32  # frames per clip (``clip_size`` in ftcn_tt.yaml)
 CLIP_SIZE = 224  # aligned face crop, pixels (``imsize`` in ftcn_tt.yaml)
@@ -433,9 +434,17 @@ register(
             f"{CLIP_LEN}-frame {CLIP_SIZE}x{CLIP_SIZE} clips (model input: normalised (B, 3, {CLIP_LEN}, "
             f"{CLIP_SIZE}, {CLIP_SIZE}) clips)",
         },
-        outputs={
-            "fake_probability": "sigmoid of the FTCN+TT logit (1 = forged), per clip and averaged per video",
-        },
+        outputs=(
+            TensorSpec("fake_probability", "FP32", (1,),
+                       "sigmoid of the FTCN+TT logit (1 = forged), aggregated per video; NaN when no face"),
+            TensorSpec("verdict", "BYTES", (1,), "fake | real | no_face"),
+            TensorSpec("track_ids", "INT32", (-1,), "id per face track"),
+            TensorSpec("track_scores", "FP32", (-1,), "fake probability per face track (NaN: no clip scored)"),
+            TensorSpec("track_frames", "INT32", (-1, 2), "[first, last] frame number per face track"),
+            TensorSpec("track_clips", "INT32", (-1,), "clips scored per face track"),
+            TensorSpec("frames_analyzed", "INT32", (1,), "frames decoded"),
+            TensorSpec("clips_analyzed", "INT32", (1,), "clips scored"),
+        ),
         weights=WeightsSource(
             hf_repo=None,  # no Hugging Face mirror of the official weights is known
             converter="zoo.ftcn:convert_checkpoint",

@@ -42,6 +42,7 @@ from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
 from zoo.checkpoint import expected_keys, filter_checkpoint
 from zoo.ckdn import center_crop_box, resized_size
 from zoo.classify import Preprocess
+from zoo.tensors import TensorSpec
 
 FAKE_CLASS = 0  # official default --fake_class_id
 INPUT_SIZE = 299
@@ -241,12 +242,14 @@ def _entry(layer: str, grid: int, checkpoint: str, description: str) -> ModelEnt
                      "a face crop as in training (resized and centre-cropped to 299x299)",
             "overlay": "optional: true to also get the heatmap drawn over the image as a PNG (default false)",
         },
-        outputs={
-            "fake_probability": "mean over patches of the per-patch softmax P(fake) (official 'after softmax')",
-            "heatmap": f"per-patch P(fake), a {grid}x{grid} list of rows for a 299x299 crop",
-            "patch_grid": "[rows, columns] of the heatmap",
-            "overlay_png": "base64 PNG at the input size, only when overlay=true",
-        },
+        outputs=(
+            TensorSpec("fake_probability", "FP32", (1,),
+                       "mean over patches of the per-patch softmax P(fake) (official 'after softmax')"),
+            TensorSpec("heatmap", "FP32", (grid, grid), f"per-patch P(fake), {grid}x{grid} for a 299x299 crop"),
+            TensorSpec("patch_grid", "INT32", (2,), "[rows, columns] of the heatmap"),
+            TensorSpec("overlay_png", "BYTES", (-1,), "the heatmap over the input as PNG: one element when "
+                       "overlay=true, none otherwise"),
+        ),
         weights=WeightsSource(
             hf_repo=None,  # no Hugging Face mirror of the official weights is known
             converter=f"zoo.patchforensics:convert_{layer}",

@@ -161,7 +161,7 @@ def export_config(entry: ModelEntry, weights: dict[str, Any]) -> dict[str, Any]:
         "version": entry.version,
         "config": entry.config,
         "inputs": entry.inputs,
-        "outputs": entry.outputs,
+        "outputs": [spec.as_dict() for spec in entry.outputs],
         "license": entry.license,
         "paper": entry.paper,
         "weights": weights,

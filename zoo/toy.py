@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.outputs import DETECTION_OUTPUTS
+from zoo.tensors import TensorSpec
 
 
 class ToyEcho(nn.Module):
@@ -32,11 +34,13 @@ TOY_ECHO = register(
         config={"channels": 3},
         handler="handlers.toy_handler",
         inputs={"image": "image bytes (raw, multipart, or JSON base64); optional sleep_ms for tests"},
-        outputs={
-            "width": "image width in pixels",
-            "height": "image height in pixels",
-            "mean": "per-channel mean in [0, 1], times the model's (random) scale",
-        },
+        outputs=(
+            TensorSpec("width", "INT32", (1,), "image width in pixels"),
+            TensorSpec("height", "INT32", (1,), "image height in pixels"),
+            TensorSpec("mean", "FP32", (3,), "per-channel mean in [0, 1], times the model's (random) scale"),
+            TensorSpec("bytes", "INT64", (1,), "size of the uploaded image in bytes"),
+            TensorSpec("fields", "BYTES", (-1,), "every request field name that reached the handler (tests)"),
+        ),
         weights=WeightsSource(
             upstream_url="none: test-only model, always built with random weights",
             description="test/demo-only toy; its weights mean nothing",
@@ -72,10 +76,7 @@ TOY_DETECT = register(
         config={},
         handler="handlers.toy_detect_handler",
         inputs={"image": "image bytes (raw, multipart, or JSON base64); optional threshold, top_k like DETR"},
-        outputs={
-            "detections": "at most one box around the pixels brighter than the image's mean, DETR's layout",
-            "image_size": "{width, height} of the input",
-        },
+        outputs=DETECTION_OUTPUTS,
         weights=WeightsSource(
             upstream_url="none: test-only model, always built with random weights",
             description="test/demo-only toy; its weights mean nothing",

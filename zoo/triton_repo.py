@@ -9,11 +9,12 @@ One model per entry, named like its ``.mar`` (``entry.serve_name``)::
 The version directory holds exactly what the ``.mar`` holds (``zoo.mar.stage_model_files``) plus the adapter,
 so Triton runs the same handler class on the same labelled weights as TorchServe.
 
-I/O (interim, until the registry declares typed tensors): every entry input is an optional BYTES input of
-one element per item, plus ``body`` (a raw upload or a JSON object of fields, as TorchServe's request body);
-other request fields travel as request parameters; ``output`` (BYTES) is the handler's JSON answer per item.
-The handler, not Triton, decides what is missing or wrong, so both engines refuse a request with the same
-message. See ``handlers.triton_model``.
+I/O, from the registry's schema: inputs are the entry's ``input_specs`` (one-element BYTES tensors per item),
+all optional for Triton because the handler, not Triton, decides what is missing or wrong (so both engines
+refuse a request with the same message), plus ``body`` (a raw upload or a JSON object of fields, as
+TorchServe's request body); other request fields travel as request parameters. Outputs are the entry's typed
+``outputs`` (per item, batched), plus ``output`` (BYTES): the handler's readable JSON answer, what a client
+gets when it asks for ``output`` alone (the gateway's task routes). See ``handlers.triton_model``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from zoo._registry import ModelEntry
 from zoo.contract import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE, TRITON_ZOO_META_PARAMETER
 from zoo.mar import archive_meta, stage_model_files
+from zoo.tensors import TensorSpec
 from zoo.weights import WeightsLabel, resolve_weights, save_zoo_weights
 
 ADAPTER_MODULE = "handlers.triton_model"
@@ -60,8 +62,21 @@ def instance_kind(entry: ModelEntry, gpu: bool | None = None) -> str:
     return "KIND_GPU" if gpu else "KIND_CPU"
 
 
-def input_names(entry: ModelEntry) -> list[str]:
-    return [*entry.inputs, BODY_INPUT]
+def input_specs(entry: ModelEntry) -> list[TensorSpec]:
+    return [*entry.input_specs, TensorSpec(BODY_INPUT, "BYTES", (1,), "a raw upload, or a JSON object of fields")]
+
+
+def output_specs(entry: ModelEntry) -> list[TensorSpec]:
+    return [*entry.outputs, TensorSpec(OUTPUT, "BYTES", (1,), "the readable JSON answer (ask for it alone)")]
+
+
+def _tensor(spec: TensorSpec, optional: bool = False) -> str:
+    """One config.pbtxt input/output entry (a scalar becomes dims [1] reshaped to [])."""
+    datatype = "TYPE_STRING" if spec.datatype == "BYTES" else f"TYPE_{spec.datatype}"
+    dims = " ".join(f"{d}," for d in spec.shape).rstrip(",") or "1"
+    extra = " reshape: { shape: [ ] }" if not spec.shape else ""
+    return (f"  {{ name: {_string(spec.name)} data_type: {datatype} dims: [ {dims} ]{extra}"
+            f"{' optional: true' if optional else ''} }}")
 
 
 def _string(value: str) -> str:
@@ -76,11 +91,10 @@ def config_pbtxt(entry: ModelEntry, label: WeightsLabel, kind: str) -> str:
         'backend: "python"',
         f"max_batch_size: {cfg.batch_size}",
         "input [",
-        ",\n".join(f"  {{ name: {_string(name)} data_type: TYPE_STRING dims: [ 1 ] optional: true }}"
-                   for name in input_names(entry)),
+        ",\n".join(_tensor(spec, optional=True) for spec in input_specs(entry)),
         "]",
         "output [",
-        f"  {{ name: {_string(OUTPUT)} data_type: TYPE_STRING dims: [ 1 ] }}",
+        ",\n".join(_tensor(spec) for spec in output_specs(entry)),
         "]",
     ]
     if cfg.batch_size > 1:

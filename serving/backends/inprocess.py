@@ -8,7 +8,8 @@ A model (`InProcessModel`) answers the task route's input, the handler-style nam
 ...}`` or one field per multipart part, plus query parameters), with bytes (passed through), a
 `RawPrediction`, or any JSON-serialisable object (sent as JSON). OIP inference maps tensors to those fields
 and the answers back to outputs exactly as the TorchServe backend does (`serving.backends.fields`), unless
-the model brings its own `infer(InferRequest) -> InferResponse`.
+the model brings its own `infer(InferRequest) -> InferResponse`. A model that declares typed `outputs` and
+a `tensors(answer)` mapping (a zoo handler's) answers OIP requests with those outputs, as a handler does.
 
 Callables may be plain functions (run inline on the event loop: keep them short) or coroutines (awaited
 until the request's deadline, then cancelled: 504). They raise `serving.errors` exceptions for what the
@@ -21,14 +22,24 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from serving.backends.base import Backend, ListedModel, RawPrediction, time_left
-from serving.backends.fields import OUTPUT, answer_all, answers_to_response, fan_out
+from serving.backends.fields import (
+    OUTPUT,
+    Answer,
+    ItemOutputs,
+    answer_all,
+    answers_to_response,
+    fan_out,
+    tensor_metadata,
+    typed_answer,
+)
 from serving.errors import BackendError, BackendUnavailable, DeadlineExceeded, GatewayError, ModelNotFound
 from serving.types import InferRequest, InferResponse
+from zoo.tensors import ANSWER_FIELD, TensorSpec, as_tensor
 
 # fields -> bytes | RawPrediction | JSON-able object (or an awaitable of one)
 Predict = Callable[[dict[str, bytes]], Any]
@@ -45,6 +56,8 @@ class InProcessModel:
     aliases: tuple[str, ...] = ()  # reported to discovery: more public names for this model
     ready: bool = True
     parameters: dict[str, Any] = field(default_factory=dict)  # extra model metadata parameters
+    outputs: tuple[TensorSpec, ...] = ()  # typed outputs; () answers OIP with the JSON answer in `output`
+    tensors: Callable[[Any], Mapping[str, Any]] | None = None  # one answer -> {output name: value}
 
 
 def _as_prediction(answer: Any) -> RawPrediction:
@@ -53,6 +66,15 @@ def _as_prediction(answer: Any) -> RawPrediction:
     if isinstance(answer, (bytes, bytearray, memoryview)):
         return RawPrediction(bytes(answer))
     return RawPrediction(json.dumps(answer, separators=(",", ":")).encode())
+
+
+def _typed(model: InProcessModel, answer: Any) -> ItemOutputs:
+    """A model's answer as its declared outputs (a handler's ``tensors``, with the declared datatypes)."""
+    values = model.tensors(answer)  # type: ignore[misc]
+    declared = {spec.name: spec for spec in model.outputs}
+    if list(values) != list(declared):
+        raise BackendError(f"model '{model.name}' answered outputs {list(values)}, it declares {list(declared)}")
+    return [(name, *as_tensor(value, declared[name].datatype)) for name, value in values.items()]
 
 
 class InProcessBackend(Backend):
@@ -97,7 +119,8 @@ class InProcessBackend(Backend):
             "versions": list(found.versions),
             "platform": "inprocess",
             "inputs": [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in found.inputs],
-            "outputs": [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}],
+            "outputs": (tensor_metadata(found.outputs) if found.outputs
+                        else [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}]),
             "parameters": {"backend": self.name, "backend_model": found.name,
                            "input_descriptions": dict(found.inputs), **found.parameters},
         }
@@ -132,8 +155,12 @@ class InProcessBackend(Backend):
         if model.infer is not None:
             return await self._run(model, model.infer, request, deadline)
 
-        async def answer(fields: dict[str, bytes]) -> bytes:
-            return _as_prediction(await self._run(model, model.predict, fields, deadline)).body
+        async def answer(fields: dict[str, bytes]) -> Answer:
+            fields = {k: v for k, v in fields.items() if k != ANSWER_FIELD}
+            result = await self._run(model, model.predict, fields, deadline)
+            if model.tensors is not None and model.outputs:
+                return _typed(model, result)
+            return typed_answer(_as_prediction(result).body)
 
         return answers_to_response(request, await answer_all(fan_out(request), answer))
 

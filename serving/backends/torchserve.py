@@ -32,7 +32,7 @@ import grpc
 
 from proto import serialize, ts
 from serving.backends.base import Backend, ListedModel, ModelWorkers, RawPrediction, time_left
-from serving.backends.fields import answer_all, answers_to_response, fan_out, zoo_metadata
+from serving.backends.fields import answer_all, answers_to_response, fan_out, typed_answer, zoo_metadata
 from serving.errors import (
     BackendError,
     BackendUnavailable,
@@ -273,8 +273,10 @@ class TorchServeBackend(Backend):
 
     async def infer(self, request: InferRequest, deadline: float | None) -> InferResponse:
         model, version = request.model_name, request.model_version
-        answers = await answer_all(fan_out(request), lambda fields: self._call(model, version, fields, deadline))
-        return answers_to_response(request, answers)
+        async def answer(fields: dict[str, bytes]) -> Any:
+            return typed_answer(await self._call(model, version, fields, deadline))
+
+        return answers_to_response(request, await answer_all(fan_out(request), answer))
 
     async def predict_raw(self, model: str, version: str, fields: dict[str, bytes],
                           deadline: float | None) -> RawPrediction:

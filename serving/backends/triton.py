@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from serving.backends.base import Backend, ListedModel, RawPrediction, time_left
-from serving.backends.fields import OUTPUT, answer_all, answers_to_response, fan_out, zoo_metadata
+from serving.backends.fields import OUTPUT, answer_all, answers_to_response, fan_out, typed_answer, zoo_metadata
 from serving.config import ConfigError
 from serving.errors import (
     BackendError,
@@ -57,7 +57,7 @@ from serving.errors import (
     ModelNotFound,
     PayloadTooLarge,
 )
-from serving.types import InferInput, InferRequest, InferResponse
+from serving.types import InferInput, InferRequest, InferResponse, RequestedOutput
 from zoo.contract import TRITON_ZOO_META_PARAMETER
 
 log = logging.getLogger(__name__)
@@ -334,9 +334,11 @@ class TritonBackend(Backend):
     async def infer(self, request: InferRequest, deadline: float | None) -> InferResponse:
         zoo = await self._zoo_model(request.model_name, request.model_version)
         if zoo is not None:  # the handler's fields, exactly as over TorchServe
-            answers = await answer_all(fan_out(request), lambda fields: self._zoo_call(
-                zoo, request.model_name, request.model_version, fields, deadline))
-            return answers_to_response(request, answers)
+            async def answer(fields: dict[str, bytes]) -> Any:
+                return typed_answer(await self._zoo_call(zoo, request.model_name, request.model_version, fields,
+                                                         deadline))
+
+            return answers_to_response(request, await answer_all(fan_out(request), answer))
         return await self.infer_triton(request, deadline)
 
     async def infer_triton(self, request: InferRequest, deadline: float | None) -> InferResponse:
@@ -403,7 +405,8 @@ class TritonBackend(Backend):
                         deadline: float | None) -> bytes:
         """One handler request (named byte fields) to a zoo model -> the handler's answer."""
         inputs, parameters = zoo.request(fields)
-        request = InferRequest(model, inputs, version, parameters=parameters)
+        # `output` alone: the handler's answer as TorchServe gives it (JSON, or the typed framing it was asked for)
+        request = InferRequest(model, inputs, version, parameters=parameters, outputs=[RequestedOutput(OUTPUT)])
         response = await self.infer_triton(request, deadline)
         for output in response.outputs:
             if output.name == OUTPUT:

@@ -166,9 +166,8 @@ def test_raw_oip_infer_metadata_and_readiness(flagship, samples) -> None:
     result = zoo.infer("ckdn_r50", {"restored": samples["restored.png"].read_bytes(),
                                     "degraded": samples["degraded.png"].read_bytes()}, request_id="r-1")
     assert result.model_name == "ckdn_r50" and result.id == "r-1"
-    assert result["output"].dtype == object and result["score"].dtype == np.float64
-    (answer,) = result.json()
-    assert answer["score"] == pytest.approx(float(result["score"][0]))
+    assert list(result.outputs) == ["score"] and result["score"].dtype == np.float32  # the declared output
+    assert result["score"].shape == (1, 1) and 0.0 <= float(result["score"][0, 0]) <= 1.0
 
     async def main() -> tuple:
         async with AsyncZooClient(flagship.url, timeout_s=TIMEOUT_S) as azoo:

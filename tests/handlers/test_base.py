@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 from safetensors.torch import save_file
@@ -20,6 +21,7 @@ from handlers.toy_handler import ToyHandler
 from tests.handlers.handler_context import HandlerContext
 from zoo import get_entry
 from zoo.contract import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE, BATCH_SIZE_HEADER
+from zoo.tensors import ANSWER_FIELD, ANSWER_TENSORS, CONTENT_TYPE, decode_tensors
 
 
 def png(size: tuple[int, int] = (16, 12)) -> bytes:
@@ -53,6 +55,9 @@ class _Echo(ZooHandler):
 
     def encode(self, output: list[float], items: list[float]) -> list[dict[str, Any]]:
         return [{"gain": gain} for gain in output]
+
+    def tensors(self, answer: dict[str, Any]) -> dict[str, Any]:
+        return {"gain": np.asarray([answer["gain"]], dtype=np.float32)}  # not what toy_echo declares
 
 
 def test_base_picks_checks_and_tags(toy_dir: Path) -> None:
@@ -140,3 +145,25 @@ def test_toy_handler_still_echoes_every_field_it_received(toy_dir: Path) -> None
     assert answer["model"]["name"] == "toy_echo" and "batch_size" not in answer
     with pytest.raises(RequestError, match="'sleep_ms' must be between 0.0 and 10000.0"):
         handler.decode({"body": png(), "sleep_ms": "-1"}, 0)
+
+
+def test_typed_answer_is_what_the_entry_declares_and_says_what_the_json_says(toy_dir: Path) -> None:
+    handler, context = ToyHandler(), HandlerContext(toy_dir)
+    handler.initialize(context)
+    as_json, typed = handler.handle([{"image": png()}, {"image": png(), ANSWER_FIELD: ANSWER_TENSORS}], context)
+    assert context.headers[1]["Content-Type"] == CONTENT_TYPE and context.status == {}
+    outputs = {name: (datatype, shape, data) for name, datatype, shape, data in decode_tensors(typed)}
+    declared = get_entry("toy_echo").outputs
+    assert list(outputs) == [spec.name for spec in declared]
+    for spec in declared:
+        assert spec.accepts(*outputs[spec.name][:2]), spec
+    assert outputs["width"][2].tolist() == [as_json["width"]] and outputs["height"][2].tolist() == [12]
+    assert outputs["mean"][2].tolist() == pytest.approx(as_json["mean"])
+    assert [f.decode() for f in outputs["fields"][2]] == as_json["fields"] == ["image"]  # the ask is not a field
+
+
+def test_typed_answer_that_breaks_the_declaration_is_a_500(toy_dir: Path) -> None:
+    handler, context = _Echo(), HandlerContext(toy_dir)
+    handler.initialize(context)
+    answer = handler.handle([{"body": png(), ANSWER_FIELD: "tensors"}], context)[0]
+    assert context.status == {0: 500} and "returned ['gain'], the entry declares ['width'" in answer["error"]

@@ -28,6 +28,7 @@ import tritonclient.http as thttp
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from handlers.toy_handler import ToyHandler
 from proto import oip
 from serving.app import Gateway
 from serving.backends.base import ListedModel
@@ -106,6 +107,7 @@ def config() -> GatewayConfig:
         base.route("toy_metrics", model="toy_echo"),
         base.route("broken"),
         base.route("det"),
+        base.route("toy_typed"),
     ])
 
 
@@ -114,6 +116,8 @@ def backend() -> InProcessBackend:
         InProcessModel("toy_echo", TOY, inputs={"image": "image bytes"}),
         InProcessModel("broken", broken),
         InProcessModel("det", detector),
+        InProcessModel("toy_typed", TOY, inputs={"image": "image bytes"}, outputs=TOY_ECHO.outputs,
+                       tensors=lambda answer: ToyHandler.tensors(ToyHandler(), answer)),
     ], name=BACKEND)
 
 
@@ -189,7 +193,8 @@ def test_metadata_readiness_and_index(gw: Running) -> None:
     assert status == 200 and ready == {"name": "toy_echo", "ready": True}
     assert rest(gw, "/v2/health/ready")[0] == 200
     status, _, index = rest(gw, "/v2/repository/index", b"{}", {**AUTH, "Content-Type": JSON_TYPE}, "POST")
-    assert [row["name"] for row in index] == ["broken", "det", "toy_echo", "toy_fast", "toy_metrics", "toy_small"]
+    assert [row["name"] for row in index] == ["broken", "det", "toy_echo", "toy_fast", "toy_metrics", "toy_small",
+                                                 "toy_typed"]
     assert {row["state"] for row in index} == {"READY"}
     status, _, index = rest(gw, "/v2/repository/index", b"", bearer(TOY_KEY), "POST")
     assert [row["name"] for row in index] == ["toy_echo"]
@@ -448,7 +453,8 @@ def test_repository_discovers_backend_models_and_their_aliases() -> None:
     async def run() -> None:
         await dp.start()
         repo = dp.repository
-        assert repo.names() == ["broken", "det", "toy_echo"] and cfg.models == {}  # the config is untouched
+        assert repo.names() == ["broken", "det", "toy_echo", "toy_typed"]
+        assert cfg.models == {}  # the config is untouched
         assert repo.get("toy_echo_v0") is repo.get("toy_echo") and repo.get("toy_echo").deadline_s == 5.0
         assert repo.names_of("toy_echo_v0") == ("toy_echo", "toy_echo_v0")
         # a model the backend starts serving later is found on first use
@@ -476,3 +482,25 @@ def test_repository_aliases_and_configured_routes() -> None:
     assert ListedModel("x").aliases == ()
     with pytest.raises(Exception, match="cannot alias unknown model"):
         repo.add_alias("a", "missing")
+
+
+def test_every_error_is_json_with_exactly_the_json_content_type(gw: Running) -> None:
+    cases = [("/v2/nowhere", None, "GET", 404, "no route GET /v2/nowhere"),
+             ("/v2/models/toy_echo/infer", None, "GET", 405, "GET is not allowed on /v2/models/toy_echo/infer"),
+             ("/v2/models/nope", None, "GET", 404, "unknown model 'nope'"),
+             ("/v2/models/toy_echo/infer", b"{not json", "POST", 400, "request body is not valid JSON")]
+    for path, body, method, status, needle in cases:
+        got, headers, doc = rest(gw, path, body, dict(AUTH), method)
+        assert (got, headers["Content-Type"]) == (status, JSON_TYPE), path
+        assert needle in doc["error"], doc
+    assert rest(gw, "/v2", None, dict(AUTH))[1]["Content-Type"] == JSON_TYPE  # answers too
+
+
+def test_typed_in_process_model_answers_its_declared_outputs(gw: Running) -> None:
+    status, _, meta = rest(gw, "/v2/models/toy_typed", None, dict(AUTH))
+    assert status == 200 and [o["name"] for o in meta["outputs"]] == [s.name for s in TOY_ECHO.outputs]
+    result = thttp.InferenceServerClient(gw.http_url.removeprefix("http://")).infer(
+        "toy_typed", [image_input(thttp)], headers=dict(AUTH))
+    assert result.as_numpy("width").tolist() == [[16]] and result.as_numpy("mean")[0].tolist() == pytest.approx(
+        TOY.expected_mean(PNG))
+    assert [o["name"] for o in result.get_response()["outputs"]] == [s.name for s in TOY_ECHO.outputs]

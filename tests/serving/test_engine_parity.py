@@ -155,17 +155,22 @@ def test_model_metadata_alike_on_both_engines(engines: dict, model: str) -> None
 
 
 def triton_direct(server: TritonServer, model: str, fields: dict[str, list[bytes]],
-                  parameters: dict | None = None) -> list[bytes] | str:
+                  parameters: dict | None = None, typed: bool = False) -> list[bytes] | dict | str:
+    """Triton's own answer: the handler's JSON per item (`output` asked for alone), or with `typed` every
+    typed output (nothing asked for: all of them); an error as "status: message"."""
     client = tgrpc.InferenceServerClient(server.grpc_target)
     tensors = []
     for name, elements in fields.items():
         tensor = tgrpc.InferInput(name, [len(elements), 1], "BYTES")
         tensor.set_data_from_numpy(np.array(elements, dtype=object).reshape(-1, 1))
         tensors.append(tensor)
+    outputs = None if typed else [tgrpc.InferRequestedOutput("output")]
     try:
-        result = client.infer(model, tensors, parameters=parameters)
+        result = client.infer(model, tensors, parameters=parameters, outputs=outputs)
     except tgrpc.InferenceServerException as exc:
         return f"{exc.status()}: {exc.message()}"
+    if typed:
+        return {o.name: result.as_numpy(o.name).tolist() for o in result.get_response().outputs}
     return [bytes(v) for v in result.as_numpy("output").reshape(-1)]
 
 
@@ -193,6 +198,20 @@ def test_a_triton_request_with_a_batch_dimension_gets_one_answer_per_item(engine
     single = triton_direct(engines["triton_server"], "ckdn_r50",
                            {"restored": [image_bytes(seed=7)], "degraded": [image_bytes(seed=2)]})
     assert json.loads(single[0])["score"] == pytest.approx(scores[1], abs=1e-5)
+
+
+def test_triton_answers_the_typed_outputs_the_gateway_gives_for_torchserve(engines: dict) -> None:
+    """A plain Triton client (no gateway) gets the registry's typed outputs, equal to the gateway's OIP answer
+    over TorchServe; metadata lists exactly them (plus `output`, the readable JSON)."""
+    server: TritonServer = engines["triton_server"]
+    direct = triton_direct(server, "detr_resnet50", {"image": [JPEG]}, {"threshold": "0", "top_k": 2}, typed=True)
+    via_ts = oip_outputs(engines["torchserve"], "detr_resnet50", {"image": [JPEG]}, {"threshold": "0", "top_k": 2})
+    assert direct == via_ts
+    assert list(direct) == [spec.name for spec in get_entry("detr_resnet50").outputs]
+    meta = tgrpc.InferenceServerClient(server.grpc_target).get_model_metadata("detr_resnet50", as_json=True)
+    assert [o["name"] for o in meta["outputs"]] == [*direct, "output"]
+    two = triton_direct(server, "toy_echo", {"image": [PNG]}, typed=True)
+    assert two["width"] == [[64]] and two["fields"] == [[b"image"]]
 
 
 def test_triton_metrics_and_model_config(engines: dict) -> None:

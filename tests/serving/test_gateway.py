@@ -29,6 +29,7 @@ from serving.rest import ROUTES
 from tests.serving.gateway_support import FULL_KEY, TOY_KEY, bearer, infer_over_both, png_bytes, running_gateway
 from tests.serving.gateway_support import image_input as support_image_input
 from tests.support import http_request, json_body, multipart, running_torchserve
+from zoo.toy import TOY_ECHO
 
 pytestmark = pytest.mark.integration
 
@@ -83,25 +84,34 @@ def test_http_client_metadata_readiness_and_infer(gw: GatewayProcess, ts: TorchS
     assert client.is_server_live() and client.is_server_ready(headers=dict(AUTH))
     assert client.get_server_metadata(headers=dict(AUTH))["name"] == "zoo-gateway"
     meta = client.get_model_metadata("toy_echo", headers=dict(AUTH))
-    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
+    assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
+    assert meta["outputs"] == [{"name": s.name, "datatype": s.datatype, "shape": [-1, *s.shape]}
+                               for s in TOY_ECHO.outputs]  # the registry's declaration, batch dimension first
     assert meta["parameters"]["random_weights"] is True and "random-seeded" in meta["platform"]
     assert client.is_model_ready("toy_echo", headers=dict(AUTH))
 
-    # binary tensors (tritonclient's default) and outputs
+    # binary tensors (tritonclient's default) and outputs: typed, exactly the declared ones, saying what the
+    # handler's JSON answer says
     result = client.infer("toy_echo", [image_input(thttp)], headers=dict(AUTH))
-    direct = direct_rest(ts, PNG)
-    assert without_fields(result.as_numpy("output")[0]) == without_fields(direct)
-    assert result.as_numpy("width").tolist() == [16] and result.as_numpy("height").tolist() == [12]
+    direct = json.loads(direct_rest(ts, PNG))
+    response = result.get_response()
+    assert [(o["name"], o["datatype"]) for o in response["outputs"]] == [(s.name, s.datatype)
+                                                                         for s in TOY_ECHO.outputs]
+    assert all(spec.accepts(o["datatype"], o["shape"][1:]) for spec, o in zip(TOY_ECHO.outputs,
+                                                                              response["outputs"], strict=True))
+    assert result.as_numpy("width").tolist() == [[16]] and result.as_numpy("height").tolist() == [[12]]
+    assert result.as_numpy("mean")[0].tolist() == pytest.approx(direct["mean"])
+    assert result.as_numpy("bytes").tolist() == [[direct["bytes"]]]
 
     # JSON tensors in and out (a JSON FP32 input becomes the handler field sleep_ms; outputs asked as JSON)
     sleep = thttp.InferInput("sleep_ms", [1], "FP32")
     sleep.set_data_from_numpy(np.array([1.0], np.float32), binary_data=False)
-    outputs = [thttp.InferRequestedOutput("output", binary_data=False),
+    outputs = [thttp.InferRequestedOutput("fields", binary_data=False),
                thttp.InferRequestedOutput("width", binary_data=False)]
     result = client.infer("toy_echo", [image_input(thttp), sleep], outputs=outputs, headers=dict(AUTH))
     doc = result.get_response()
-    assert [o["name"] for o in doc["outputs"]] == ["output", "width"] and doc["outputs"][1]["data"] == [16]
-    assert json.loads(doc["outputs"][0]["data"][0])["fields"] == ["image", "sleep_ms"]
+    assert [o["name"] for o in doc["outputs"]] == ["fields", "width"] and doc["outputs"][1]["data"] == [16]
+    assert doc["outputs"][0]["data"] == ["image", "sleep_ms"]
 
 
 def test_plain_json_request_and_handler_400(gw: GatewayProcess) -> None:
@@ -125,9 +135,9 @@ def test_grpc_client_sync_and_asyncio(gw: GatewayProcess, ts: TorchServe) -> Non
     images.set_data_from_numpy(np.array([PNG, other], dtype=object))
     result = client.infer("toy_echo", [images], headers=dict(GRPC_AUTH), request_id="r-2")
     assert result.get_response().id == "r-2"
-    assert result.as_numpy("width").tolist() == [16, 20]  # BYTES batch fanned out, answers in order
-    assert [without_fields(a) for a in result.as_numpy("output")] == [
-        without_fields(direct_rest(ts, PNG)), without_fields(direct_rest(ts, other))]
+    assert result.as_numpy("width").tolist() == [[16], [20]]  # BYTES batch fanned out, answers in order
+    directs = [json.loads(direct_rest(ts, PNG)), json.loads(direct_rest(ts, other))]
+    assert result.as_numpy("mean").tolist() == [pytest.approx(d["mean"]) for d in directs]
 
     async def aio() -> list[int]:
         aclient = tgrpc_aio.InferenceServerClient(gw.grpc_target)
@@ -140,7 +150,7 @@ def test_grpc_client_sync_and_asyncio(gw: GatewayProcess, ts: TorchServe) -> Non
         finally:
             await aclient.close()
 
-    assert asyncio.run(aio()) == [12]
+    assert asyncio.run(aio()) == [[12]]  # one item: [1, 1]
 
 
 def test_grpc_stream_infer_answers_in_order_with_inband_errors(gw: GatewayProcess) -> None:
@@ -162,7 +172,7 @@ def test_grpc_stream_infer_answers_in_order_with_inband_errors(gw: GatewayProces
         client.stop_stream()
     assert answers[1][0] is None and "not a recognised image" in str(answers[1][1])
     ok = [(r.get_response().id, r.as_numpy("width").tolist()) for r, e in answers if e is None]
-    assert ok == [("s0", [16]), ("s2", [9]), ("s3", [16])]
+    assert ok == [("s0", [[16]]), ("s2", [[9]]), ("s3", [[16]])]
 
 
 def test_task_route_equals_torchserve(gw: GatewayProcess, ts: TorchServe) -> None:
@@ -317,7 +327,7 @@ def test_large_messages_pass(gw: GatewayProcess) -> None:
     assert len(big) > 6_000_000
     client = tgrpc.InferenceServerClient(gw.grpc_target)
     result = client.infer("toy_echo", [image_input(tgrpc, big)], headers=dict(GRPC_AUTH))
-    assert result.as_numpy("width").tolist() == [1500] and result.as_numpy("bytes").tolist() == [len(big)]
+    assert result.as_numpy("width").tolist() == [[1500]] and result.as_numpy("bytes").tolist() == [[len(big)]]
     status, _, answer = http_request(f"{gw.http_url}/v1/models/toy_echo:predict", big,
                                      {**AUTH, "Content-Type": "image/png"}, "POST")
     assert status == 200 and json_body(answer)["bytes"] == len(big)
@@ -334,7 +344,7 @@ def test_deadline(gw: GatewayProcess) -> None:
         client.infer("toy_fast", [image_input(tgrpc)], parameters={"sleep_ms": 1500}, headers=dict(GRPC_AUTH))
     assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED" and time.monotonic() - started < 1.4
     # the model still answers afterwards (after the slept requests drain)
-    assert client.infer("toy_echo", [image_input(tgrpc)], headers=dict(GRPC_AUTH)).as_numpy("width")[0] == 16
+    assert client.infer("toy_echo", [image_input(tgrpc)], headers=dict(GRPC_AUTH)).as_numpy("width")[0, 0] == 16
 
 
 # --- metrics -----------------------------------------------------------------------------------------
@@ -402,7 +412,7 @@ def test_cancelled_stream_does_not_wedge_torchserve(gw: GatewayProcess) -> None:
     client = tgrpc.InferenceServerClient(gw.grpc_target)
     started = time.monotonic()
     result = client.infer("toy_echo", [image_input(tgrpc)], headers=dict(GRPC_AUTH), client_timeout=20)
-    assert result.as_numpy("width")[0] == 16 and time.monotonic() - started < 10
+    assert result.as_numpy("width")[0, 0] == 16 and time.monotonic() - started < 10
     answers: list = []
     client.start_stream(callback=lambda result, error: answers.append((result, error)),
                         headers=dict(GRPC_AUTH))

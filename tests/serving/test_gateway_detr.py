@@ -50,7 +50,14 @@ def test_detr_through_the_gateway_equals_torchserve(tmp_path) -> None:
         tensor = tgrpc.InferInput("image", [1], "BYTES")
         tensor.set_data_from_numpy(np.array([image], dtype=object))
         result = client.infer(MODEL, [tensor], parameters={"threshold": "0", "top_k": 3})
-        via_oip = json.loads(result.as_numpy("output")[0])
+        via_oip = {  # the typed outputs, read back into DETR's JSON layout
+            "detections": [{"box": box, "score": score, "label_id": label, "label": name.decode()}
+                           for box, score, label, name in zip(
+                               result.as_numpy("boxes")[0].tolist(), result.as_numpy("scores")[0].tolist(),
+                               result.as_numpy("labels")[0].tolist(), result.as_numpy("label_names")[0],
+                               strict=True)],
+            "image_size": dict(zip(("width", "height"), result.as_numpy("image_size")[0].tolist(), strict=True)),
+        }
 
         status, _, raw = http_request(f"{gw.http_url}/v1/models/{MODEL}:predict", doc,
                                       {"Content-Type": "application/json"}, "POST")
@@ -58,5 +65,9 @@ def test_detr_through_the_gateway_equals_torchserve(tmp_path) -> None:
         via_task = json_body(raw)
 
         assert direct["model"]["weights"]["kind"] == "random-seeded"
-        for answer in (via_oip, via_task):  # sequential calls, so the same batch (of one) each time
-            assert without_batch(answer) == without_batch(direct)
+        assert without_batch(via_task) == without_batch(direct)  # sequential calls: the same batch (of one)
+        assert via_oip["image_size"] == direct["image_size"] and len(via_oip["detections"]) == 3
+        for typed, expected in zip(via_oip["detections"], direct["detections"], strict=True):  # FP32 on the wire
+            assert typed["box"] == pytest.approx(expected["box"], abs=1e-3)
+            assert typed["score"] == pytest.approx(expected["score"], abs=1e-6)
+            assert (typed["label_id"], typed["label"]) == (expected["label_id"], expected["label"])

@@ -15,7 +15,7 @@ from tritonclient.http._utils import _get_inference_request
 
 from proto import oip
 from serving import errors
-from serving.backends.fields import fan_out
+from serving.backends.fields import answers_to_response, fan_out, typed_answer
 from serving.backends.torchserve import handler_error
 from serving.config import load_config, parse_keys_env
 from serving.types import (
@@ -27,6 +27,7 @@ from serving.types import (
     deserialize_bytes,
     serialize_bytes,
 )
+from zoo.tensors import ANSWER_FIELD, ANSWER_TENSORS, as_tensor, encode_tensors
 
 ARRAYS = {
     "BOOL": np.array([[True, False, True]]),
@@ -211,16 +212,43 @@ def test_fan_out_maps_tensors_to_handler_fields() -> None:
         InferInput.from_numpy("boxes", np.array([[1, 2], [3, 4]], np.int32)),
     ], parameters={"top_k": 5, "binary_data_output": True, "mode": "fast"})
     payloads = fan_out(request)
-    assert payloads == [
+    assert payloads == [  # every handler request asks for the typed answer
         {"top_k": b"5", "mode": b"fast", "mask": b"shared", "threshold": b"0.5", "boxes": b"[[1, 2], [3, 4]]",
-         "image": b"i0"},
+         "image": b"i0", ANSWER_FIELD: ANSWER_TENSORS},
         {"top_k": b"5", "mode": b"fast", "mask": b"shared", "threshold": b"0.5", "boxes": b"[[1, 2], [3, 4]]",
-         "image": b"i1"},
+         "image": b"i1", ANSWER_FIELD: ANSWER_TENSORS},
     ]
     bad = InferRequest("m", [InferInput.from_bytes_list("a", [b"1", b"2"]),
                              InferInput.from_bytes_list("b", [b"1", b"2", b"3"])])
     with pytest.raises(errors.InvalidInput, match="input 'b' has 3 elements"):
         fan_out(bad)
+
+
+def _typed(boxes: list[list[float]], names: list[bytes], probs: list[float]) -> bytes:
+    return encode_tensors({"boxes": as_tensor(np.asarray(boxes, np.float32).reshape(-1, 4)),
+                           "label_names": as_tensor(names, "BYTES"),
+                           "probabilities": as_tensor(np.asarray(probs, np.float32))})
+
+
+def test_typed_answers_become_batched_outputs_padded_where_items_differ() -> None:
+    answers = [typed_answer(_typed([[1, 2, 3, 4]], [b"cat"], [0.1, 0.7, 0.2])),
+               typed_answer(_typed([[5, 6, 7, 8], [0, 0, 1, 1]], [b"dog", b"cow"], [0.6, 0.3, 0.1]))]
+    request = InferRequest("m", [InferInput.from_bytes_list("image", [b"a", b"b"])])
+    response = answers_to_response(request, answers)
+    assert [(o.name, o.datatype, o.shape) for o in response.outputs] == [
+        ("boxes", "FP32", [2, 2, 4]), ("label_names", "BYTES", [2, 2]), ("probabilities", "FP32", [2, 3])]
+    assert response.output("boxes").as_numpy().tolist() == [[[1, 2, 3, 4], [0, 0, 0, 0]],
+                                                            [[5, 6, 7, 8], [0, 0, 1, 1]]]
+    assert response.output("label_names").data == [b"cat", b"", b"dog", b"cow"]
+    request.outputs = [RequestedOutput("probabilities", {"classification": 2})]
+    (top,) = answers_to_response(request, answers).outputs
+    assert (top.datatype, top.shape, top.data) == ("BYTES", [2, 2], [b"0.700000:1", b"0.200000:2",
+                                                                     b"0.600000:0", b"0.300000:1"])
+    request.outputs = [RequestedOutput("label_names", {"classification": 2})]
+    with pytest.raises(errors.InvalidInput, match="holds no per-item probabilities"):
+        answers_to_response(request, answers)
+    with pytest.raises(errors.BackendError, match="typed and others not"):
+        answers_to_response(request, [answers[0], b"{}"])
 
 
 def test_config_keys_routes_and_limits(tmp_path, monkeypatch) -> None:
@@ -245,3 +273,10 @@ def test_config_keys_routes_and_limits(tmp_path, monkeypatch) -> None:
     assert parse_keys_env("k1=*;k2=a,b")[1]["models"] == ["a", "b"]
     monkeypatch.delenv("ZOO_API_KEYS")
     assert not load_config(None).auth_enabled
+
+
+def test_grpc_request_with_contents_and_raw_contents_is_refused() -> None:
+    msg = InferRequest("m", [InferInput.from_bytes_list("image", [b"x"])]).to_grpc(oip.ModelInferRequest)
+    msg.inputs[0].contents.bytes_contents.append(b"x")
+    with pytest.raises(errors.InvalidInput, match="'image' has typed contents while the request also has raw"):
+        InferRequest.from_grpc(msg)

@@ -13,6 +13,7 @@ from cli.main import main as zoo_main
 from zoo import get_entry, list_models
 from zoo._registry import _DEFAULT_TAGS, _REGISTRY, NAME_RE, ModelEntry, WeightsSource, register
 from zoo.mar import model_config_yaml
+from zoo.tensors import TensorSpec
 from zoo.weights import WeightsError, load_strict, missing_weights_message, resolve_weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,10 +87,16 @@ def test_unknown_model_names_the_known_ones() -> None:
         get_entry("no_such_model")
 
 
+@pytest.mark.parametrize("outputs", [{}, (), {"score": "a float"}, (TensorSpec("y", "FP32", (1,)),) * 2])
+def test_outputs_must_be_distinct_typed_tensors(outputs: object) -> None:
+    with pytest.raises(ValueError, match="outputs must be TensorSpecs with distinct names"):
+        register(dataclasses.replace(_tiny_entry(), name="tiny_arch_for_test.outputs", outputs=outputs))
+
+
 def _tiny_entry() -> ModelEntry:
     return ModelEntry(
         name="tiny_test", task="test", builder=lambda width=3: torch.nn.Linear(width, 2), config={"width": 3},
-        handler="handlers.detr_handler", inputs={}, outputs={},
+        handler="handlers.detr_handler", inputs={}, outputs=(TensorSpec("logits", "FP32", (2,)),),
         weights=WeightsSource(hf_repo="example/tiny", revision="0" * 40, filename="model.safetensors"),
         license="MIT", paper="https://example.org",
     )
