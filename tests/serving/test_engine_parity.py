@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import contextlib
 import io
 import json
 import os
@@ -52,28 +53,35 @@ def require_triton() -> None:
         pytest.skip(f"Triton engine: {exc}")
 
 
+@contextlib.contextmanager
+def both_engines(work: Path, models: list[str], timeout_s: float = 300) -> Iterator[tuple[TorchServe, TritonServer]]:
+    """A TorchServe and a tritonserver serving the same random-weight (seed 0) models; stopped on exit."""
+    store, repository = work / "store", work / "triton"
+    archives = build_archives(store, models)
+    for name in models:
+        build_triton_model(get_entry(name), repository, random_weights=True, seed=0, gpu=False)
+    ts = TorchServe(store, archives, work / "ts-run")
+    triton = TritonServer(repository, models, work / "triton-run")
+    ts.start()
+    triton.start()
+    try:
+        ts.wait_ready(timeout_s=timeout_s)
+        triton.wait_ready(timeout_s=timeout_s)
+        yield ts, triton
+    finally:
+        triton.stop()
+        ts.stop()
+
+
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Both engines over the same random-weight models, each behind a gateway: {"torchserve": gw, "triton": gw,
     "triton_server": TritonServer}."""
     require_triton()
     work = tmp_path_factory.mktemp("engine-parity")
-    store, repository = work / "store", work / "triton"
-    archives = build_archives(store, MODELS)
-    for name in MODELS:
-        build_triton_model(get_entry(name), repository, random_weights=True, seed=0, gpu=False)
-    ts = TorchServe(store, archives, work / "ts-run")
-    triton = TritonServer(repository, MODELS, work / "triton-run")
-    ts.start()
-    triton.start()
-    try:
-        ts.wait_ready(timeout_s=300)
-        triton.wait_ready(timeout_s=300)
-        with running_gateway(ts, work / "gw-ts") as gw_ts, running_gateway(triton, work / "gw-triton") as gw_triton:
-            yield {"torchserve": gw_ts, "triton": gw_triton, "triton_server": triton}
-    finally:
-        triton.stop()
-        ts.stop()
+    with both_engines(work, MODELS) as (ts, triton), running_gateway(ts, work / "gw-ts") as gw_ts, \
+            running_gateway(triton, work / "gw-triton") as gw_triton:
+        yield {"torchserve": gw_ts, "triton": gw_triton, "triton_server": triton}
 
 
 def task(gateway, model: str, body: bytes, content_type: str, query: str = "") -> tuple[int, bytes]:

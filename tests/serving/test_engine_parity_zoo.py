@@ -16,10 +16,9 @@ import tritonclient.grpc as tgrpc
 from cli.torchserve import TorchServe
 from cli.triton import TritonServer
 from tests.face_videos import astronaut_video
-from tests.serving.test_engine_parity import image_bytes, require_triton
-from tests.support import build_archives, http_request, multipart
+from tests.serving.test_engine_parity import both_engines, image_bytes, require_triton
+from tests.support import http_request, multipart
 from zoo._registry import get_entry, list_models
-from zoo.triton_repo import build_triton_model
 
 pytestmark = pytest.mark.integration
 
@@ -42,22 +41,8 @@ def requests_for(model: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TorchServe, TritonServer]]:
     require_triton()
-    work = tmp_path_factory.mktemp("engine-parity-zoo")
-    store, repository = work / "store", work / "triton"
-    archives = build_archives(store, MODELS)
-    for name in MODELS:
-        build_triton_model(get_entry(name), repository, random_weights=True, seed=0, gpu=False)
-    ts = TorchServe(store, archives, work / "ts-run")
-    triton = TritonServer(repository, MODELS, work / "triton-run")
-    ts.start()
-    triton.start()
-    try:
-        ts.wait_ready(timeout_s=900)
-        triton.wait_ready(timeout_s=900)
-        yield ts, triton
-    finally:
-        triton.stop()
-        ts.stop()
+    with both_engines(tmp_path_factory.mktemp("engine-parity-zoo"), MODELS, timeout_s=900) as servers:
+        yield servers
 
 
 def via_torchserve(ts: TorchServe, model: str, fields: dict[str, bytes]) -> tuple[int, bytes]:
