@@ -112,7 +112,7 @@ class ZooHandler(BaseHandler):
     def request_spec(self) -> RequestSpec:
         """The declared fields, built (and so validated) once per worker."""
         entry = getattr(self, "entry", None)  # unset in handlers built without TorchServe (tests)
-        return RequestSpec(self.fields(), self.EXTRA_FIELDS, entry.name if entry is not None else None)
+        return RequestSpec(self.fields(), self.EXTRA_FIELDS, entry.serve_name if entry is not None else None)
 
     @final
     def decode(self, request: dict[str, Any], index: int) -> Any:
@@ -163,7 +163,8 @@ class ZooHandler(BaseHandler):
     def model_info(self) -> dict[str, Any]:
         """Model metadata attached to every answer (weights label included, so random weights show)."""
         return {
-            "name": self.entry.name,
+            "name": self.entry.serve_name,  # the name it is served under
+            "entry": self.entry.name,  # the registry's `arch.tag`
             "version": self.entry.version,
             "weights": self.meta.get("weights", {}),
         }
@@ -179,7 +180,7 @@ class ZooHandler(BaseHandler):
     def _error(self, index: int, status: int, message: str) -> dict[str, Any]:
         self.context.set_response_status(status, message, index)
         self.context.set_response_content_type(index, "application/json")
-        return {"error": message, "status": status, "model": self.entry.name}
+        return {"error": message, "status": status, "model": self.entry.serve_name}
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[Any]:
         self.context = context

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+import zoo.tensors as tensors
 from serving.errors import InvalidInput
-from zoo import tensors
 from zoo.tensors import DATATYPES, NUMPY_DTYPES, TensorData, TensorError
 
 # Which typed `InferTensorContents` field holds each datatype (FP16/BF16 only travel raw).

@@ -65,7 +65,7 @@ def test_base_picks_checks_and_tags(toy_dir: Path) -> None:
     handler.initialize(context)
     answers = handler.handle([{"body": png(), "gain": b"0.5"}, {"body": png(), "gain": "3"},
                               {"body": png(), "colour": "red"}, {"gain": "1"}], context)
-    assert answers[0] == {"gain": 0.5, "model": {"name": "toy_echo", "version": "1",
+    assert answers[0] == {"gain": 0.5, "model": {"name": "toy_echo", "entry": "toy_echo.seeded", "version": "1",
                                                  "weights": {"kind": "random-seeded"}}}
     assert context.headers[0][BATCH_SIZE_HEADER] == "1"
     assert context.status == {1: 400, 2: 400, 3: 400}

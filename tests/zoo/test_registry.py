@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 import torch
 
 from cli.main import main as zoo_main
+from handlers.base import ZooHandler
 from zoo import get_entry, list_models
 from zoo._registry import _DEFAULT_TAGS, _REGISTRY, NAME_RE, ModelEntry, WeightsSource, register
 from zoo.mar import model_config_yaml
-from zoo.tensors import TensorSpec
+from zoo.tensors import TensorSpec, specs_from
 from zoo.weights import WeightsError, load_strict, missing_weights_message, resolve_weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -172,3 +174,17 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
             zoo_main([name, "--help"])
         assert exit_info.value.code == 0
         assert "usage: zoo" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("entry", list_models(), ids=lambda e: e.name)
+def test_typed_io_round_trips_through_the_archive_and_the_handler_answers_it(entry: ModelEntry) -> None:
+    """What the gateway reads from an archive (zoo_model.json) is the entry's declaration, and the entry's
+    handler maps its answers to typed outputs (the base checks each against the declaration)."""
+    summary = json.loads(json.dumps(entry.summary()))
+    assert specs_from(summary["outputs"]) == entry.outputs
+    assert specs_from(summary["input_specs"]) == entry.input_specs
+    assert [s.name for s in entry.input_specs] == list(entry.inputs)
+    handler_module = importlib.import_module(entry.handler)
+    (handler,) = [c for c in vars(handler_module).values() if isinstance(c, type) and issubclass(c, ZooHandler)
+                  and c.__module__ == handler_module.__name__]
+    assert handler.tensors is not ZooHandler.tensors, f"{handler.__name__} has no typed outputs"
