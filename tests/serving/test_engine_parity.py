@@ -17,6 +17,10 @@ import contextlib
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +29,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 from PIL import Image
 
-from cli.torchserve import TorchServe
+from cli.torchserve import TorchServe, free_port
 from cli.triton import TritonError, TritonServer, find_triton
 from tests.serving.gateway_support import running_gateway
 from tests.support import build_archives, http_request, multipart
@@ -35,6 +39,7 @@ from zoo.triton_repo import build_triton_model
 pytestmark = pytest.mark.integration
 
 MODELS = ["toy_echo", "detr_resnet50", "ckdn_r50"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def image_bytes(width: int = 64, height: int = 48, seed: int = 0, fmt: str = "PNG") -> bytes:
@@ -233,3 +238,46 @@ def test_triton_metrics_and_model_config(engines: dict) -> None:
     assert config["instance_group"][0]["kind"] == "KIND_CPU"
     assert json.loads(config["parameters"]["zoo_meta"]["string_value"])["name"] == "detr_resnet50.coco"
     assert Path(server.repository, "detr_resnet50", "1", "model.py").is_file()
+
+
+def test_zoo_serve_engine_triton_serves_through_the_gateway_and_stops_cleanly(tmp_path: Path) -> None:
+    """`zoo serve --engine triton toy_echo`: builds the repository, starts tritonserver and the gateway, answers
+    a task-route request, and on Ctrl-C stops everything (no tritonserver left)."""
+    require_triton()
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "ZOO_HOME": str(tmp_path / "home"), "ZOO_API_KEYS": "", "ZOO_API_KEYS_FILE": ""}
+    with open(log, "w") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "cli", "serve", "--engine", "triton", "toy_echo", "--random-weights",
+             "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+             "--engine-metrics-port", str(metrics_port), "--run-dir", str(tmp_path / "run")],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "press Ctrl-C to stop" not in log.read_text(errors="replace"):
+            assert serve.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+        assert "Triton (loopback only)" in log.read_text()
+        status, _, raw = http_request(f"http://127.0.0.1:{http_port}/v1/models/toy_echo:predict", PNG,
+                                      {"Content-Type": "image/png"}, "POST")
+        assert status == 200 and json.loads(raw)["width"] == 64, raw
+        status, _, raw = http_request(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200 and b'nv_inference_request_success{model="toy_echo"' in raw
+        assert (tmp_path / "home" / "triton_repository" / "toy_echo" / "config.pbtxt").is_file()
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGINT)
+        try:
+            code = serve.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+            code = serve.wait()
+    assert code == 0, log.read_text(errors="replace")[-3000:]
+    assert "stopped" in log.read_text()
+    left = []  # tritonserver (its own session) and its stubs name the repository in their command lines
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if str(tmp_path).encode() in cmdline.read_bytes():
+                left.append(cmdline.read_bytes().replace(b"\0", b" ")[:200])
+    assert not left, f"processes of `zoo serve` outlived it: {left}"

@@ -53,7 +53,8 @@ def via_torchserve(ts: TorchServe, model: str, fields: dict[str, bytes]) -> tupl
 
 
 def via_triton(triton: TritonServer, model: str, fields: dict[str, bytes]) -> tuple[int, bytes]:
-    """Declared inputs as BYTES tensors, the rest as parameters (as the gateway's Triton backend sends them)."""
+    """Declared inputs as BYTES tensors, the rest as parameters, and `output` alone asked for: as the gateway's
+    Triton backend sends a task-route request."""
     client = tgrpc.InferenceServerClient(triton.grpc_target)
     declared = set(get_entry(model).inputs)
     tensors, parameters = [], {}
@@ -65,7 +66,8 @@ def via_triton(triton: TritonServer, model: str, fields: dict[str, bytes]) -> tu
         else:
             parameters[name] = data.decode()
     try:
-        result = client.infer(model, tensors, parameters=parameters or None, client_timeout=600)
+        result = client.infer(model, tensors, parameters=parameters or None, client_timeout=600,
+                              outputs=[tgrpc.InferRequestedOutput("output")])  # the handler's JSON answer
     except tgrpc.InferenceServerException as exc:
         status = 400 if exc.status() == "StatusCode.INVALID_ARGUMENT" else 500
         return status, exc.message().encode()
