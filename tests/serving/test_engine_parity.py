@@ -17,7 +17,6 @@ import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import pytest
 import tritonclient.grpc as tgrpc
 from PIL import Image
 
+from cli.process import stop_process
 from cli.torchserve import TorchServe, free_port
 from cli.triton import TritonError, TritonServer, find_triton
 from tests.serving.gateway_support import running_gateway
@@ -242,7 +242,7 @@ def test_triton_metrics_and_model_config(engines: dict) -> None:
 
 def test_zoo_serve_engine_triton_serves_through_the_gateway_and_stops_cleanly(tmp_path: Path) -> None:
     """`zoo serve --engine triton toy_echo`: builds the repository, starts tritonserver and the gateway, answers
-    a task-route request, and on Ctrl-C stops everything (no tritonserver left)."""
+    a task-route request, and on SIGTERM (as on Ctrl-C) stops everything (no tritonserver left)."""
     require_triton()
     http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
     log = tmp_path / "serve.log"
@@ -266,13 +266,7 @@ def test_zoo_serve_engine_triton_serves_through_the_gateway_and_stops_cleanly(tm
         assert status == 200 and b'nv_inference_request_success{model="toy_echo"' in raw
         assert (tmp_path / "home" / "triton_repository" / "toy_echo" / "config.pbtxt").is_file()
     finally:
-        if serve.poll() is None:
-            serve.send_signal(signal.SIGINT)
-        try:
-            code = serve.wait(90)
-        except subprocess.TimeoutExpired:
-            os.killpg(serve.pid, signal.SIGKILL)
-            code = serve.wait()
+        code = stop_process(serve, 90)  # SIGTERM: `zoo serve` stops as on Ctrl-C
     assert code == 0, log.read_text(errors="replace")[-3000:]
     assert "stopped" in log.read_text()
     left = []  # tritonserver (its own session) and its stubs name the repository in their command lines
