@@ -43,7 +43,6 @@ except ImportError:  # pragma: no cover - depends on the interpreter
 logger = logging.getLogger(__name__)
 
 OUTPUT = "output"
-BODY_INPUT = "body"
 
 
 class TritonContext:
