@@ -23,6 +23,8 @@ from cli.process import stop_process
 # Large enough for a 30 s 1080p clip upload (H.264 at ~20 Mbit/s is ~75 MB) with headroom.
 MAX_REQUEST_BYTES = 512 * 1024 * 1024
 LOOPBACK = "127.0.0.1"
+KEY_FILE = "key_file.json"  # where TorchServe writes its tokens (its working directory) when token auth is on
+TOKEN_EXPIRATION_MIN = 60 * 24 * 365  # the inference token lives as long as the server (no refresh protocol)
 
 
 def free_port() -> int:
@@ -62,9 +64,12 @@ class TorchServePorts:
 def config_properties(
     model_store: Path, models: list[str], ports: TorchServePorts, token_auth: bool = False
 ) -> str:
-    """TorchServe `config.properties`. Token auth is off *explicitly*: TorchServe's APIs bind to loopback only
-    and the gateway in front of it is the authentication boundary (API keys per model). Only the read-only
-    metrics endpoint may bind elsewhere (``ports.metrics_host``), for a Prometheus outside the pod."""
+    """TorchServe `config.properties`. TorchServe's APIs bind to loopback only and the gateway in front of it is
+    the authentication boundary (API keys per model). `token_auth` also makes TorchServe demand its own tokens
+    (written to ``key_file.json`` in its run folder, held by `zoo serve` and the gateway), so no other local
+    process can use its management API (e.g. scale a model to 0 workers); without it token auth is off
+    *explicitly*. Only the read-only metrics endpoint may bind elsewhere (``ports.metrics_host``), for a
+    Prometheus outside the pod."""
     lines = {
         "inference_address": f"http://{LOOPBACK}:{ports.inference}",
         "management_address": f"http://{LOOPBACK}:{ports.management}",
@@ -85,6 +90,7 @@ def config_properties(
         "job_queue_size": 1000,
         "default_response_timeout": 300,
         "disable_token_authorization": "false" if token_auth else "true",
+        "token_expiration_min": TOKEN_EXPIRATION_MIN,
         "enable_model_api": "false",
         "install_py_dep_per_model": "false",
         "model_store": str(model_store),
@@ -107,13 +113,26 @@ class TorchServe:
         run_dir: str | Path,
         ports: TorchServePorts | None = None,
         extra_env: dict[str, str] | None = None,
+        token_auth: bool = False,
     ) -> None:
         self.model_store = Path(model_store).resolve()
         self.models = models  # archive file names, e.g. ["detr_resnet50.mar"]
         self.run_dir = Path(run_dir).resolve()
         self.ports = ports or TorchServePorts()
         self.extra_env = extra_env or {}
+        self.token_auth = token_auth
         self.proc: subprocess.Popen | None = None
+
+    @property
+    def key_file(self) -> Path:
+        """TorchServe's token file (exists once it started with `token_auth`)."""
+        return self.run_dir / KEY_FILE
+
+    def management_headers(self) -> dict[str, str]:
+        """The Authorization header for the management API (none without token auth)."""
+        if not self.token_auth:
+            return {}
+        return {"Authorization": f"Bearer {json.loads(self.key_file.read_text())['management']['key']}"}
 
     @property
     def inference_url(self) -> str:
@@ -137,13 +156,17 @@ class TorchServe:
 
     def gateway_args(self) -> list[str]:
         """How `python -m serving.app` reaches this server (see `cli.gateway.start_gateway`)."""
-        return ["--torchserve-grpc", self.grpc_target, "--torchserve-management", self.management_url,
+        args = ["--torchserve-grpc", self.grpc_target, "--torchserve-management", self.management_url,
                 "--model-store", str(self.model_store)]
+        if self.token_auth:  # the gateway reads TorchServe's tokens from its key file
+            args += ["--torchserve-token-file", str(self.key_file)]
+        return args
 
     def start(self) -> TorchServe:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.run_dir / "config.properties"
-        cfg.write_text(config_properties(self.model_store, self.models, self.ports))
+        cfg.write_text(config_properties(self.model_store, self.models, self.ports, self.token_auth))
+        self.key_file.unlink(missing_ok=True)  # a stale one must not pass for this run's tokens
         env = {**os.environ, **self.extra_env}
         home = java_home()
         if home is None:
@@ -158,7 +181,7 @@ class TorchServe:
         env["METRICS_LOCATION"] = str(self.run_dir / "logs")
         env.setdefault("TS_DISABLE_SYSTEM_METRICS", "false")
         exe = shutil.which("torchserve", path=str(Path(os.sys.executable).parent)) or "torchserve"
-        cmd = [exe, "--start", "--foreground", "--ncs", "--disable-token-auth",
+        cmd = [exe, "--start", "--foreground", "--ncs", *([] if self.token_auth else ["--disable-token-auth"]),
                "--model-store", str(self.model_store), "--ts-config", str(cfg)]
         self._log = open(self.run_dir / "torchserve.out", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -174,7 +197,8 @@ class TorchServe:
 
     def model_status(self, name: str) -> list[dict]:
         """The worker list TorchServe reports for a model (empty while it loads)."""
-        with urllib.request.urlopen(f"{self.management_url}/models/{name}", timeout=5) as resp:
+        request = urllib.request.Request(f"{self.management_url}/models/{name}", headers=self.management_headers())
+        with urllib.request.urlopen(request, timeout=5) as resp:
             described = json.loads(resp.read())
         return described[0].get("workers", []) if described else []
 
@@ -185,8 +209,8 @@ class TorchServe:
                 if not workers or not any(w.get("status") == "READY" for w in workers):
                     return False
             return True
-        except (urllib.error.URLError, ConnectionError, OSError, json.JSONDecodeError):
-            return False
+        except (urllib.error.URLError, ConnectionError, OSError, json.JSONDecodeError, KeyError):
+            return False  # KeyError, OSError: a token file not (fully) written yet
 
     def worker_failures(self) -> tuple[int, str]:
         """How often a model worker died while loading, and the last traceback it printed."""

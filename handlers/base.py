@@ -32,6 +32,7 @@ from handlers.codec import RequestError
 from handlers.fields import CheckedFields, ExtraFields, Field, RequestSpec
 from zoo._registry import ModelEntry, get_entry
 from zoo.contract import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE, BATCH_SIZE_HEADER
+from zoo.runtime import Runtime
 from zoo.tensors import ANSWER_FIELD, ANSWER_TENSORS, CONTENT_TYPE, TensorData, as_tensor, encode_tensors
 from zoo.weights import load_strict
 
@@ -68,6 +69,7 @@ class ZooHandler(BaseHandler):
 
     entry: ModelEntry
     meta: dict[str, Any]
+    runtime: Runtime = Runtime(torch.device("cpu"))  # replaced at initialize; handlers built in tests run as CPU
 
     # --- lifecycle -------------------------------------------------------------------------------
     def initialize(self, context: Any) -> None:
@@ -76,10 +78,16 @@ class ZooHandler(BaseHandler):
         self.meta = json.loads((model_dir / ARCHIVE_META_FILE).read_text())
         self.entry = get_entry(self.meta["name"])
         self.device = pick_device(properties)
+        self.runtime = Runtime.for_serving(self.entry.serving, self.device)
         self.model = self.load_model(model_dir)
         self.setup(model_dir)
         self.check_contract()
-        self.initialized = True
+        if self.runtime.warmup:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                self.warmup()
+            logger.info("warmed up %s in %.1f s", self.entry.name, time.perf_counter() - started)
+        self.initialized = True  # TorchServe reports the worker ready only now: after the warm-up
         logger.info(
             "loaded %s on %s with weights %s", self.entry.name, self.device, self.meta.get("weights")
         )
@@ -87,10 +95,17 @@ class ZooHandler(BaseHandler):
     def load_model(self, model_dir: Path) -> torch.nn.Module:
         model = self.entry.build(**self.meta.get("config_overrides", {}))
         load_strict(model, load_file(str(model_dir / ARCHIVE_WEIGHTS_FILE)), f"{self.entry.name} archive weights")
-        return model.to(self.device).eval()
+        return self.runtime.prepare(model.to(self.device).eval())
 
     def setup(self, model_dir: Path) -> None:
         """Optional per-worker setup after the model is loaded."""
+
+    def warmup(self) -> None:
+        """Run every input shape the worker will meet once (compiles, autotunes, allocates) before readiness.
+
+        Called at the end of ``initialize`` under ``inference_mode`` when the runtime asks for it (CUDA by
+        default, ``ZOO_WARMUP``), so the first user request is as fast as the hundredth. Default: nothing.
+        """
 
     def check_contract(self) -> None:
         """Fail the worker's start, not its first request, when the handler's steps or fields do not add up."""

@@ -13,6 +13,7 @@ centre-cropped independently, so such a pair would compare different parts of th
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,9 +21,11 @@ import torch
 from PIL import Image
 
 from handlers.base import ZooHandler
-from handlers.codec import RequestError
+from handlers.codec import RequestError, decode_on_device
 from handlers.fields import CheckedFields, Field
-from zoo.ckdn import pair_batch_to_inputs, preprocess_pair
+from zoo.ckdn import CROP_SIZE, pair_batch_to_inputs, preprocess_pair, preprocess_pair_tensors
+from zoo.device_image import EncodedImage
+from zoo.runtime import warmup_batches
 from zoo.tensors import TensorData
 
 # Largest allowed ratio between the two images' aspect ratios (w/h), e.g. 4:3 vs 16:9 = 1.33 passes, 1:1 vs
@@ -30,14 +33,20 @@ from zoo.tensors import TensorData
 MAX_ASPECT_MISMATCH = 1.5
 
 
-def _check_aspect(restored: Image.Image, degraded: Image.Image) -> None:
-    ar_restored = restored.width / restored.height
-    ar_degraded = degraded.width / degraded.height
+def _size(image: Image.Image | EncodedImage) -> tuple[int, int]:
+    """(width, height) as the model will see it (after EXIF rotation)."""
+    return image.upright_size if isinstance(image, EncodedImage) else image.size
+
+
+def _check_aspect(restored: Image.Image | EncodedImage, degraded: Image.Image | EncodedImage) -> None:
+    (rw, rh), (dw, dh) = _size(restored), _size(degraded)
+    ar_restored = rw / rh
+    ar_degraded = dw / dh
     mismatch = max(ar_restored, ar_degraded) / min(ar_restored, ar_degraded)
     if mismatch > MAX_ASPECT_MISMATCH:
         raise RequestError(
-            f"'restored' ({restored.width}x{restored.height}) and 'degraded' "
-            f"({degraded.width}x{degraded.height}) have aspect ratios differing by {mismatch:.2f}x "
+            f"'restored' ({rw}x{rh}) and 'degraded' "
+            f"({dw}x{dh}) have aspect ratios differing by {mismatch:.2f}x "
             f"(limit {MAX_ASPECT_MISMATCH}x): send the degraded input with the restoration made from it"
         )
 
@@ -48,12 +57,27 @@ class CKDNHandler(ZooHandler):
     FIELDS = (Field("restored", "image", required=True), Field("degraded", "image", required=True))
     EXTRA_FIELDS = "ignore"  # CKDN has always ignored other fields; refusing them would change its API
 
-    def decode_fields(self, fields: CheckedFields) -> np.ndarray:
-        _check_aspect(fields["restored"], fields["degraded"])
-        return preprocess_pair(fields["restored"], fields["degraded"])
+    def fields(self) -> tuple[Field, ...]:
+        if self.runtime.device_preprocess:  # headers checked here, pixels decoded on the device
+            return tuple(replace(f, kind="encoded_image") for f in self.FIELDS)
+        return self.FIELDS
 
-    def batch(self, items: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = torch.from_numpy(np.stack(items)).to(self.device)
+    def decode_fields(self, fields: CheckedFields) -> np.ndarray | torch.Tensor:
+        _check_aspect(fields["restored"], fields["degraded"])
+        if not self.runtime.device_preprocess:
+            return preprocess_pair(fields["restored"], fields["degraded"])
+        restored, degraded = (decode_on_device(fields[name], self.device, fields.arrived_as[name])
+                              for name in ("restored", "degraded"))
+        return preprocess_pair_tensors(restored, degraded)
+
+    def batch(self, items: list[np.ndarray] | list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(items[0], torch.Tensor):
+            pairs = torch.stack(items)
+        else:
+            pairs = torch.from_numpy(np.stack(items)).to(self.device)
+        padded = self.runtime.batch_bucket(len(pairs))  # a compiled model sees declared batch sizes only
+        if padded > len(pairs):
+            pairs = torch.cat([pairs, pairs.new_zeros((padded - len(pairs), *pairs.shape[1:]))])
         return pair_batch_to_inputs(pairs)
 
     def predict(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -61,7 +85,12 @@ class CKDNHandler(ZooHandler):
         return self.model(restored, degraded).float().cpu()
 
     def encode(self, output: torch.Tensor, items: list[np.ndarray]) -> list[dict[str, Any]]:
-        return [{"score": float(score)} for score in output.tolist()]
+        return [{"score": float(score)} for score in output[: len(items)].tolist()]  # padded rows dropped
+
+    def warmup(self) -> None:
+        for batch in warmup_batches(self.runtime):
+            pairs = torch.zeros((batch, 2, CROP_SIZE, CROP_SIZE, 3), dtype=torch.uint8, device=self.device)
+            self.model(*pair_batch_to_inputs(pairs))
 
     def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
         return {"score": np.asarray([answer["score"]], dtype=np.float32)}

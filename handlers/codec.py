@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from zoo.device_image import EXIF_ORIENTATION, EncodedImage
+from zoo.device_image import decode as device_decode
 
 # 40 megapixels: a 8K photo fits; a 20000x20000 decompression bomb does not.
 MAX_IMAGE_PIXELS = 40_000_000
@@ -28,9 +32,12 @@ Image.MAX_IMAGE_PIXELS = None
 
 @dataclass
 class ImageRequest:
-    """One decoded image request plus its validated per-request parameters."""
+    """One decoded image request plus its validated per-request parameters.
 
-    image: Image.Image
+    ``image`` is a PIL image, or a preprocessed tensor on the worker's device where the handler decodes there.
+    """
+
+    image: Image.Image | torch.Tensor
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,8 +104,8 @@ def parse_json_body(value: Any) -> dict[str, Any] | None:
     return None
 
 
-def decode_image(data: bytes, what: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode JPEG/PNG/... bytes to an RGB image, refusing empty, corrupt and oversized inputs."""
+def _open_checked(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    """The opened (header-only) image, refusing empty, unrecognised, oversized and tiny inputs."""
     if not data:
         raise RequestError(f"image '{what}' is empty: send JPEG or PNG bytes")
     try:
@@ -118,11 +125,39 @@ def decode_image(data: bytes, what: str = "image", max_pixels: int = MAX_IMAGE_P
         )
     if min(width, height) < MIN_IMAGE_SIDE:
         raise RequestError(f"image '{what}' is {width}x{height}; both sides must be at least {MIN_IMAGE_SIDE} px")
+    return img
+
+
+def decode_image(data: bytes, what: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode JPEG/PNG/... bytes to an RGB image, refusing empty, corrupt and oversized inputs."""
+    img = _open_checked(data, what, max_pixels)
     try:
         img = ImageOps.exif_transpose(img)
         return img.convert("RGB")
     except Image.DecompressionBombError as exc:
         raise RequestError(f"image '{what}' is too large: {exc}", status=413) from None
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt pixel data
+        raise RequestError(f"image '{what}' is corrupt: {exc}") from None
+
+
+def probe_image(data: bytes, what: str = "image", max_pixels: int = MAX_IMAGE_PIXELS) -> EncodedImage:
+    """The header checks of ``decode_image`` without decoding pixels: for decoding later on the device."""
+    img = _open_checked(data, what, max_pixels)
+    try:
+        orientation = int(img.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - unreadable EXIF: PIL's decode would ignore it too
+        orientation = 1
+    return EncodedImage(data, img.width, img.height, img.format or "", img.mode, orientation)
+
+
+def decode_on_device(image: EncodedImage, device: torch.device, what: str = "image") -> torch.Tensor:
+    """``[3, H, W]`` uint8 on ``device`` (nvjpeg where it applies, else PIL); corrupt pixel data is a 400."""
+    try:
+        return device_decode(image, device)
+    except Image.DecompressionBombError as exc:
+        raise RequestError(f"image '{what}' is too large: {exc}", status=413) from None
+    except torch.cuda.OutOfMemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - truncated/corrupt pixel data
         raise RequestError(f"image '{what}' is corrupt: {exc}") from None
 

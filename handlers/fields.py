@@ -14,13 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from handlers.codec import RequestError, as_bytes, decode_image, request_fields
+from handlers.codec import RequestError, as_bytes, decode_image, probe_image, request_fields
 
-# image: bytes or base64 decoded to an RGB image (handlers.codec limits); bytes: raw bytes or base64;
+# image: bytes or base64 decoded to an RGB image (handlers.codec limits); encoded_image: the same header checks,
+# pixels left for the handler to decode on its device (a zoo.device_image.EncodedImage); bytes: raw or base64;
 # number / integer: within bounds; bool: true/false/1/0/yes/no; choice: one of the (lower-case) choices,
 # matched without case or surrounding spaces; custom: the field's own ``parse`` (a ValueError is the 400).
-Kind = Literal["image", "bytes", "number", "integer", "bool", "choice", "custom"]
-PAYLOAD_KINDS = ("image", "bytes")
+Kind = Literal["image", "encoded_image", "bytes", "number", "integer", "bool", "choice", "custom"]
+PAYLOAD_KINDS = ("image", "encoded_image", "bytes")
 KINDS = (*PAYLOAD_KINDS, "number", "integer", "bool", "choice", "custom")
 # The other names an uploaded file may arrive under: TorchServe's raw body ("body"/"data"), common form names.
 UPLOAD_ALIASES = ("body", "data", "file", "input")
@@ -83,12 +84,14 @@ class Field:
     @property
     def what(self) -> str:
         """What a payload holds, for messages: 'image', else its name ('video')."""
-        return "image" if self.kind == "image" else self.name
+        return "image" if self.kind in ("image", "encoded_image") else self.name
 
     def check(self, raw: Any, arrived_as: str) -> Any:
         """The client's value (present in the request) -> the checked value, or RequestError naming it."""
         if self.kind == "image":
             return decode_image(as_bytes(raw, arrived_as, self.what), arrived_as)
+        if self.kind == "encoded_image":
+            return probe_image(as_bytes(raw, arrived_as, self.what), arrived_as)
         if self.kind == "bytes":
             return as_bytes(raw, arrived_as, self.what)
         if self.kind in ("number", "integer"):

@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from handlers.base import ZooHandler
 from handlers.codec import RequestError, as_bytes
 from handlers.fields import UPLOAD_ALIASES, CheckedFields, Field
 from zoo.faces.pipeline import AGGREGATES, FacePipeline, PreparedVideo
 from zoo.faces.weights import ARCHIVE_DIR, check_dir
+from zoo.ftcn import CLIP_LEN, CLIP_SIZE
 from zoo.tensors import TensorData
 from zoo.video import VideoError, VideoLimits
 
@@ -96,6 +98,10 @@ class FtcnHandler(ZooHandler):
 
     def encode(self, output: Any, items: list[PreparedVideo]) -> list[dict[str, Any]]:
         return [self.pipeline.summarize(item, probs) for item, probs in zip(items, output, strict=True)]
+
+    def warmup(self) -> None:
+        clips = torch.zeros((self.max_clip_batch, 3, CLIP_LEN, CLIP_SIZE, CLIP_SIZE), device=self.device)
+        self.model(clips)
 
     def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
         tracks = answer["tracks"]

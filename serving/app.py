@@ -5,8 +5,13 @@
     python -m serving.app --triton-grpc 127.0.0.1:8001 --models toy_echo ...   # the same zoo models on Triton
 
 Prints one line ``ZOO_GATEWAY_READY {"http": PORT, "grpc": PORT}`` on stdout once both servers listen
-(ports 0 pick free ones); logs go to stderr. SIGTERM/SIGINT: stop accepting, let in-flight requests finish
-within ``server.grace_s``, close the backends, exit 0.
+(ports 0 pick free ones); logs go to stderr (one JSON access line per request on the ``zoo.access`` logger).
+SIGTERM/SIGINT: stop accepting, let in-flight requests finish within ``server.grace_s``, close the backends,
+exit 0. SIGHUP: re-read the API keys (config file, keys file, environment) without a restart.
+
+Connections: a connection must send its first request's headers within ``server.header_timeout_s``
+(slowloris), and a body that stalls for ``server.body_timeout_s`` is answered 408. ``server.tls`` serves REST
+and gRPC over TLS from certificate files, optionally requiring client certificates.
 
 `cli.gateway.start_gateway(ts, ...)` (used by `zoo serve`, tests and benchmarks) runs that as a subprocess.
 """
@@ -20,17 +25,22 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+import grpc
+import yaml
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from serving.backends.base import Backend
 from serving.backends.torchserve import TorchServeBackend
 from serving.backends.triton import TritonBackend
-from serving.config import BackendConfig, ConfigError, GatewayConfig, load_config
-from serving.dataplane import DataPlane
+from serving.config import BackendConfig, ConfigError, GatewayConfig, TlsConfig, load_config, reload_api_keys
+from serving.dataplane import DataPlane, access_logger
 from serving.grpc_server import create_server
 from serving.metrics import GatewayMetrics
 from serving.rest import RestApi
@@ -55,7 +65,8 @@ def make_backend(spec: BackendConfig, config: GatewayConfig) -> Backend:
             raise ConfigError(f"backend {spec.name!r}: torchserve needs 'grpc' (host:port)")
         return TorchServeBackend(
             grpc_target=options["grpc"], management_url=options.get("management"),
-            model_store=options.get("model_store"), max_message_bytes=config.largest_request_bytes,
+            model_store=options.get("model_store"), token_file=options.get("token_file"),
+            max_message_bytes=config.largest_request_bytes,
             backend_grace_s=config.backend_grace_s, retry_after_s=config.retry_after_s, name=spec.name)
     if spec.type == "triton":
         return TritonBackend.from_config(spec, config)
@@ -64,6 +75,76 @@ def make_backend(spec: BackendConfig, config: GatewayConfig) -> Backend:
                           f"(known: {', '.join(BACKEND_TYPES)})")
     module, cls = BACKEND_TYPES[spec.type].split(":")
     return getattr(importlib.import_module(module), cls)(name=spec.name, **options)
+
+
+class ClientParseErrorsAreInfo(logging.Filter):
+    """aiohttp logs every unparseable request (bad request line, header bytes, a body it cannot inflate while
+    draining it after the answer) at ERROR with a traceback: that is the client's fault, so it is logged at
+    INFO without the traceback (error alerts stay for real errors)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno >= logging.ERROR and isinstance(exc, (http_exceptions.HttpProcessingError,
+                                                                RequestPayloadError)):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"{record.msg}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_client_parse_errors() -> None:
+    server_logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ClientParseErrorsAreInfo) for f in server_logger.filters):
+        server_logger.addFilter(ClientParseErrorsAreInfo())
+
+
+def _close_if_idle_from_start(protocol: Any) -> None:
+    """A connection that has not sent one complete request header yet: close it (slowloris)."""
+    if getattr(protocol, "_request_count", 1) == 0 and protocol.transport is not None:
+        protocol.force_close()
+
+
+class GuardedTCPSite(web.TCPSite):
+    """aiohttp's TCPSite, except a connection must send its first request's headers within
+    `header_timeout_s` (aiohttp alone keeps a connection that trickles header bytes for its keep-alive
+    timeout). Later requests on a connection are covered by aiohttp's keep-alive timeout."""
+
+    __slots__ = ("_header_timeout_s",)
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, header_timeout_s: float,
+                 **kwargs: Any) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._header_timeout_s = header_timeout_s
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner (TCPSite.start minus its server)
+        loop = asyncio.get_running_loop()
+        make_protocol = self._runner.server
+        assert make_protocol is not None
+
+        def guarded() -> Any:
+            protocol = make_protocol()
+            loop.call_later(self._header_timeout_s, _close_if_idle_from_start, protocol)
+            return protocol
+
+        self._server = await loop.create_server(
+            guarded, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+
+
+def rest_ssl_context(tls: TlsConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.client_ca_file:
+        context.load_verify_locations(tls.client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def grpc_credentials(tls: TlsConfig) -> grpc.ServerCredentials:
+    pair = (Path(tls.key_file).read_bytes(), Path(tls.cert_file).read_bytes())
+    ca = Path(tls.client_ca_file).read_bytes() if tls.client_ca_file else None
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
 
 
 class Gateway:
@@ -82,22 +163,39 @@ class Gateway:
         self._grpc = None
 
     async def start(self, host: str, http_port: int, grpc_port: int) -> tuple[int, int]:
+        quiet_client_parse_errors()
         await self.dataplane.start()
         largest = self.config.largest_request_bytes
         app = RestApi(self.dataplane).application()
         StreamWebSocket(self.streams).add_routes(app)  # GET /v1/streams/{model} (WebSocket)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, host, http_port, shutdown_timeout=self.config.grace_s)
+        tls = self.config.tls
+        self._site = GuardedTCPSite(self._runner, host, http_port, shutdown_timeout=self.config.grace_s,
+                                    header_timeout_s=self.config.header_timeout_s,
+                                    ssl_context=rest_ssl_context(tls) if tls else None)
         await self._site.start()
         http_bound = self._site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._grpc = create_server(self.dataplane, largest)
         self._grpc.add_generic_rpc_handlers((StreamServicer(self.streams).handler(),))  # zoo.stream.v1
-        grpc_bound = self._grpc.add_insecure_port(f"{host}:{grpc_port}")
+        address = f"{host}:{grpc_port}"
+        grpc_bound = (self._grpc.add_secure_port(address, grpc_credentials(tls)) if tls
+                      else self._grpc.add_insecure_port(address))
         if grpc_bound == 0:
             raise OSError(f"cannot bind gRPC to {host}:{grpc_port}")
         await self._grpc.start()
         return http_bound, grpc_bound
+
+    def reload_keys(self) -> bool:
+        """Re-read the API keys (SIGHUP); on a broken keys file the old keys stay and the error is logged."""
+        try:
+            config = reload_api_keys(self.dataplane.config)
+        except (ConfigError, OSError, yaml.YAMLError) as exc:
+            logger.error("API keys not reloaded, the old ones stay: %s", exc)
+            return False
+        self.config = self.dataplane.config = config
+        logger.info("API keys reloaded: %d keys", len(config.api_keys))
+        return True
 
     async def stop(self) -> None:
         grace = self.config.grace_s
@@ -125,6 +223,7 @@ async def serve(config: GatewayConfig, host: str, http_port: int, grpc_port: int
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, gateway.reload_keys)
     http_bound, grpc_bound = await gateway.start(host, http_port, grpc_port)
     if not config.auth_enabled:
         logger.warning("no API keys configured (ZOO_API_KEYS, ZOO_API_KEYS_FILE or auth.keys in the config): "
@@ -145,6 +244,8 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
             options["management"] = args.torchserve_management
         if args.model_store:
             options["model_store"] = args.model_store
+        if args.torchserve_token_file:
+            options["token_file"] = args.torchserve_token_file
         backends["torchserve"] = BackendConfig("torchserve", "torchserve", options)
     if args.triton_grpc:
         backends["triton"] = BackendConfig("triton", "triton", {"url": args.triton_grpc})
@@ -160,6 +261,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torchserve-grpc", help="TorchServe gRPC inference address host:port")
     p.add_argument("--torchserve-management", help="TorchServe management URL (readiness, versions)")
     p.add_argument("--model-store", help="TorchServe model store (archives, for model metadata)")
+    p.add_argument("--torchserve-token-file", help="TorchServe's key_file.json (when its token auth is on)")
     p.add_argument("--triton-grpc", help="Triton gRPC inference address host:port (e.g. `zoo serve --engine triton`)")
     p.add_argument("--models", help="comma-separated models to serve (default: every model of the backend)")
     p.add_argument("--host", default="127.0.0.1")
@@ -173,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s zoo-gateway: %(message)s")
+    access = logging.StreamHandler(sys.stderr)  # access lines are bare JSON, one per request
+    access.setFormatter(logging.Formatter("%(message)s"))
+    access_logger.addHandler(access)
+    access_logger.propagate = False
     try:
         config = build_config(args)
         StreamSettings.from_config(config.streams)  # a bad `streams:` section fails here, clearly

@@ -17,6 +17,10 @@ models:                            # public name -> route; omitted: every model 
 limits:
   max_request_bytes: 536870912     # 512 MiB: a 30 s 1080p clip fits
   deadline_s: 60
+  max_concurrency: 64              # per model: requests sent to the backend at once (more wait in the gateway)
+  max_queue: 256                   # per model: requests waiting in the gateway; beyond it 503 + Retry-After
+  max_decompressed_bytes: 67108864 # a Content-Encoding (gzip ...) body may inflate to at most this (64 MiB)
+  max_json_bytes: 16777216         # the JSON part of an infer request (16 MiB): larger tensors go binary
 auth:
   keys_file: /etc/zoo/keys.yaml    # or env ZOO_API_KEYS_FILE
   keys:                            # or env ZOO_API_KEYS="key1=*;key2=detr,ckdn_r50"
@@ -28,10 +32,21 @@ server:
   grace_s: 10                      # SIGTERM: finish in-flight requests for at most this long
   retry_after_s: 1                 # Retry-After on 503
   backend_grace_s: 30              # a backend call may outlive its client's deadline by this much
+  header_timeout_s: 15             # a connection must send its first request's headers within this
+  body_timeout_s: 30               # a request body that sends nothing for this long is answered 408
+  access_log: true                 # one JSON line per request on the `zoo.access` logger
+  metrics_cache_s: 2               # /metrics is rendered at most this often
+  metrics_anonymous: redacted      # /metrics without a valid key, when keys are on: redacted (no series that
+                                   # name a model), full, or refused (401)
+  tls:                             # optional, REST and gRPC alike
+    cert_file: /etc/zoo/tls.crt
+    key_file: /etc/zoo/tls.key
+    client_ca_file: /etc/zoo/ca.crt  # optional: clients must present a certificate signed by it
 ```
 
 No API keys configured at all means auth is OFF (the gateway warns at start). Keys are held as SHA-256
-digests; a key's model allow-list may contain "*".
+digests; a key's model allow-list may contain "*". `reload_api_keys` re-reads them (the gateway does on SIGHUP).
+With keys on, an anonymous `/metrics` scrape gets no series that name a model (keys cannot probe names).
 
 The config is an immutable description of what the operator configured; the routes actually served (these,
 or the models a backend reports when `models` is omitted) live in `serving.repository.ModelRepository`.
@@ -51,6 +66,12 @@ import yaml
 
 DEFAULT_MAX_REQUEST_BYTES = 512 * 1024 * 1024
 DEFAULT_DEADLINE_S = 60.0
+METRICS_ANONYMOUS = ("full", "redacted", "refused")
+DEFAULT_MAX_CONCURRENCY = 64
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_MAX_DECOMPRESSED_BYTES = 64 * 1024 * 1024
+# Parsing JSON holds the GIL whatever thread runs it: this bounds how long one request can stall the loop.
+DEFAULT_MAX_JSON_BYTES = 16 * 1024 * 1024
 ENV_KEYS = "ZOO_API_KEYS"
 ENV_KEYS_FILE = "ZOO_API_KEYS_FILE"
 
@@ -74,6 +95,8 @@ class ModelRoute:
     deadline_s: float
     max_request_bytes: int
     aliases: tuple[str, ...] = ()  # more public names that reach this route (metrics use `public_name`)
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY  # backend calls at once; more wait in the gateway's queue
+    max_queue: int = DEFAULT_MAX_QUEUE  # calls waiting in the gateway; one more is shed (503 Overloaded)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -91,6 +114,15 @@ class ApiKey:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Certificate files for REST and gRPC; `client_ca_file` set: clients must present a certificate."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     backends: dict[str, BackendConfig] = field(default_factory=dict)
     models: dict[str, ModelRoute] = field(default_factory=dict)  # the configured routes (never changed)
@@ -103,6 +135,17 @@ class GatewayConfig:
     retry_after_s: int = 1
     backend_grace_s: float = 30.0
     streams: dict[str, Any] = field(default_factory=dict)  # the `streams:` section, read by serving.streams
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED_BYTES
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES
+    header_timeout_s: float = 15.0
+    body_timeout_s: float = 30.0
+    access_log: bool = True
+    metrics_cache_s: float = 2.0
+    metrics_anonymous: str = "redacted"  # full | redacted | refused
+    tls: TlsConfig | None = None
+    source: Path | None = None  # the YAML this was read from (API keys are re-read from it on reload)
 
     @property
     def auth_enabled(self) -> bool:
@@ -124,7 +167,8 @@ class GatewayConfig:
 
     def route(self, public_name: str, backend: str | None = None, model: str | None = None,
               deadline_s: float | None = None, max_request_bytes: int | None = None,
-              aliases: Iterable[str] = ()) -> ModelRoute:
+              aliases: Iterable[str] = (), max_concurrency: int | None = None,
+              max_queue: int | None = None) -> ModelRoute:
         """The route this config gives `public_name` (limits default to `limits`); nothing is registered."""
         backend = backend or self.default_backend
         if backend not in self.backends:
@@ -138,9 +182,14 @@ class GatewayConfig:
             deadline_s=float(deadline_s if deadline_s is not None else self.deadline_s),
             max_request_bytes=int(self.max_request_bytes if max_request_bytes is None else max_request_bytes),
             aliases=tuple(dict.fromkeys(str(a) for a in aliases if str(a) != public_name)),
+            max_concurrency=int(self.max_concurrency if max_concurrency is None else max_concurrency),
+            max_queue=int(self.max_queue if max_queue is None else max_queue),
         )
-        if route.deadline_s <= 0 or route.max_request_bytes <= 0:
-            raise ConfigError(f"model {public_name!r}: deadline_s and max_request_bytes must be positive")
+        if route.deadline_s <= 0 or route.max_request_bytes <= 0 or route.max_concurrency <= 0:
+            raise ConfigError(f"model {public_name!r}: deadline_s, max_request_bytes and max_concurrency "
+                              "must be positive")
+        if route.max_queue < 0:
+            raise ConfigError(f"model {public_name!r}: max_queue must be 0 or more")
         return route
 
     def with_routes(self, routes: Iterable[ModelRoute]) -> GatewayConfig:
@@ -149,7 +198,9 @@ class GatewayConfig:
 
 
 def digest(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+    """SHA-256 of a key. Never raises: a header of invalid UTF-8 (surrogates once decoded) is just a key no
+    one holds."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def parse_keys_env(value: str) -> list[dict[str, Any]]:
@@ -198,6 +249,13 @@ def _load_keys(auth: dict[str, Any], base: Path | None) -> dict[str, ApiKey]:
     return keys
 
 
+def _choice(section: dict[str, Any], key: str, allowed: tuple[str, ...], default: str) -> str:
+    value = str(section.get(key, default))
+    if value not in allowed:
+        raise ConfigError(f"server.{key} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def load_config(path: str | Path | None = None,
                 backends: dict[str, BackendConfig] | None = None) -> GatewayConfig:
     """Read the YAML (if any); `backends` (e.g. from the command line) fill in missing backends."""
@@ -225,6 +283,13 @@ def load_config(path: str | Path | None = None,
     streams = doc.get("streams") or {}
     if not isinstance(streams, dict):
         raise ConfigError("'streams' must be a mapping")
+    tls = server.get("tls")
+    if tls is not None:
+        if not isinstance(tls, dict) or not tls.get("cert_file") or not tls.get("key_file"):
+            raise ConfigError("server.tls needs cert_file and key_file")
+        files = {k: str(base / v if base is not None and not Path(v).is_absolute() else v)
+                 for k, v in tls.items() if k in ("cert_file", "key_file", "client_ca_file") and v}
+        tls = TlsConfig(**files)
     cfg = GatewayConfig(
         backends=backend_specs,
         max_request_bytes=int(limits.get("max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)),
@@ -234,6 +299,17 @@ def load_config(path: str | Path | None = None,
         retry_after_s=int(server.get("retry_after_s", defaults.retry_after_s)),
         backend_grace_s=float(server.get("backend_grace_s", defaults.backend_grace_s)),
         streams=dict(streams),
+        max_concurrency=int(limits.get("max_concurrency", DEFAULT_MAX_CONCURRENCY)),
+        max_queue=int(limits.get("max_queue", DEFAULT_MAX_QUEUE)),
+        max_decompressed_bytes=int(limits.get("max_decompressed_bytes", DEFAULT_MAX_DECOMPRESSED_BYTES)),
+        max_json_bytes=int(limits.get("max_json_bytes", DEFAULT_MAX_JSON_BYTES)),
+        header_timeout_s=float(server.get("header_timeout_s", defaults.header_timeout_s)),
+        body_timeout_s=float(server.get("body_timeout_s", defaults.body_timeout_s)),
+        access_log=bool(server.get("access_log", defaults.access_log)),
+        metrics_cache_s=float(server.get("metrics_cache_s", defaults.metrics_cache_s)),
+        metrics_anonymous=_choice(server, "metrics_anonymous", METRICS_ANONYMOUS, defaults.metrics_anonymous),
+        tls=tls,
+        source=Path(path) if path else None,
     )
     models = doc.get("models")
     if models:
@@ -241,6 +317,17 @@ def load_config(path: str | Path | None = None,
         for public, spec in models.items():
             spec = spec or {}
             routes.append(cfg.route(str(public), spec.get("backend"), spec.get("model"), spec.get("deadline_s"),
-                                    spec.get("max_request_bytes"), spec.get("aliases") or ()))
+                                    spec.get("max_request_bytes"), spec.get("aliases") or (),
+                                    spec.get("max_concurrency"), spec.get("max_queue")))
         cfg = cfg.with_routes(routes)
     return cfg
+
+
+def reload_api_keys(config: GatewayConfig) -> GatewayConfig:
+    """`config` with its API keys read again (the YAML's auth section, the keys file, the environment), so keys
+    can be added or revoked without a restart. Raises ConfigError (the old keys stay) when they do not load."""
+    auth: dict[str, Any] = {}
+    if config.source is not None:
+        doc = yaml.safe_load(Path(config.source).read_text()) or {}
+        auth = (doc.get("auth") or {}) if isinstance(doc, dict) else {}
+    return dataclasses.replace(config, api_keys=_load_keys(auth, config.source.parent if config.source else None))

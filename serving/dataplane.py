@@ -5,23 +5,34 @@ classification and one final observation (status, latency, request and response 
 access (401 vs 403), routes the public name through the `ModelRepository` and checks the request's size
 (413); the call record (`Call`) carries the deadline; backend calls keep the backend metrics. Front-ends only
 translate the wire format to `serving.types` objects and `serving.errors` exceptions back.
+
+Overload: each model has a `ModelQueue` in front of its backend: at most `max_concurrency` calls are sent at
+once, at most `max_queue` more wait here (one more is shed at once: 503 Overloaded + Retry-After), and a
+waiting call whose deadline passes is answered 504 without ever being sent. This queue is the last place
+work can be cancelled: a call handed to TorchServe runs to completion there (its queue cannot be purged).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import json
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from serving.backends.base import Backend, RawPrediction
-from serving.config import GatewayConfig, ModelRoute
+from serving.backends.base import Backend, RawPrediction, time_left
+from serving.config import ApiKey, GatewayConfig, ModelRoute
 from serving.errors import (
+    DeadlineExceeded,
     Forbidden,
     GatewayError,
+    InvalidInput,
+    Overloaded,
     PayloadTooLarge,
     Unauthenticated,
     as_gateway_error,
@@ -31,12 +42,19 @@ from serving.repository import ModelRepository
 from serving.types import InferRequest, InferResponse
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("zoo.access")
 
 SERVER_NAME = "zoo-gateway"
 SERVER_VERSION = "0.1.0"
 # the protocol extensions that work here (server metadata lists exactly these)
 EXTENSIONS = ["binary_tensor_data", "classification", "model_stream_infer", "zoo_task_routes"]
 CLIENT_GONE = 499  # status recorded for a request (or stream session) whose client went away
+# A version path segment: digits or a version name; never a path ("/", "%", "..") that could reach another
+# model in a backend's own API.
+VERSION_PATTERN = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]{0,63}")
+OTHER_VERSION = "_other"  # metrics label of a version not (yet) seen answering: bounded cardinality
+MAX_VERSION_LABELS = 1000
+READY_CACHE_S = 1.0  # /v2/health/ready asks every model at most this often
 
 Reply = TypeVar("Reply")
 
@@ -67,6 +85,9 @@ class Call:
     max_request_bytes: int | None = None  # the size limit; the route's once routed
     status: int = 200
     response_bytes: int | None = None
+    request_id: str = ""
+    key_name: str = ""  # the API key's name (never the key), for the access log
+    error: str = ""  # the error kind, for the access log
     started: float = field(default_factory=time.perf_counter)
 
     def check_size(self, size: int, *, so_far: bool = False) -> None:
@@ -112,6 +133,46 @@ class InFlight:
             return False
 
 
+def check_version(version: str) -> None:
+    """InvalidInput unless `version` is "" or a plain version (digits or a name of letters, digits, ._-)."""
+    if version and (not VERSION_PATTERN.fullmatch(version) or ".." in version):
+        raise InvalidInput(f"invalid model version {version[:80]!r}: expected digits or a version name "
+                           "(letters, digits, '.', '_', '-')")
+
+
+class ModelQueue:
+    """One model's backend calls: at most `limit` at once, at most `max_queue` waiting (more: Overloaded), and a
+    waiting call never outlives its deadline (DeadlineExceeded, never sent to the backend)."""
+
+    def __init__(self, name: str, limit: int, max_queue: int, retry_after_s: int) -> None:
+        self.name = name
+        self.max_queue = max_queue
+        self.retry_after_s = retry_after_s
+        self.waiting = 0
+        self._slots = asyncio.Semaphore(limit)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, deadline: float | None) -> AsyncIterator[None]:
+        if self._slots.locked():
+            if self.waiting >= self.max_queue:
+                raise Overloaded(f"model '{self.name}' is overloaded: {self.waiting} requests already waiting",
+                                 retry_after_s=self.retry_after_s)
+            self.waiting += 1
+            try:
+                await asyncio.wait_for(self._slots.acquire(), time_left(deadline, f"model '{self.name}'"))
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"model '{self.name}': deadline exceeded while queued in the gateway "
+                                       "(never sent to the backend)") from None
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()
+        try:
+            yield
+        finally:
+            self._slots.release()
+
+
 class DataPlane:
     def __init__(self, config: GatewayConfig, backends: dict[str, Backend], metrics: GatewayMetrics,
                  repository: ModelRepository | None = None) -> None:
@@ -120,6 +181,9 @@ class DataPlane:
         self.metrics = metrics
         self.repository = repository if repository is not None else ModelRepository(config, backends)
         self.in_flight = InFlight()
+        self._queues: dict[str, ModelQueue] = {}
+        self._versions: set[tuple[str, str]] = set()  # (model, version) pairs seen answering: metrics labels
+        self._ready: tuple[float, bool] = (-READY_CACHE_S, False)
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -151,7 +215,7 @@ class DataPlane:
                     if not isinstance(exc, GatewayError):
                         logger.exception("unexpected error in %s %s (%s)", call.protocol, call.label, call.model)
                     error = as_gateway_error(exc)
-                    call.status = error.http_status
+                    call.status, call.error = error.http_status, error.kind
                     reply = on_error(error)
             call.response_bytes = size_of(reply)
             return reply
@@ -160,18 +224,39 @@ class DataPlane:
             self.observe(call)
 
     def observe(self, call: Call) -> None:
-        """The one place a request (or stream session) is written to the request metrics."""
+        """The one place a request (or stream session) is written to the request metrics and the access log."""
+        version = self._version_label(call)
+        seconds = time.perf_counter() - call.started
         if call.timed:
-            self.metrics.observe_request(call.model, call.version, call.protocol, call.label, call.status,
-                                         time.perf_counter() - call.started, call.request_bytes,
-                                         call.response_bytes)
+            self.metrics.observe_request(call.model, version, call.protocol, call.label, call.status,
+                                         seconds, call.request_bytes, call.response_bytes)
         else:
-            self.metrics.count_request(call.model, call.version, call.protocol, call.label, call.status)
+            self.metrics.count_request(call.model, version, call.protocol, call.label, call.status)
+        if self.config.access_log and access_logger.isEnabledFor(logging.INFO):
+            access_logger.info(json.dumps({
+                "request_id": call.request_id, "protocol": call.protocol, "route": call.label,
+                "model": call.model, "version": version, "status": call.status, "error": call.error,
+                "latency_ms": round(seconds * 1000, 3), "request_bytes": call.request_bytes,
+                "response_bytes": call.response_bytes, "key": call.key_name}))
+
+    def _version_label(self, call: Call) -> str:
+        """The version as a metrics label: only versions that answered once (bounded), others `_other`."""
+        if not call.version:
+            return ""
+        seen = (call.model, call.version)
+        if seen in self._versions:
+            return call.version
+        if call.status < 400 and call.route is not None and len(self._versions) < MAX_VERSION_LABELS:
+            self._versions.add(seen)
+            return call.version
+        return OTHER_VERSION
 
     async def admit(self, call: Call, key: str | None, name: str, version: str = "") -> ModelRoute:
         """Authorise `key` for model `name`, route it (discovering unknown names), and refuse a request of
         known size that is over the route's limit. Fills in the call's route, names and limit."""
-        self.authorize(key, name)
+        found = self.authorize(key, name)
+        call.key_name = found.name if found is not None else ""
+        check_version(version)
         route = await self.repository.resolve(name)
         call.route, call.name, call.model, call.version = route, name, route.public_name, version
         call.max_request_bytes = route.max_request_bytes
@@ -180,12 +265,12 @@ class DataPlane:
         return route
 
     # --- access ------------------------------------------------------------------------------------
-    def authorize(self, key: str | None, model: str | None = None) -> None:
+    def authorize(self, key: str | None, model: str | None = None) -> ApiKey | None:
         """No/unknown key: Unauthenticated (401). Known key not allowed for `model`: Forbidden (403).
         A key allowed any public name of a route (its own or an alias) may use the route under all of them.
         A restricted key gets 403 for an unknown model too, so keys cannot probe which models exist."""
         if not self.config.auth_enabled:
-            return
+            return None
         if not key:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'")
         found = self.config.lookup_key(key)
@@ -193,16 +278,34 @@ class DataPlane:
             raise Unauthenticated("unknown API key")
         if model is not None and not any(found.allows(name) for name in self.repository.names_of(model)):
             raise Forbidden(f"API key '{found.name}' is not allowed to use model '{model}'")
+        return found
 
     # --- health and metadata -----------------------------------------------------------------------
     async def live(self) -> bool:
         return True  # this process answers; backend health is readiness
 
     async def ready(self) -> bool:
+        """Every backend up and every served model with a live worker (Triton's strict readiness): a pod that
+        cannot serve one of its models is taken out of rotation. Cached for READY_CACHE_S (probes are cheap)."""
+        checked, ready = self._ready
+        if time.monotonic() - checked < READY_CACHE_S:
+            return ready
+        ready = await self._check_ready()
+        self._ready = (time.monotonic(), ready)
+        return ready
+
+    async def _check_ready(self) -> bool:
         for backend in self.backends.values():
             if not await backend.ready():
                 return False
-        return True
+
+        async def model_ready(route: ModelRoute) -> bool:
+            try:
+                return await self.model_ready(route)
+            except GatewayError:
+                return False
+
+        return all(await asyncio.gather(*(model_ready(route) for route in self.repository.routes())))
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
@@ -220,30 +323,43 @@ class DataPlane:
         """OIP inference on `route`; `request.model_name` is the public name the client used, and the answer
         carries it back."""
         backend = self.backends[route.backend]
-        started = time.perf_counter()
-        try:
-            response = await backend.infer(dataclasses.replace(request, model_name=route.model), deadline)
-        except Exception as exc:
-            self._count_error(backend, exc)
-            raise
-        finally:
-            self.metrics.observe_backend(route.public_name, backend.name, time.perf_counter() - started)
+        async with self._queue(route).slot(deadline):
+            response = await self._infer(backend, route, request, deadline)
         response.model_name = request.model_name
         response.model_version = request.model_version or response.model_version
         response.id = request.id
         return response
 
-    async def predict_raw(self, route: ModelRoute, version: str, fields: dict[str, bytes],
-                          deadline: float) -> RawPrediction:
-        backend = self.backends[route.backend]
+    async def _infer(self, backend: Backend, route: ModelRoute, request: InferRequest,
+                     deadline: float) -> InferResponse:
         started = time.perf_counter()
         try:
-            return await backend.predict_raw(route.model, version, fields, deadline)
+            return await backend.infer(dataclasses.replace(request, model_name=route.model), deadline)
         except Exception as exc:
             self._count_error(backend, exc)
             raise
         finally:
             self.metrics.observe_backend(route.public_name, backend.name, time.perf_counter() - started)
+
+    async def predict_raw(self, route: ModelRoute, version: str, fields: dict[str, bytes],
+                          deadline: float) -> RawPrediction:
+        backend = self.backends[route.backend]
+        async with self._queue(route).slot(deadline):
+            started = time.perf_counter()
+            try:
+                return await backend.predict_raw(route.model, version, fields, deadline)
+            except Exception as exc:
+                self._count_error(backend, exc)
+                raise
+            finally:
+                self.metrics.observe_backend(route.public_name, backend.name, time.perf_counter() - started)
+
+    def _queue(self, route: ModelRoute) -> ModelQueue:
+        queue = self._queues.get(route.public_name)
+        if queue is None:
+            queue = self._queues[route.public_name] = ModelQueue(
+                route.public_name, route.max_concurrency, route.max_queue, self.config.retry_after_s)
+        return queue
 
     def _count_error(self, backend: Backend, exc: Exception) -> None:
         kind = exc.kind if isinstance(exc, GatewayError) else "backend_error"

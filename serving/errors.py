@@ -9,6 +9,9 @@ Choices worth knowing:
   RESOURCE_EXHAUSTED, so a client sees the same code whichever limit (gateway or transport) fired.
 - BackendUnavailable (TorchServe down, model has no ready worker) is 503 / UNAVAILABLE with a Retry-After
   (REST header; gRPC trailing metadata ``retry-after``), so clients and load balancers back off and retry.
+- Overloaded (the model's queue in the gateway is full: load shedding) is 503 + Retry-After too: the
+  server, not this client, is over its budget. RequestTimeout (408) is a client that did not send its
+  request in time; ClientGone (499) a client that went away mid-request (counted, never logged as an error).
 - A handler's own status (``context.set_response_status(400, msg)``) is mapped back with
   `error_for_status`, keeping the handler's message: 400 from a handler is 400 / INVALID_ARGUMENT here.
 """
@@ -72,6 +75,18 @@ class BackendUnavailable(GatewayError):
         super().__init__(message, retry_after_s=retry_after_s)
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its request (headers or body) within the read timeout."""
+
+
+class ClientGone(GatewayError):
+    """The client went away before its request was read (a disconnect mid-upload): nobody reads the answer."""
+
+
+class Overloaded(BackendUnavailable):
+    """The model's queue in the gateway is full (load shedding): retry later."""
+
+
 class BackendError(GatewayError):
     """The backend failed on a valid request (a bug or crash behind the gateway)."""
 
@@ -90,12 +105,17 @@ ERROR_TABLE: dict[type[GatewayError], tuple[int, grpc.StatusCode, str]] = {
     Unauthenticated: (401, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
     Forbidden: (403, grpc.StatusCode.PERMISSION_DENIED, "forbidden"),
     ModelNotFound: (404, grpc.StatusCode.NOT_FOUND, "model_not_found"),
+    RequestTimeout: (408, grpc.StatusCode.DEADLINE_EXCEEDED, "request_timeout"),
     PayloadTooLarge: (413, grpc.StatusCode.RESOURCE_EXHAUSTED, "payload_too_large"),
     BackendError: (500, grpc.StatusCode.INTERNAL, "backend_error"),
+    ClientGone: (499, grpc.StatusCode.CANCELLED, "client_gone"),
     BackendUnavailable: (503, grpc.StatusCode.UNAVAILABLE, "backend_unavailable"),
+    Overloaded: (503, grpc.StatusCode.UNAVAILABLE, "overloaded"),
     DeadlineExceeded: (504, grpc.StatusCode.DEADLINE_EXCEEDED, "deadline_exceeded"),
 }
-_BY_STATUS = {status: cls for cls, (status, _, _) in ERROR_TABLE.items()}
+_BY_STATUS: dict[int, type[GatewayError]] = {}
+for _cls, (_status, _, _) in ERROR_TABLE.items():
+    _BY_STATUS.setdefault(_status, _cls)  # the first class of a status stands for it (503: BackendUnavailable)
 
 # gRPC codes for handler statuses outside the table (same choices as TorchServe's own HTTP->gRPC map).
 _EXTRA_GRPC = {

@@ -24,13 +24,31 @@ import grpc
 
 from proto import OIP_SERVICE, oip, serialize
 from serving.dataplane import Call, DataPlane, api_key
-from serving.errors import GatewayError, as_gateway_error
+from serving.errors import GatewayError, InvalidInput, as_gateway_error
 from serving.types import InferRequest
 
 logger = logging.getLogger(__name__)
 
 PROTOCOL = "grpc"
 STREAM_WINDOW = 16
+
+
+class Malformed:
+    """A request message that did not parse: the RPC answers INVALID_ARGUMENT naming why (gRPC itself would
+    answer UNKNOWN for a deserializer that raises)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = InvalidInput(f"malformed protobuf message: {error}")
+
+
+def lenient(message_cls: Any) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        try:
+            return message_cls.FromString(data)
+        except Exception as exc:  # noqa: BLE001 - DecodeError, or invalid UTF-8 in a string field
+            return Malformed(exc)
+
+    return parse
 
 
 def api_key_from(context: grpc.aio.ServicerContext) -> str | None:
@@ -51,8 +69,13 @@ class InferenceServicer:
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Any, request_cls: Any) -> grpc.RpcMethodHandler:
+            async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, Malformed):
+                    await abort(context, request.error)
+                return await fn(request, context)
+
             return grpc.unary_unary_rpc_method_handler(
-                fn, request_deserializer=request_cls.FromString, response_serializer=serialize)
+                checked, request_deserializer=lenient(request_cls), response_serializer=serialize)
 
         return grpc.method_handlers_generic_handler(OIP_SERVICE, {
             "ServerLive": unary(self.ServerLive, oip.ServerLiveRequest),
@@ -62,7 +85,7 @@ class InferenceServicer:
             "ModelMetadata": unary(self.ModelMetadata, oip.ModelMetadataRequest),
             "ModelInfer": unary(self.ModelInfer, oip.ModelInferRequest),
             "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
-                self.ModelStreamInfer, request_deserializer=oip.ModelInferRequest.FromString,
+                self.ModelStreamInfer, request_deserializer=lenient(oip.ModelInferRequest),
                 response_serializer=serialize),
         })
 
@@ -109,7 +132,8 @@ class InferenceServicer:
         async def work(call: Call) -> Any:
             return await self._infer(request, key, call)
 
-        call = Call(PROTOCOL, "infer", request_bytes=request.ByteSize(), client_timeout_s=context.time_remaining())
+        call = Call(PROTOCOL, "infer", request_bytes=request.ByteSize(), client_timeout_s=context.time_remaining(),
+                    request_id=request.id[:128])
         return await self._unary(call, context, work)
 
     async def _infer(self, request: Any, key: str | None, call: Call) -> Any:
@@ -154,15 +178,19 @@ class InferenceServicer:
     async def _stream_one(self, msg: Any, key: str | None) -> Any:
         """One request of a stream: answered in-band, its error too, so the stream goes on."""
         async def work(call: Call) -> Any:
+            if isinstance(msg, Malformed):
+                raise msg.error
             return oip.ModelStreamInferResponse(infer_response=await self._infer(msg, key, call))
 
         def in_band(error: GatewayError) -> Any:
             reply = oip.ModelStreamInferResponse(error_message=error.message)
-            reply.infer_response.id = msg.id
-            reply.infer_response.model_name = msg.model_name
+            if not isinstance(msg, Malformed):
+                reply.infer_response.id = msg.id
+                reply.infer_response.model_name = msg.model_name
             return reply
 
-        call = Call(PROTOCOL, "stream_infer", request_bytes=msg.ByteSize())
+        size = None if isinstance(msg, Malformed) else msg.ByteSize()
+        call = Call(PROTOCOL, "stream_infer", request_bytes=size)
         return await self.dp.serve(call, work, in_band, _message_size)
 
     # --- plumbing ------------------------------------------------------------------------------------

@@ -11,24 +11,30 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, http_exceptions, web
+from aiohttp.web_protocol import RequestPayloadError
 
 from serving.backend_metrics import BackendStateCollector
 from serving.config import ModelRoute
-from serving.dataplane import Call, DataPlane, api_key
+from serving.dataplane import VERSION_PATTERN, Call, DataPlane, api_key
 from serving.errors import (
+    ClientGone,
     Forbidden,
     GatewayError,
     InvalidInput,
+    PayloadTooLarge,
+    RequestTimeout,
     Unauthenticated,
     as_gateway_error,
     error_for_status,
 )
-from serving.types import InferRequest
+from serving.types import DATATYPES, MAX_DIMS, InferRequest, InferResponse
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 CHUNK = 1 << 20
 JSON = "application/json"
 REPOSITORY_INDEX_MAX_BYTES = 1 << 16
+REQUEST_ID = "X-Request-ID"
+# Bodies above this are parsed and rendered in a worker thread, so the event loop (liveness, every other
+# request) never waits for one request's JSON.
+OFF_LOOP_BYTES = 256 * 1024
 
 
 def api_key_from(headers: Any) -> str | None:
@@ -108,6 +118,8 @@ class RestApi:
         # backend up / model ready / worker gauges, asked for at scrape time (see serving/backend_metrics.py)
         self.backend_state = BackendStateCollector(dataplane)
         self.metrics.registry.register(self.backend_state)
+        self._state_refresh: asyncio.Future | None = None
+        self._state_refreshed = 0.0
 
     # --- plumbing ---------------------------------------------------------------------------------
     def _wrap(self, route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -119,6 +131,7 @@ class RestApi:
                     return await route.handler(self, request, Call(PROTOCOL, route.label))
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a JSON error
                     return error_response(exc)
+            request_id = request.headers.get(REQUEST_ID, "")[:128] or uuid.uuid4().hex
 
             async def work(call: Call) -> web.StreamResponse:
                 try:
@@ -128,7 +141,10 @@ class RestApi:
                 call.status = response.status
                 return response
 
-            return await self.dp.serve(Call(PROTOCOL, route.label), work, error_response, body_size)
+            response = await self.dp.serve(Call(PROTOCOL, route.label, request_id=request_id), work,
+                                           error_response, body_size)
+            response.headers[REQUEST_ID] = request_id
+            return response
 
         return handle
 
@@ -143,22 +159,50 @@ class RestApi:
         return await self.dp.admit(call, api_key_from(request.headers), request.match_info["model"],
                                    request.match_info.get("version", ""))
 
-    @staticmethod
-    async def _read_body(request: web.Request, call: Call) -> bytes:
-        """The whole body, refusing (413) before reading it when Content-Length is over the call's limit."""
+    async def _read_body(self, request: web.Request, call: Call) -> bytes:
+        """The whole body, streamed in and counted as it comes: refused (413) before reading when Content-Length
+        is over the call's limit, and as soon as it passes the limit (a compressed body counts inflated, and may
+        inflate to at most `max_decompressed_bytes`). A body that stalls for `body_timeout_s` is 408; a client
+        that goes away mid-upload is ClientGone (499)."""
         length = request.content_length
         if length is not None:
             call.check_size(length)
-            body = await request.read()
-        else:  # chunked: count as it streams in
-            buf = bytearray()
-            async for chunk in request.content.iter_chunked(CHUNK):
-                buf += chunk
-                call.check_size(len(buf), so_far=True)
-            body = bytes(buf)
-        call.check_size(len(body))  # a compressed body can inflate past its Content-Length
+        encoded = request.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+        inflate_limit = self.dp.config.max_decompressed_bytes if encoded else None
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while True:
+                chunk = await self._read_chunk(request)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+                call.check_size(size, so_far=True)
+                if inflate_limit is not None and size > inflate_limit:
+                    raise PayloadTooLarge(f"compressed request inflates to more than {inflate_limit} bytes")
+        except GatewayError:
+            if encoded:
+                skip_draining(request)
+            raise
+        body = b"".join(chunks)
         call.request_bytes = len(body)
         return body
+
+    async def _read_chunk(self, request: web.Request) -> bytes:
+        """One chunk of the body (b"" at its end), with the body read timeout and transport errors mapped."""
+        try:
+            async with asyncio.timeout(self.dp.config.body_timeout_s):
+                return await request.content.readany()
+        except TimeoutError:
+            raise RequestTimeout(f"request body stalled: nothing received for {self.dp.config.body_timeout_s:g}s")\
+                from None
+        except ConnectionResetError:
+            raise ClientGone("client went away while sending the request body") from None
+        except http_exceptions.HttpProcessingError as exc:  # a short body, bad chunking ...
+            raise InvalidInput(f"malformed request body: {exc.message or type(exc).__name__}") from None
+        except RequestPayloadError as exc:  # a broken gzip stream (aiohttp wraps the parser's error)
+            raise InvalidInput(f"malformed request body: {str(exc).splitlines()[-1].strip() or exc}") from None
 
     async def _read_fields(self, request: web.Request, call: Call) -> dict[str, bytes]:
         """Task-route input: multipart parts by name, else the raw body as ``body``; query params too."""
@@ -180,8 +224,11 @@ class RestApi:
                         call.check_size(total, so_far=True)
                     fields[part.name or f"part{index}"] = bytes(buf)
                     index += 1
-            except (ValueError, AssertionError, RuntimeError) as exc:  # aiohttp's parser on a broken body
-                raise InvalidInput(f"malformed multipart body: {exc}") from None
+            except (ValueError, AssertionError, RuntimeError, http_exceptions.HttpProcessingError,
+                    RequestPayloadError) as exc:
+                raise InvalidInput(f"malformed multipart body: {exc}") from None  # aiohttp's parser on a broken body
+            except ConnectionResetError:
+                raise ClientGone("client went away while sending the request body") from None
             call.request_bytes = total
         else:
             fields["body"] = await self._read_body(request, call)
@@ -198,9 +245,32 @@ class RestApi:
         return json_response({"ready": ready}, status=200 if ready else 503)
 
     async def metrics_route(self, request: web.Request, call: Call) -> web.Response:
-        await self.backend_state.refresh()
-        body, content_type = self.metrics.exposition()
+        """Prometheus exposition. The backend questions behind it are asked at most every `metrics_cache_s`
+        (concurrent scrapes share one refresh), and the text is rendered off the event loop. With API keys
+        on, a scrape without a valid key gets no series that name a model (`server.metrics_anonymous`:
+        redacted, the default; or 401 with `refused`; or everything with `full`), so no one learns model
+        names here that a restricted key could not probe."""
+        config = self.dp.config
+        full = True
+        if config.auth_enabled and config.metrics_anonymous != "full":
+            try:
+                self.dp.authorize(api_key_from(request.headers))
+            except Unauthenticated:
+                if config.metrics_anonymous == "refused":
+                    raise
+                full = False
+        await self._refresh_backend_state()
+        body, content_type = await asyncio.to_thread(self.metrics.exposition)
+        if not full:
+            body = without_model_series(body)
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def _refresh_backend_state(self) -> None:
+        stale = time.monotonic() - self._state_refreshed > self.dp.config.metrics_cache_s
+        if self._state_refresh is None or (self._state_refresh.done() and stale):
+            self._state_refreshed = time.monotonic()
+            self._state_refresh = asyncio.ensure_future(self.backend_state.refresh())
+        await asyncio.shield(self._state_refresh)
 
     async def openapi(self, request: web.Request, call: Call) -> web.Response:
         return json_response(openapi_document())
@@ -262,9 +332,15 @@ class RestApi:
                 header_length = int(header_length)
             except ValueError:
                 raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
-        infer_request = InferRequest.from_rest(body, header_length, call.name, call.version)
+        json_bytes = len(body) if header_length is None else min(header_length, len(body))
+        if json_bytes > self.dp.config.max_json_bytes:
+            raise PayloadTooLarge(f"JSON part of {json_bytes} bytes is over the limit of "
+                                  f"{self.dp.config.max_json_bytes} bytes: send large tensors as binary data "
+                                  f"({HEADER_LENGTH})")
+        infer_request = await off_loop(len(body), InferRequest.from_rest, body, header_length, call.name,
+                                       call.version)
         response = await self.dp.infer(route, infer_request, call.deadline())
-        out, out_header = response.to_rest(infer_request.binary_output)
+        out, out_header = await off_loop(len(body), render_response, response, infer_request)
         headers = {"Content-Type": JSON if out_header is None else "application/octet-stream"}
         if out_header is not None:
             headers[HEADER_LENGTH] = str(out_header)
@@ -275,6 +351,30 @@ class RestApi:
         fields = await self._read_fields(request, call)
         result = await self.dp.predict_raw(route, call.version, fields, call.deadline())
         return web.Response(body=result.body, headers={"Content-Type": result.content_type, **result.headers})
+
+
+def skip_draining(request: web.Request) -> None:
+    """Close the connection after the answer instead of reading (and so inflating) the rest of a refused
+    compressed body: aiohttp drains an unread body for up to `lingering_time`, inflating it on the loop."""
+    protocol = request.protocol
+    if hasattr(protocol, "_lingering_time"):
+        protocol._lingering_time = 0
+
+
+def without_model_series(exposition: bytes) -> bytes:
+    """The exposition without the samples that carry a `model` label (for anonymous scrapers)."""
+    return b"\n".join(line for line in exposition.split(b"\n") if b'model="' not in line)
+
+
+async def off_loop(size: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` inline for a small payload, in a worker thread for a large one (OFF_LOOP_BYTES)."""
+    if size < OFF_LOOP_BYTES:
+        return fn(*args)
+    return await asyncio.to_thread(fn, *args)
+
+
+def render_response(response: InferResponse, request: InferRequest) -> tuple[bytes, int | None]:
+    return response.to_rest(request.binary_output)
 
 
 M = "/v2/models/{model}"
@@ -300,12 +400,20 @@ ROUTES: list[Route] = [
 ]
 
 
+PATH_SCHEMAS: dict[str, dict[str, Any]] = {
+    "model": {"type": "string", "minLength": 1},
+    "version": {"type": "string", "pattern": r"^(?!.*\.\.)" + VERSION_PATTERN.pattern + "$"},
+}
+IMAGE_RULES = ("The model's natural input: image bytes (JPEG, PNG, ...; at least 8 pixels on each side), a "
+               "multipart form with one part per field, or JSON; over the model's size limit: 413.")
+
+
 def openapi_document() -> dict[str, Any]:
     """OpenAPI 3 description of every route in `ROUTES`."""
     error = {"description": "error", "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
-        params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        params = [{"name": name, "in": "path", "required": True, "schema": PATH_SCHEMAS[name]}
                   for name in ("model", "version") if "{" + name + "}" in route.path]
         op: dict[str, Any] = {
             "summary": route.summary,
@@ -329,15 +437,16 @@ def openapi_document() -> dict[str, Any]:
                 op["requestBody"] = {"required": False, "content": {
                     JSON: {"schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}
             else:
-                op["requestBody"] = {"required": True, "content": {
+                op["requestBody"] = {"required": True, "description": IMAGE_RULES, "content": {
                     "image/*": {"schema": {"type": "string", "format": "binary"}},
                     "multipart/form-data": {"schema": {"type": "object"}},
                     JSON: {"schema": {"type": "object"}}}}
         paths.setdefault(route.path, {})[route.method.lower()] = op
     tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-        "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
-        "datatype": {"type": "string"}, "parameters": {"type": "object"},
-        "data": {"type": "array", "items": {}}}}
+        "name": {"type": "string", "minLength": 1},
+        "shape": {"type": "array", "maxItems": MAX_DIMS, "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": list(DATATYPES)}, "parameters": {"type": "object"},
+        "data": {}}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "zoo-gateway", "version": "0.1.0",
@@ -351,8 +460,9 @@ def openapi_document() -> dict[str, Any]:
                 "Tensor": tensor,
                 "InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
                     "id": {"type": "string"}, "parameters": {"type": "object"},
-                    "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
-                    "outputs": {"type": "array", "items": {"type": "object"}}}},
+                    "inputs": {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Tensor"}},
+                    "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                        "name": {"type": "string"}, "parameters": {"type": "object"}}}}}},
             },
         },
     }

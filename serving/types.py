@@ -20,6 +20,7 @@ Every validation failure raises `InvalidInput` naming the tensor.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,9 @@ GRPC_CONTENTS_FIELD: dict[str, str] = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
+
+MAX_DIMS = 64  # numpy's own limit on dimensions
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # a JSON escape that may be a lone surrogate
 
 Parameters = dict[str, Any]
 
@@ -72,7 +76,9 @@ serialize_bytes = tensors.serialize_bytes
 def _check_shape(shape: Any, what: str) -> list[int]:
     if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool)
                                                        for d in shape):
-        raise InvalidInput(f"{what}: shape must be a list of integers, got {shape!r}")
+        raise InvalidInput(f"{what}: shape must be a list of integers, got {shape!r}"[:300])
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"{what}: shape has {len(shape)} dimensions, at most {MAX_DIMS} are supported")
     if any(d < 0 for d in shape):
         raise InvalidInput(f"{what}: shape {list(shape)} has a negative dimension")
     return [int(d) for d in shape]
@@ -243,6 +249,25 @@ def _flatten(values: Any, what: str) -> list[Any]:
     return out
 
 
+def _check_unicode(doc: Any) -> None:
+    """InvalidInput when a string (or object key) of a parsed JSON document holds a lone surrogate (an escape
+    like "\\ud800"): it is no Unicode text, and could be neither encoded nor forwarded."""
+    stack = [doc]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput(f"request body holds a lone surrogate escape in the string {item[:40]!a}") \
+                    from None
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def _check_parameters(params: Any, what: str) -> Parameters:
     if params is None:
         return {}
@@ -301,10 +326,15 @@ class InferRequest:
             raise InvalidInput(
                 f"Inference-Header-Content-Length {header_length} is outside the body of {len(body)} bytes"
             )
+        header = bytes(body[:header_length])
         try:
-            doc = json.loads(bytes(body[:header_length]))
+            doc = json.loads(header)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidInput("request body is not valid JSON: nested too deeply") from None
+        if _LONE_SURROGATE.search(header):
+            _check_unicode(doc)
         if not isinstance(doc, dict):
             raise InvalidInput("request body must be a JSON object with an 'inputs' list")
         raw_inputs = doc.get("inputs")
@@ -343,7 +373,10 @@ class InferRequest:
         if offset != len(binary):
             raise InvalidInput(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
         outputs = []
-        for index, item in enumerate(doc.get("outputs") or []):
+        requested = doc.get("outputs") or []
+        if not isinstance(requested, list):
+            raise InvalidInput("'outputs' must be a list of objects with a 'name'")
+        for index, item in enumerate(requested):
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise InvalidInput(f"outputs[{index}] must be an object with a 'name'")
             params = _check_parameters(item.get("parameters"), f"output '{item['name']}'")

@@ -15,6 +15,7 @@ import torch
 from cli.torchserve import TorchServe
 from zoo._registry import _DEFAULT_TAGS, _REGISTRY, ModelEntry, WeightsSource, get_entry, register
 from zoo.mar import build_mar
+from zoo.tensors import TensorSpec
 
 
 def build_archives(store: Path, names: list[str], seed: int = 0) -> list[str]:
@@ -92,7 +93,7 @@ def tiny_entries(**weights_defaults: Any) -> Iterator[Callable[..., ModelEntry]]
         name = f"{arch}.test"  # registry names are `arch.tag`
         entry = ModelEntry(
             name=name, task="image-classification", builder=tiny_builder, config={"width": 4},
-            handler="handlers.detr_handler", inputs={}, outputs={},
+            handler="handlers.detr_handler", inputs={}, outputs=(TensorSpec("logits", "FP32", (2,)),),
             weights=WeightsSource(**{**weights_defaults, **weights}), license="MIT",
             paper="https://example.org/tiny",
         )

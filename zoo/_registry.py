@@ -118,9 +118,32 @@ class WeightsSource:
         return "trust on first use, locked" + (f"; sha256 prefix {prefix} checked" if prefix else "")
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class GpuServing:
+    """Batching and workers for a GPU host, with the measurement that chose them (``measured_by``)."""
+
+    batch_size: int
+    max_batch_delay_ms: int
+    workers: int = 1  # TorchServe workers per GPU
+    measured_by: str = ""
+
+
 @dataclass(frozen=True)
 class ServingConfig:
-    """Serving knobs: TorchServe's ``model-config.yaml`` and Triton's ``config.pbtxt`` are written from these."""
+    """Serving knobs: TorchServe's ``model-config.yaml`` and Triton's ``config.pbtxt`` are written from these,
+    plus how a worker runs the model.
+
+    ``precision``/``channels_last``/``compile``/``device_preprocess`` apply on CUDA only (a CPU worker runs
+    fp32, eager, PIL preprocessing unless ``ZOO_PRECISION``/``ZOO_CHANNELS_LAST``/``ZOO_COMPILE``/
+    ``ZOO_DEVICE_PREPROCESS`` say otherwise; see ``zoo.runtime``): bf16 autocast is slower than fp32 on CPUs
+    without bf16 matrix units. ``buckets`` are the padded ``(height, width)`` input shapes a batch is grouped
+    into, so a compiled graph (and its CUDA graphs) is reused and every shape is warmed at load;
+    ``batch_buckets`` the batch sizes a bucketed batch is padded to. ``accuracy`` states the measured
+    difference of ``precision`` (and device preprocessing) from fp32/PIL; ``gpu`` the tuned batching on a GPU.
+    """
 
     batch_size: int = 8
     max_batch_delay_ms: int = 20
@@ -129,8 +152,22 @@ class ServingConfig:
     response_timeout_s: int = 120
     device_type: str = "auto"  # auto -> gpu when the host has one, else cpu
     extra: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    device_preprocess: bool = False
+    buckets: tuple[tuple[int, int], ...] = ()
+    batch_buckets: tuple[int, ...] = ()
+    accuracy: str = ""
+    gpu: GpuServing | None = None
     # Triton's dynamic batcher: batch sizes it prefers to form (empty: the full batch_size only)
     preferred_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
+        if list(self.batch_buckets) != sorted(set(self.batch_buckets)):
+            raise ValueError(f"batch_buckets must be increasing, got {self.batch_buckets}")
 
     @property
     def preferred_sizes(self) -> tuple[int, ...]:

@@ -45,9 +45,11 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo import device_image
+from zoo._registry import GpuServing, ModelEntry, ServingConfig, WeightsSource, register
 from zoo.checkpoint import TrainingOnly, expected_keys, filter_checkpoint
 from zoo.layers import IMAGENET_MEAN, IMAGENET_STD, Bottleneck, resnet_stage
+from zoo.runtime import GPU_NOT_MEASURED
 from zoo.tensors import TensorSpec
 
 # --- preprocessing constants (official evaluation settings) ------------------------------------------
@@ -112,7 +114,7 @@ class CKDN(nn.Module):
         return self.fc_(self.features(restored, degraded))[:, 0]
 
     def forward(self, restored: Tensor, degraded: Tensor) -> Tensor:
-        return torch.sigmoid(self.logits(restored, degraded))
+        return torch.sigmoid(self.logits(restored, degraded).float())  # fp32 score under bf16 autocast too
 
 
 # --- checkpoint conversion -------------------------------------------------------------------------
@@ -195,6 +197,24 @@ def preprocess_pair(restored: Image.Image, degraded: Image.Image) -> np.ndarray:
     return np.stack([preprocess_restored(restored), preprocess_degraded(degraded)])
 
 
+def _prepare_tensor(image_u8: Tensor, mode: str) -> Tensor:
+    height, width = image_u8.shape[-2:]
+    new_w, new_h = resized_size(width, height)
+    if (new_w, new_h) != (width, height):
+        image_u8 = device_image.resize(image_u8, (new_h, new_w), mode)
+    left, top, right, bottom = center_crop_box(new_w, new_h)
+    return image_u8[:, top:bottom, left:right].permute(1, 2, 0)
+
+
+def preprocess_pair_tensors(restored_u8: Tensor, degraded_u8: Tensor) -> Tensor:
+    """``preprocess_pair`` with torch ops on the images' device: ``[3, H, W]`` uint8 each -> ``[2, 288, 288, 3]``.
+
+    Bicubic (antialiased, PIL's a = -0.5) for the restored image, nearest (pixel centres) for the degraded one,
+    as the PIL path; differences from it are the resize kernels' only (``tests/zoo/test_device_image.py``).
+    """
+    return torch.stack([_prepare_tensor(restored_u8, "bicubic"), _prepare_tensor(degraded_u8, "nearest")])
+
+
 def normalize(images_u8: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """``[..., 3, H, W]`` uint8 -> ``(x - 255 * mean) / (255 * std)`` in ``dtype`` (official prefetcher)."""
     shape = (3, 1, 1)
@@ -242,7 +262,14 @@ CKDN_R50 = register(
         ),
         license="MIT",
         paper="https://arxiv.org/abs/2108.07948",
-        serving=ServingConfig(batch_size=16, max_batch_delay_ms=20),
+        serving=ServingConfig(
+            batch_size=16, max_batch_delay_ms=20,
+            precision="bf16", channels_last=True, device_preprocess=True, batch_buckets=(1, 2, 4, 8, 16, 32, 64),
+            accuracy="bf16 autocast vs fp32: score within 1e-3; device preprocessing vs PIL: resized pixels mean "
+                     "|d| <= 0.2/255 (bicubic) and <= 0.03/255 (nearest), score within 1e-4 (CPU, seeded random "
+                     "weights, skimage astronaut/coffee/chelsea; tests/zoo/test_device_image.py)",
+            gpu=GpuServing(batch_size=64, max_batch_delay_ms=5, workers=2, measured_by=GPU_NOT_MEASURED),
+        ),
         default_serve=True,
         description="Degraded-reference IQA: scores a restored image against its degraded input (ResNet-50).",
     )

@@ -34,9 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo._registry import GpuServing, ModelEntry, ServingConfig, WeightsSource, register
 from zoo.checkpoint import expected_keys, filter_checkpoint
 from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
+from zoo.runtime import GPU_NOT_MEASURED
 from zoo.tensors import TensorSpec
 
 CLIP_LEN = 32  # frames per clip (``clip_size`` in ftcn_tt.yaml)
@@ -462,7 +463,12 @@ register(
         # README names no licence, so none is granted; the weights are the authors' to license.
         license="none granted (yinglinzheng/FTCN has no licence file; ask the authors before redistributing)",
         paper="https://arxiv.org/abs/2108.06693",
-        serving=ServingConfig(batch_size=4, max_batch_delay_ms=50, response_timeout_s=600),
+        serving=ServingConfig(
+            batch_size=4, max_batch_delay_ms=50, response_timeout_s=600, precision="bf16",
+            accuracy="bf16 autocast vs fp32: clip fake probability within 6e-4 (CPU, bench/ftcn.py, seeded random "
+                     "weights; docs/benchmarks.md)",
+            gpu=GpuServing(batch_size=4, max_batch_delay_ms=50, workers=1, measured_by=GPU_NOT_MEASURED),
+        ),
         default_serve=True,
         assets=("zoo.faces.weights:mar_assets",),  # MTCNN face detector travels inside the archive
         description="FTCN+TT video face-forgery detector (Zheng et al., ICCV 2021): temporal-only 3D ResNet "

@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import torch
 import yaml
 from tqdm import tqdm
 
@@ -30,14 +31,21 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_PACKAGES = ("zoo", "handlers")
 
 
-def model_config_yaml(entry: ModelEntry) -> dict[str, Any]:
-    """TorchServe per-model config (batching, workers, timeouts, device)."""
+def model_config_yaml(entry: ModelEntry, gpu: bool | None = None) -> dict[str, Any]:
+    """TorchServe per-model config (batching, workers, timeouts, device).
+
+    On a GPU host (``gpu`` None: this host has CUDA) an entry's tuned ``serving.gpu`` batching and workers
+    replace the CPU ones.
+    """
     cfg = entry.serving
+    on_gpu = torch.cuda.is_available() if gpu is None else gpu
+    tuned = cfg.gpu if on_gpu and cfg.device_type != "cpu" else None
+    workers = (tuned.workers, tuned.workers) if tuned else (cfg.min_workers, cfg.max_workers)
     out: dict[str, Any] = {
-        "minWorkers": cfg.min_workers,
-        "maxWorkers": cfg.max_workers,
-        "batchSize": cfg.batch_size,
-        "maxBatchDelay": cfg.max_batch_delay_ms,
+        "minWorkers": workers[0],
+        "maxWorkers": workers[1],
+        "batchSize": tuned.batch_size if tuned else cfg.batch_size,
+        "maxBatchDelay": tuned.max_batch_delay_ms if tuned else cfg.max_batch_delay_ms,
         "responseTimeout": cfg.response_timeout_s,
     }
     if cfg.device_type in ("gpu", "cpu"):

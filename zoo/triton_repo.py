@@ -84,12 +84,18 @@ def _string(value: str) -> str:
 
 
 def config_pbtxt(entry: ModelEntry, label: WeightsLabel, kind: str) -> str:
-    """The model's ``config.pbtxt`` (protobuf text format of Triton's ModelConfig)."""
+    """The model's ``config.pbtxt`` (protobuf text format of Triton's ModelConfig). On GPU instances an entry's
+    tuned ``serving.gpu`` batching and workers replace the CPU ones, as in the ``.mar``'s model-config.yaml."""
     cfg = entry.serving
+    tuned = cfg.gpu if kind == "KIND_GPU" else None
+    batch_size = tuned.batch_size if tuned else cfg.batch_size
+    delay_ms = tuned.max_batch_delay_ms if tuned else cfg.max_batch_delay_ms
+    instances = tuned.workers if tuned else cfg.max_workers
+    preferred_sizes = (tuned.batch_size,) if tuned else cfg.preferred_sizes
     lines = [
         f"name: {_string(entry.serve_name)}",
         'backend: "python"',
-        f"max_batch_size: {cfg.batch_size}",
+        f"max_batch_size: {batch_size}",
         "input [",
         ",\n".join(_tensor(spec, optional=True) for spec in input_specs(entry)),
         "]",
@@ -97,13 +103,13 @@ def config_pbtxt(entry: ModelEntry, label: WeightsLabel, kind: str) -> str:
         ",\n".join(_tensor(spec) for spec in output_specs(entry)),
         "]",
     ]
-    if cfg.batch_size > 1:
-        preferred = " ".join(f"{size}," for size in cfg.preferred_sizes).rstrip(",")
+    if batch_size > 1:
+        preferred = " ".join(f"{size}," for size in preferred_sizes).rstrip(",")
         lines += ["dynamic_batching {",
                   f"  preferred_batch_size: [ {preferred} ]" if preferred else "",
-                  f"  max_queue_delay_microseconds: {cfg.max_batch_delay_ms * 1000}",
+                  f"  max_queue_delay_microseconds: {delay_ms * 1000}",
                   "}"]
-    lines += [f"instance_group [ {{ count: {cfg.max_workers} kind: {kind} }} ]"]
+    lines += [f"instance_group [ {{ count: {instances} kind: {kind} }} ]"]
     parameters = {
         "zoo_model": entry.name,
         "zoo_handler": entry.handler,

@@ -1,5 +1,8 @@
 """`zoo serve`: build what is missing, start the engine (TorchServe, or Triton with `--engine triton`) on
-loopback, wait for every model, put the gateway in front, serve until Ctrl-C."""
+loopback, wait for every model, put the gateway in front, serve until Ctrl-C.
+
+Supervision: if the engine or the gateway dies, `zoo serve` stops the rest and exits 1 within a second (no
+restart loop of its own), so whatever runs it (systemd `Restart=on-failure`, a Kubernetes pod) restarts it."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.commands.build import add_engine_option, add_weights_options, engine_store, parse_weights_args, weights_for
+from cli.process import watch
 from zoo._registry import ModelEntry, get_entry, list_models
 from zoo.paths import default_run_dir
 
@@ -76,7 +80,8 @@ def start_engine(args: argparse.Namespace, entries: list[ModelEntry]) -> Any:
     ports = TorchServePorts(metrics_host=args.torchserve_metrics_host)
     if args.torchserve_metrics_port:
         ports.metrics = args.torchserve_metrics_port
-    return TorchServe(store, archives, run_dir / "torchserve", ports=ports)
+    # token auth: only `zoo serve` and its gateway (which reads the token file) may call TorchServe's APIs
+    return TorchServe(store, archives, run_dir / "torchserve", ports=ports, token_auth=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,12 +142,20 @@ def run(args: argparse.Namespace) -> int:
         for entry in entries:
             print(f"  model {entry.serve_name} ({entry.name}, {entry.task})")
         print("press Ctrl-C to stop", flush=True)
-        while not stop.wait(0.5):
-            if ts.proc is not None and ts.proc.poll() is not None:
-                print(f"{engine} exited unexpectedly:\n{ts.log_tail()}")
-                if prometheus is not None:
-                    prometheus.stop()
-                return 1
+        children = {engine: ts.proc}
+        if gateway is not None:
+            children["gateway"] = gateway.proc
+        died = watch(children, stop)
+        if died is not None:  # no restart here: exit non-zero at once, the outer supervisor restarts the stack
+            code = children[died].returncode
+            print(f"{died} exited unexpectedly (exit code {code}); stopping and exiting 1", flush=True)
+            if died == engine:
+                print(ts.log_tail(), flush=True)
+            if prometheus is not None:
+                prometheus.stop()
+            if gateway is not None:
+                gateway.stop(timeout_s=5)
+            return 1
         print("stopping ...", flush=True)
         if prometheus is not None:
             prometheus.stop()

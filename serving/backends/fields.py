@@ -4,7 +4,8 @@ uses (TorchServe over its gRPC API, the in-process backend), so both answer one 
 OIP request -> handler payload (one handler request = a map of named byte fields):
 - each BYTES input element goes in as a field named after the input (`image`, `restored`, `degraded`...);
 - non-BYTES inputs go in as JSON text (a one-element tensor as a JSON scalar, e.g. ``0.5``; otherwise a
-  nested JSON list), under the input's name;
+  nested JSON list), under the input's name; at most MAX_JSON_FIELD_ELEMENTS elements (413 beyond), since
+  writing JSON holds the event loop (and the GIL, whatever thread does it): large data travels as BYTES;
 - request parameters (except protocol ones such as ``binary_data_output``) go in as fields too:
   strings as UTF-8, other values as JSON text (so ``threshold=0.5`` reaches DETR as ``b"0.5"``);
 - a BYTES input with N > 1 elements fans out: N handler requests, element i of every BYTES input in
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.errors import BackendError, GatewayError, InvalidInput
+from serving.errors import BackendError, GatewayError, InvalidInput, PayloadTooLarge
 from serving.types import InferOutput, InferRequest, InferResponse
 from zoo.tensors import (
     ANSWER_FIELD,
@@ -49,6 +50,7 @@ PROTOCOL_PARAMETERS = frozenset({
     "sequence_start", "sequence_end", "triton_enable_empty_final_response", "headers",
 })
 OUTPUT = "output"
+MAX_JSON_FIELD_ELEMENTS = 1 << 18
 CLASSIFICATION = "classification"  # Triton's classification extension: an output parameter asking for top k
 
 # One request's typed answer: (name, datatype, shape, data) per output, in the handler's order.
@@ -111,6 +113,10 @@ def fan_out(request: InferRequest) -> list[dict[str, bytes]]:
                 count = len(elements)
                 per_element[tensor.name] = elements
         else:
+            if tensor.numel > MAX_JSON_FIELD_ELEMENTS:
+                raise PayloadTooLarge(
+                    f"input '{tensor.name}' has {tensor.numel} {tensor.datatype} elements; at most "
+                    f"{MAX_JSON_FIELD_ELEMENTS} reach a handler-style model as JSON: send large data as BYTES")
             array = tensor.as_numpy()
             shared[tensor.name] = json.dumps(array.reshape(-1)[0].item() if array.size == 1
                                              else array.tolist()).encode()

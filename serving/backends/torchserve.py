@@ -12,6 +12,10 @@ with gRPC OK and the handler's body; the zoo handler base always writes that bod
 InvalidInput with the handler's message). Unknown model/version (TorchServe: INTERNAL, "Model not found")
 -> ModelNotFound; UNAVAILABLE / no worker -> BackendUnavailable; deadline -> DeadlineExceeded.
 
+Tokens: when TorchServe runs with token authorization (`zoo serve` does), `token_file` is its
+``key_file.json``: the inference token goes with every gRPC call (``authorization: Bearer``), the management
+token with every management call. The file is re-read when it changes (a restarted TorchServe has new tokens).
+
 Cancellation: a call already sent to TorchServe is never cancelled from here (its client may go away, a
 stream may be closed): it runs to completion (or deadline + `backend_grace_s`) in the background and its
 answer is dropped. TorchServe cannot abort a running inference anyway, and this keeps its cancel paths
@@ -26,6 +30,7 @@ import logging
 import zipfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import grpc
@@ -50,6 +55,9 @@ logger = logging.getLogger(__name__)
 
 PREDICTIONS = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Predictions"
 PING = "/org.pytorch.serve.grpc.inference.InferenceAPIsService/Ping"
+# TorchServe's answers that mean "no capacity now" (queue full, no worker, worker died): 503 + Retry-After
+UNAVAILABLE_MARKERS = ("Worker died", "has no worker", "no worker to serve", "ServiceUnavailable",
+                       "queue is full", "job queue", "Model is not ready", "not ready to serve")
 
 
 def handler_error(body: bytes) -> GatewayError | None:
@@ -74,6 +82,7 @@ class TorchServeBackend(Backend):
         grpc_target: str,
         management_url: str | None = None,
         model_store: str | Path | None = None,
+        token_file: str | Path | None = None,
         max_message_bytes: int = 512 * 1024 * 1024,
         backend_grace_s: float = 30.0,
         retry_after_s: int = 1,
@@ -90,6 +99,30 @@ class TorchServeBackend(Backend):
         self._http: aiohttp.ClientSession | None = None
         self._pending: set[asyncio.Future] = set()
         self._meta_cache: dict[str, dict[str, Any]] = {}
+        self.token_file = Path(token_file) if token_file else None
+        self._tokens: tuple[float, dict[str, str]] = (0.0, {})  # (file mtime, token kind -> token)
+
+    def _token(self, kind: str) -> str | None:
+        """TorchServe's `kind` token ("management" or "inference") from its key file; None without one."""
+        if self.token_file is None:
+            return None
+        try:
+            mtime = self.token_file.stat().st_mtime
+            if mtime != self._tokens[0]:
+                doc = json.loads(self.token_file.read_text())
+                self._tokens = (mtime, {k: str(v["key"]) for k, v in doc.items() if isinstance(v, dict) and "key" in v})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BackendUnavailable(f"TorchServe token file {self.token_file} unreadable: {exc}",
+                                     retry_after_s=self.retry_after_s) from None
+        return self._tokens[1].get(kind)
+
+    def _grpc_metadata(self) -> tuple[tuple[str, str], ...] | None:
+        token = self._token("inference")
+        return None if token is None else (("authorization", f"Bearer {token}"),)
+
+    def _management_headers(self) -> dict[str, str]:
+        token = self._token("management")
+        return {} if token is None else {"Authorization": f"Bearer {token}"}
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -123,7 +156,9 @@ class TorchServeBackend(Backend):
     # --- health ----------------------------------------------------------------------------------
     async def live(self) -> bool:
         try:
-            reply = await self._ping(ts.Empty(), timeout=2.0)
+            reply = await self._ping(ts.Empty(), timeout=2.0, metadata=self._grpc_metadata())
+        except BackendUnavailable:
+            return False
         except grpc.aio.AioRpcError as exc:
             logger.info("TorchServe ping failed: %s %s", exc.code().name, exc.details())
             return False
@@ -137,9 +172,11 @@ class TorchServeBackend(Backend):
         """Management API description of a model (None without a management URL). ModelNotFound if unknown."""
         if self._http is None:
             return None
-        url = f"{self.management_url}/models/{model}" + (f"/{version}" if version else "")
+        # quoted: a name or version never adds path segments (the gateway also refuses such versions)
+        url = f"{self.management_url}/models/{quote(model, safe='')}" + (f"/{quote(version, safe='')}"
+                                                                         if version else "")
         try:
-            async with self._http.get(url) as resp:
+            async with self._http.get(url, headers=self._management_headers()) as resp:
                 if resp.status == 404:
                     which = f" version {version}" if version else ""
                     raise ModelNotFound(f"model '{model}'{which} not found")
@@ -156,9 +193,10 @@ class TorchServeBackend(Backend):
         if self._http is None:
             return []
         try:
-            async with self._http.get(f"{self.management_url}/models?limit=1000") as resp:
+            async with self._http.get(f"{self.management_url}/models?limit=1000",
+                                      headers=self._management_headers()) as resp:
                 doc = await resp.json(content_type=None)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (aiohttp.ClientError, asyncio.TimeoutError, BackendUnavailable):
             return []
         listed = []
         for entry in doc.get("models", []):
@@ -230,8 +268,10 @@ class TorchServeBackend(Backend):
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return DeadlineExceeded(f"model '{model}': deadline exceeded waiting for TorchServe")
         # "Worker died.": the model's worker crashed or TorchServe is shutting down; TorchServe restarts
-        # workers by itself, so this is retryable like UNAVAILABLE
-        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or "Worker died" in first_line:
+        # workers by itself, so this is retryable like UNAVAILABLE. A full job queue and a model scaled to 0
+        # workers ("has no worker to serve inference request") are capacity, not bugs: 503 too.
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) or any(
+                marker in details for marker in UNAVAILABLE_MARKERS):
             return BackendUnavailable(f"TorchServe unavailable for model '{model}': {first_line}",
                                       retry_after_s=self.retry_after_s)
         if ("ModelNotFoundException" in details or "ModelVersionNotFoundException" in details
@@ -248,7 +288,7 @@ class TorchServeBackend(Backend):
         left = time_left(deadline, f"model '{model}'")
         request = ts.PredictionsRequest(model_name=model, model_version=version, input=fields)
         call = asyncio.ensure_future(self._predict(
-            request, timeout=None if left is None else left + self.backend_grace_s))
+            request, timeout=None if left is None else left + self.backend_grace_s, metadata=self._grpc_metadata()))
         self._pending.add(call)
         call.add_done_callback(self._forget)
         # asyncio.wait never cancels what it waits for: a caller that goes away (or times out) leaves the

@@ -472,8 +472,8 @@ def send_load(served: Any) -> tuple[float, float]:
             status, _, body = http_request(f"{served.gateway}/v1/models/toy_echo:predict", png,
                                            {"Content-Type": "image/png"}, "POST", timeout=30)
             assert status == 200, body
-        assert http.infer("toy_echo", [image(thttp, png)]).as_numpy("width").tolist() == [16]
-        assert grpc_client.infer("toy_echo", [image(tgrpc, png)]).as_numpy("width").tolist() == [16]
+        assert http.infer("toy_echo", [image(thttp, png)]).as_numpy("width").tolist() == [[16]]
+        assert grpc_client.infer("toy_echo", [image(tgrpc, png)]).as_numpy("width").tolist() == [[16]]
         status, _, _ = http_request(f"{served.gateway}/v1/models/toy_echo:predict", b"not an image",
                                     {"Content-Type": "image/png"}, "POST", timeout=30)
         assert status == 400
@@ -487,7 +487,7 @@ def send_load(served: Any) -> tuple[float, float]:
         grpc_client.infer("toy_slow", [image(tgrpc, png)], parameters={"sleep_ms": 400})
     # the slept requests drain, then one more of each so the last scrapes see the worker idle again
     time.sleep(1.0)
-    assert grpc_client.infer("toy_echo", [image(tgrpc, png)]).as_numpy("width").tolist() == [16]
+    assert grpc_client.infer("toy_echo", [image(tgrpc, png)]).as_numpy("width").tolist() == [[16]]
     answers, sent = asyncio.run(stream_frames(served.gateway))
     assert [a["index"] for a in answers] == list(range(sent)), answers[-3:]  # each frame once, in order
     assert sum(a["computed_from_frame"] >= 0 for a in answers) >= 3, answers[-3:]

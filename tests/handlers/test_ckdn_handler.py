@@ -204,7 +204,8 @@ def test_archive_records_random_weights_and_batching(torchserve) -> None:
 
     mar = Path(torchserve.model_store) / f"{MODEL}.mar"
     meta = read_archive_meta(mar)
-    assert meta["name"] == MODEL and meta["weights"]["kind"] == "random-seeded"
+    assert meta["serve_name"] == MODEL and meta["name"] == "ckdn_r50.pipal"
+    assert meta["weights"]["kind"] == "random-seeded"
     with zipfile.ZipFile(mar) as zf:
         config = yaml.safe_load(zf.read("model-config.yaml"))
     assert (config["batchSize"], config["maxBatchDelay"]) == (16, 20)

@@ -148,4 +148,4 @@ def test_archive_records_random_weights(torchserve) -> None:
 
     meta = read_archive_meta(Path(torchserve.model_store) / f"{MODEL}.mar")
     assert meta["weights"]["kind"] == "random-seeded" and meta["weights"]["seed"] == 0
-    assert meta["name"] == MODEL and meta["config"]["num_queries"] == 100
+    assert meta["serve_name"] == MODEL and meta["name"] == "detr_resnet50.coco" and meta["config"]["num_queries"] == 100

@@ -146,14 +146,17 @@ class Running:
         self.thread.join(10)
         self.loop.close()
 
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 @pytest.fixture(scope="module")
 def gw() -> Iterator[Running]:
-    running = Running(config(), {BACKEND: backend()})
-    try:
+    with Running(config(), {BACKEND: backend()}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def image_input(module: Any, data: bytes = PNG) -> Any:

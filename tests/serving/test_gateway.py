@@ -362,7 +362,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
 def test_metrics_count_every_request(gw: GatewayProcess) -> None:
     n_rest, n_grpc = 5, 3
     infer_over_both(gw.http_url, gw.grpc_target, "toy_metrics", PNG, FULL_KEY, n_rest, n_grpc)
-    status, headers, raw = http_request(f"{gw.http_url}/metrics")
+    status, headers, raw = http_request(f"{gw.http_url}/metrics", headers=bearer(FULL_KEY))  # keyed: model series
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     text = raw.decode()
     m = {"model": "toy_metrics"}

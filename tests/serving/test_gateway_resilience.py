@@ -64,7 +64,7 @@ def test_backend_down_is_503_with_retry_after_then_recovers(tmp_path) -> None:
             assert client.is_server_ready()
             image = tgrpc.InferInput("image", [1], "BYTES")
             image.set_data_from_numpy(np.array([PNG], dtype=object))
-            assert client.infer("toy_echo", [image]).as_numpy("width").tolist() == [16]
+            assert client.infer("toy_echo", [image]).as_numpy("width").tolist() == [[16]]
 
 
 def test_sigterm_drains_in_flight_requests(tmp_path) -> None:

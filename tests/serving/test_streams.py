@@ -73,7 +73,7 @@ def jpeg(i: int) -> bytes:
 
 
 def metrics(gw: GatewayProcess) -> str:
-    status, _, raw = http_request(f"{gw.http_url}/metrics")
+    status, _, raw = http_request(f"{gw.http_url}/metrics", headers=bearer(FULL_KEY))  # keyed: model series
     assert status == 200
     return raw.decode()
 
