@@ -7,7 +7,11 @@ width x resolution) is visible in one table.
     .venv/bin/python bench/zoo_breadth.py --models mutualnet_mbv2 --batch-sizes 4 --iters 3 --warmup 1
     .venv/bin/python bench/zoo_breadth.py --threads 1 --clock cpu     # compute cost on a shared CPU
 
-Patch-Forensics (image-forensics: a patch logit map, no classes) is timed the same way.
+Patch-Forensics (image-forensics: a patch logit map, no classes) is timed the same way, and so are the dense
+tasks of zoo breadth II at their served network sizes (``BenchModel.inputs``): CondInst on a 4:3 photo as the
+official test resize makes it (800x1067, zero-padded to 800x1088), DNLNet on a whole Cityscapes frame (1024x2048)
+and an ADE20K-sized image (512x683), stereo-from-mono on a KITTI-size pair (two 384x1280 views), CUT/FastCUT
+at 256x256; SCAN through the classification path.
 
 Timed: the model forward on a normalised batch at the entry's crop size (224x224 unless the table note says
 otherwise), as the handler runs it (``model(x, **knobs)``),
@@ -45,6 +49,8 @@ class BenchModel:
     settings: tuple[dict[str, Any], ...] | None = None
     published: dict[str, str] = field(default_factory=dict)
     dtypes: tuple[str, ...] | None = None  # the precisions the model supports (None: all)
+    # (height, width) of each input tensor the forward takes (None: one image at the entry's crop size)
+    inputs: tuple[tuple[int, int], ...] | None = None
 
 
 MODELS: tuple[BenchModel, ...] = (
@@ -71,6 +77,14 @@ MODELS: tuple[BenchModel, ...] = (
     # Patch-Forensics (image-forensics, 299x299, patch logit map): reported as average precision, not top-1.
     BenchModel("patchforensics_block2"),
     BenchModel("patchforensics_block3"),
+    # Zoo breadth II (dense outputs), at the served network sizes; "published" = the headline metric.
+    BenchModel("condinst_r50.coco_ms1x", published={"": "35.7 mask AP"}, inputs=((800, 1088),)),
+    BenchModel("dnl_r50_d8.cityscapes", published={"": "79.33 mIoU"}, inputs=((1024, 2048),)),
+    BenchModel("dnl_r50_d8.ade20k", published={"": "41.87 mIoU"}, inputs=((512, 683),)),
+    BenchModel("stereo_from_mono.hourglass", inputs=((384, 1280), (384, 1280))),
+    BenchModel("cut.horse2zebra", inputs=((256, 256),)),
+    BenchModel("scan_r50.imagenet", published={"": "39.9 (clustering ACC)"}),
+    BenchModel("scan_r18.cifar10", published={"": "81.6 (clustering ACC, CIFAR-10)"}),
 )
 
 
@@ -86,9 +100,9 @@ def _sync(device: torch.device) -> None:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
-def time_forward(model: torch.nn.Module, x: torch.Tensor, knobs: dict[str, Any], iters: int, warmup: int,
-                 clock: str = "wall") -> float:
-    """Seconds per forward of ``x`` with ``knobs``: the median of ``iters`` timed runs after ``warmup`` (the
+def time_forward(model: torch.nn.Module, xs: tuple[torch.Tensor, ...], knobs: dict[str, Any], iters: int,
+                 warmup: int, clock: str = "wall") -> float:
+    """Seconds per forward of ``xs`` with ``knobs``: the median of ``iters`` timed runs after ``warmup`` (the
     median, not the mean, so a shared machine's stalls do not decide the number). ``clock="cpu"`` counts
     this thread's CPU time instead of wall time: with one torch thread on CPU, the compute cost of a
     forward even while other jobs share the cores."""
@@ -96,12 +110,12 @@ def time_forward(model: torch.nn.Module, x: torch.Tensor, knobs: dict[str, Any],
     times = []
     with torch.inference_mode():
         for _ in range(warmup):
-            model(x, **knobs)
+            model(*xs, **knobs)
         for _ in range(iters):
-            _sync(x.device)
+            _sync(xs[0].device)
             start = now()
-            model(x, **knobs)
-            _sync(x.device)
+            model(*xs, **knobs)
+            _sync(xs[0].device)
             times.append(now() - start)
     return statistics.median(times)
 
@@ -115,7 +129,7 @@ def device_name(device: torch.device) -> str:
 def run(bench: BenchModel, device: torch.device, dtypes: list[str], batch_sizes: list[int], iters: int,
         warmup: int, clock: str = "wall") -> list[dict[str, Any]]:
     entry = get_entry(bench.name)
-    crop = Preprocess.from_config(entry.config.get("preprocess")).crop
+    sizes = bench.inputs or ((Preprocess.from_config(entry.config.get("preprocess")).crop,) * 2,)
     settings = bench.settings or tuple(knob_settings(knob_specs(entry.config)))
     torch.manual_seed(0)
     base = entry.build().eval()
@@ -126,13 +140,13 @@ def run(bench: BenchModel, device: torch.device, dtypes: list[str], batch_sizes:
             continue
         model = base.to(device=device, dtype=DTYPES[dtype])
         for batch in batch_sizes:
-            x = torch.randn(batch, 3, crop, crop, generator=torch.Generator().manual_seed(batch))
-            x = x.to(device=device, dtype=DTYPES[dtype])
+            xs = tuple(torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(batch + i)).to(
+                device=device, dtype=DTYPES[dtype]) for i, (h, w) in enumerate(sizes))
             for knobs in settings:
-                seconds = time_forward(model, x, knobs, iters, warmup, clock)
+                seconds = time_forward(model, xs, knobs, iters, warmup, clock)
                 row = {"model": bench.name, "knobs": label(knobs) or "—", "published": bench.published.get(
                     label(knobs), "—"), "batch": batch, "dtype": dtype, "images_per_s": batch / seconds,
-                    "ms": seconds * 1000, "input": crop}
+                    "ms": seconds * 1000, "input": " + ".join(f"{w}x{h}" for h, w in sizes)}
                 rows.append(row)
                 print(f"{bench.name} {row['knobs']} batch {batch} {dtype}: {row['images_per_s']:.1f} images/s",
                       file=sys.stderr)
@@ -140,11 +154,14 @@ def run(bench: BenchModel, device: torch.device, dtypes: list[str], batch_sizes:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | knobs | published top-1 (%) | batch | dtype | images/s | ms / batch |",
+    lines = ["| model | knobs | published (top-1 % unless noted) | batch | dtype | images/s | ms / batch |",
              "|---|---|---:|---:|---|---:|---:|"]
     for r in rows:
+        rate = r["images_per_s"]
         lines.append(f"| {r['model']} | {r['knobs']} | {r['published']} | {r['batch']} | {r['dtype']} | "
-                     f"{r['images_per_s']:.1f} | {r['ms']:.1f} |")
+                     f"{rate:.1f} | {r['ms']:.1f} |" if rate >= 1 else
+                     f"| {r['model']} | {r['knobs']} | {r['published']} | {r['batch']} | {r['dtype']} | "
+                     f"{rate:.3g} | {r['ms']:.1f} |")
     return "\n".join(lines)
 
 
@@ -173,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     for bench in MODELS:
         if bench.name in args.models:
             rows += run(bench, device, args.dtype, args.batch_sizes, args.iters, args.warmup, args.clock)
-    other_sizes = sorted({(r["model"], r["input"]) for r in rows if r["input"] != 224})
-    sizes = "224x224 inputs" + (" (" + ", ".join(f"{m}: {c}x{c}" for m, c in other_sizes) + ")" if other_sizes
+    other_sizes = sorted({(r["model"], r["input"]) for r in rows if r["input"] != "224x224"})
+    sizes = "224x224 inputs" + (" (" + ", ".join(f"{m}: {c}" for m, c in other_sizes) + ")" if other_sizes
                                 else "")
     note = (f"Model forward, {sizes}, {device_name(device)}, torch {torch.__version__}, median of "
             f"{args.iters} timed forwards ({args.clock} clock) after {args.warmup} warm-up; seeded random weights. "

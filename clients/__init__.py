@@ -23,15 +23,21 @@ from clients.streams import FrameResult, TooManyStreamsError
 from clients.transport import RetryPolicy
 from clients.types import (
     BoxSample,
+    ClassFraction,
     DeepfakeResult,
     Detection,
     DetectionResult,
+    DisparityResult,
     InferResult,
+    Instance,
+    InstanceSegmentationResult,
     ModelInfo,
     ModelMetadata,
     ModelStatus,
     QualityResult,
+    SemanticSegmentationResult,
     Track,
+    TranslationResult,
 )
 
 __all__ = [
@@ -39,6 +45,7 @@ __all__ = [
     "AuthenticationError", "DeadlineExceededError", "InvalidInputError", "NotFoundError", "PayloadTooLargeError",
     "PermissionDeniedError", "ServerError", "UnavailableError", "ZooConnectionError", "ZooError",
     "ZooTimeoutError", "TooManyStreamsError",
-    "BoxSample", "DeepfakeResult", "Detection", "DetectionResult", "FrameResult", "InferResult", "ModelInfo",
-    "ModelMetadata", "ModelStatus", "QualityResult", "StreamDetection", "Track",
+    "BoxSample", "ClassFraction", "DeepfakeResult", "Detection", "DetectionResult", "DisparityResult", "FrameResult",
+    "InferResult", "Instance", "InstanceSegmentationResult", "ModelInfo", "ModelMetadata", "ModelStatus",
+    "QualityResult", "SemanticSegmentationResult", "StreamDetection", "Track", "TranslationResult",
 ]

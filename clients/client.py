@@ -8,7 +8,8 @@
 
 Two paths to the gateway, chosen for what each does best:
 
-- **Task helpers** (`detect`, `score_quality`, `detect_deepfake`, `predict`) post the model's natural input
+- **Task helpers** (`detect`, `score_quality`, `detect_deepfake`, `segment_instances`, `segment`,
+  `translate`, `estimate_disparity`, `predict`) post the model's natural input
   as multipart to the task route ``POST /v1/models/{model}:predict`` and read the handler's JSON into
   dataclasses (`clients.types`).
 - **Raw OIP** (`infer`, `model_metadata`, `model_ready`, `ready`, ...) uses the OIP v2 REST routes; request
@@ -50,10 +51,14 @@ from clients.transport import (
 from clients.types import (
     DeepfakeResult,
     DetectionResult,
+    DisparityResult,
     InferResult,
+    InstanceSegmentationResult,
     ModelMetadata,
     ModelStatus,
     QualityResult,
+    SemanticSegmentationResult,
+    TranslationResult,
 )
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -63,6 +68,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 DETECTION_MODEL = "detr_resnet50"
 QUALITY_MODEL = "ckdn_r50"
 DEEPFAKE_MODEL = "ftcn_tt"
+INSTANCE_MODEL = "condinst_r50"
+SEMANTIC_MODEL = "dnl_r50_d8"
+TRANSLATION_MODEL = "cut"
+STEREO_MODEL = "stereo_from_mono"
 
 
 def default_url() -> str:
@@ -169,6 +178,25 @@ class _Requests:
         fields.update({k: None if v is None else _param(v) for k, v in params.items()})
         return self.predict(model, fields, version, lambda r: DeepfakeResult.from_json(r.json()))
 
+    def segment_instances(self, image: ImageLike, model: str, threshold: float | None,
+                          version: str | None) -> Exchange:
+        fields = {"image": image_bytes(image), "threshold": None if threshold is None else _param(threshold)}
+        return self.predict(model, fields, version, lambda r: InstanceSegmentationResult.from_json(r.json()))
+
+    def segment(self, image: ImageLike, model: str, version: str | None) -> Exchange:
+        return self.predict(model, {"image": image_bytes(image)}, version,
+                            lambda r: SemanticSegmentationResult.from_json(r.json()))
+
+    def translate(self, image: ImageLike, model: str, params: Mapping[str, Any], version: str | None) -> Exchange:
+        fields: dict[str, bytes | str | None] = {"image": image_bytes(image)}
+        fields.update({k: None if v is None else _param(v) for k, v in params.items()})
+        return self.predict(model, fields, version, lambda r: TranslationResult.from_json(r.json()))
+
+    def estimate_disparity(self, left: ImageLike, right: ImageLike, model: str, dtype: str | None,
+                           version: str | None) -> Exchange:
+        fields = {"left": image_bytes(left, "left"), "right": image_bytes(right, "right"), "dtype": dtype}
+        return self.predict(model, fields, version, lambda r: DisparityResult.from_json(r.json()))
+
     # OIP
     def infer(self, model: str, inputs: Mapping[str, Any], outputs: Iterable[str] | None,
               parameters: Mapping[str, Any] | None, version: str | None, request_id: str) -> Exchange:
@@ -265,6 +293,32 @@ class ZooClient:
         """Fake / real / no_face verdict for a video (path, bytes or binary file), with per-face tracks."""
         params = _deepfake_params(stride, threshold, aggregate, detect_every, max_duration_s)
         return self._run(self._requests.detect_deepfake(video, model, params, version), timeout_s)
+
+    def segment_instances(self, image: ImageLike, *, model: str = INSTANCE_MODEL, threshold: float | None = None,
+                          version: str | None = None, timeout_s: float | None = None) -> InstanceSegmentationResult:
+        """Objects of one image with their masks (COCO RLE; `Instance.mask()` decodes one). `threshold`: the
+        lowest score kept (server default 0: every instance the model returns)."""
+        return self._run(self._requests.segment_instances(image, model, threshold, version), timeout_s)
+
+    def segment(self, image: ImageLike, *, model: str = SEMANTIC_MODEL, version: str | None = None,
+                timeout_s: float | None = None) -> SemanticSegmentationResult:
+        """A class per pixel of one image: a palette PNG label map and the share of each class present."""
+        return self._run(self._requests.segment(image, model, version), timeout_s)
+
+    def translate(self, image: ImageLike, *, model: str = TRANSLATION_MODEL, format: str | None = None,
+                  quality: int | None = None, preprocess: str | None = None, version: str | None = None,
+                  timeout_s: float | None = None) -> TranslationResult:
+        """One image translated to the model's target domain. `format` png (server default) or jpeg, `quality`
+        for JPEG, `preprocess` resize (default: the model's square size) or none (the image's own size)."""
+        params = {"format": format, "quality": quality, "preprocess": preprocess}
+        return self._run(self._requests.translate(image, model, params, version), timeout_s)
+
+    def estimate_disparity(self, left: ImageLike, right: ImageLike, *, model: str = STEREO_MODEL,
+                           dtype: str | None = None, version: str | None = None,
+                           timeout_s: float | None = None) -> DisparityResult:
+        """Disparity of the left view of a rectified stereo pair (equal sizes); `dtype` float32 (server
+        default) or float16."""
+        return self._run(self._requests.estimate_disparity(left, right, model, dtype, version), timeout_s)
 
     def predict(self, model: str, fields: Mapping[str, bytes | str], *, version: str | None = None,
                 timeout_s: float | None = None) -> Any:
@@ -371,6 +425,26 @@ class AsyncZooClient:
                               version: str | None = None, timeout_s: float | None = None) -> DeepfakeResult:
         params = _deepfake_params(stride, threshold, aggregate, detect_every, max_duration_s)
         return await self._run(self._requests.detect_deepfake(video, model, params, version), timeout_s)
+
+    async def segment_instances(self, image: ImageLike, *, model: str = INSTANCE_MODEL,
+                                threshold: float | None = None, version: str | None = None,
+                                timeout_s: float | None = None) -> InstanceSegmentationResult:
+        return await self._run(self._requests.segment_instances(image, model, threshold, version), timeout_s)
+
+    async def segment(self, image: ImageLike, *, model: str = SEMANTIC_MODEL, version: str | None = None,
+                      timeout_s: float | None = None) -> SemanticSegmentationResult:
+        return await self._run(self._requests.segment(image, model, version), timeout_s)
+
+    async def translate(self, image: ImageLike, *, model: str = TRANSLATION_MODEL, format: str | None = None,
+                        quality: int | None = None, preprocess: str | None = None, version: str | None = None,
+                        timeout_s: float | None = None) -> TranslationResult:
+        params = {"format": format, "quality": quality, "preprocess": preprocess}
+        return await self._run(self._requests.translate(image, model, params, version), timeout_s)
+
+    async def estimate_disparity(self, left: ImageLike, right: ImageLike, *, model: str = STEREO_MODEL,
+                                 dtype: str | None = None, version: str | None = None,
+                                 timeout_s: float | None = None) -> DisparityResult:
+        return await self._run(self._requests.estimate_disparity(left, right, model, dtype, version), timeout_s)
 
     async def predict(self, model: str, fields: Mapping[str, bytes | str], *, version: str | None = None,
                       timeout_s: float | None = None) -> Any:

@@ -9,6 +9,13 @@
   were tracked, else over the video) with each face track's box (interpolated between the sampled boxes; red when
   its score is at or above the verdict threshold, green below, grey when unscored) and ``track k: score``,
   under a verdict banner.
+- `draw_instances(image, result)`: each instance's mask blended over the image in its label's colour
+  (`blend`), then its box and ``label score`` tag as for detections, and the caption strip below.
+- `draw_label_map(image, result)`: the label map's palette colours blended over the image, the classes with the
+  most pixels (colour swatch, name, share) in the caption strip below.
+- `draw_translation(image, result)`: input | translated side by side at one height, the direction above.
+- `draw_disparity(left, result)`: left view | colourised disparity (`disparity_colors`, near = warm) side by
+  side, with a colour bar from 0 to the largest disparity.
 
 Images are EXIF-rotated before drawing, as the server rotates them before detecting.
 """
@@ -18,10 +25,20 @@ from __future__ import annotations
 import io
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from clients.inputs import ImageLike, VideoLike, image_bytes, video_bytes
-from clients.types import DeepfakeResult, DetectionResult, ModelInfo, QualityResult
+from clients.types import (
+    DeepfakeResult,
+    DetectionResult,
+    DisparityResult,
+    InstanceSegmentationResult,
+    ModelInfo,
+    QualityResult,
+    SemanticSegmentationResult,
+    TranslationResult,
+)
 
 # distinct, saturated colours (none of them close to the caption's greys)
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -34,6 +51,10 @@ UNSCORED_COLOR = (160, 160, 160)
 WARN_COLOR = (255, 170, 0)
 CAPTION_BG = (24, 24, 24)
 TEXT_COLOR = (255, 255, 255)
+MASK_ALPHA = 0.5  # share of a mask's / label's colour in the blended pixel
+# Disparity colours, small (far) to large (near): (position in [0, 1], RGB), piecewise linear ("turbo"-like).
+DISPARITY_STOPS = ((0.0, (48, 18, 59)), (0.2, (40, 120, 230)), (0.4, (30, 210, 170)), (0.6, (160, 250, 60)),
+                   (0.8, (250, 160, 30)), (1.0, (170, 20, 5)))
 
 
 def label_color(label_id: int) -> tuple[int, int, int]:
@@ -126,20 +147,9 @@ def draw_quality(restored: ImageLike | Image.Image, degraded: ImageLike | Image.
     """Restored | degraded side by side (same height) under a banner with the quality score."""
     a, b = open_image(restored), open_image(degraded)
     height = min(height, max(a.height, b.height))
-
-    def fit(img: Image.Image) -> Image.Image:
-        return img.resize((max(1, round(img.width * height / img.height)), height), Image.Resampling.BICUBIC)
-
-    a, b = fit(a), fit(b)
-    gap = 8
+    panel = _pair_panel(a, b, ("restored", "degraded (reference)"), height)
     size = max(12, height // 22)
     font = _font(size)
-    panel = Image.new("RGB", (a.width + gap + b.width, height + size + 12), CAPTION_BG)
-    panel.paste(a, (0, 0))
-    panel.paste(b, (a.width + gap, 0))
-    draw = ImageDraw.Draw(panel)
-    draw.text((6, height + 6), "restored", fill=TEXT_COLOR, font=font)
-    draw.text((a.width + gap + 6, height + 6), "degraded (reference)", fill=TEXT_COLOR, font=font)
 
     big = _font(size * 2)
     note, note_color = _weights_note(result.model)
@@ -241,3 +251,123 @@ def draw_deepfake(video: VideoLike, result: DeepfakeResult, max_frames: int = 8,
     bd.text((10, 2 * size + 14), detail, fill=TEXT_COLOR, font=font)
     bd.text((10, 3 * size + 22), note, fill=note_color, font=font)
     return _stack(banner, sheet)
+
+
+def blend(pixels: np.ndarray, color: Any, where: np.ndarray, alpha: float = MASK_ALPHA) -> np.ndarray:
+    """``pixels`` (``[H, W, 3]`` uint8) with ``color`` (one RGB or ``[H, W, 3]``) mixed in at ``alpha`` where
+    ``where`` is true: ``round((1 - alpha) * pixel + alpha * color)``."""
+    mixed = np.round((1 - alpha) * pixels.astype(np.float64) + alpha * np.asarray(color, dtype=np.float64))
+    return np.where(where[..., None], mixed.astype(np.uint8), pixels)
+
+
+def draw_instances(image: ImageLike | Image.Image, result: InstanceSegmentationResult,
+                   alpha: float = MASK_ALPHA) -> Image.Image:
+    """The image with each instance's mask blended in its label's colour, its box and tag, and a caption strip."""
+    img = open_image(image)
+    pixels = np.asarray(img).copy()
+    ordered = sorted(result.instances, key=lambda i: i.score)  # worst first: the best is drawn on top
+    for inst in ordered:
+        mask = inst.mask().astype(bool)
+        if mask.shape != pixels.shape[:2]:
+            raise ValueError(f"instance mask is {mask.shape[1]}x{mask.shape[0]}, the image {img.width}x{img.height}")
+        pixels = blend(pixels, label_color(inst.label_id), mask, alpha)
+    out = Image.fromarray(pixels)
+    width = line_width(out.width, out.height)
+    size = max(11, min(out.width, out.height) // 40)
+    font = _font(size)
+    draw = ImageDraw.Draw(out)
+    for inst in ordered:
+        _tagged_box(draw, inst.box, label_color(inst.label_id), f"{inst.label} {inst.score:.2f}", width, font,
+                    (out.width, out.height))
+    lines = [(f"{result.model.name}: {len(result.instances)} instance(s)", TEXT_COLOR), _weights_note(result.model)]
+    return _stack(out, _caption_strip(out.width, lines, size))
+
+
+def draw_label_map(image: ImageLike | Image.Image, result: SemanticSegmentationResult, alpha: float = MASK_ALPHA,
+                   legend: int = 6) -> Image.Image:
+    """The image with every pixel's class colour blended in, and the `legend` largest classes below it."""
+    img = open_image(image)
+    labels = result.label_map()
+    if labels.shape != (img.height, img.width):
+        raise ValueError(f"label map is {labels.shape[1]}x{labels.shape[0]}, the image {img.width}x{img.height}")
+    colors = result.palette()[labels]
+    out = Image.fromarray(blend(np.asarray(img), colors, np.ones(labels.shape, dtype=bool), alpha))
+    size = max(11, min(out.width, out.height) // 40)
+    lines = [(f"{result.model.name}: {result.dataset} label map, {len(result.class_fractions)} class(es)",
+              TEXT_COLOR)]
+    strip = _caption_strip(out.width, [*lines, *[("", TEXT_COLOR)] * min(legend, len(result.class_fractions)),
+                                       _weights_note(result.model)], size)
+    draw = ImageDraw.Draw(strip)
+    pad = max(4, size // 3)
+    palette = result.palette()
+    font = _font(size)
+    for row, cls in enumerate(result.class_fractions[:legend], start=1):
+        y = pad + row * (size + pad)
+        draw.rectangle((pad, y, pad + size, y + size), fill=tuple(int(v) for v in palette[cls.index]))
+        draw.text((2 * pad + size, y), f"{cls.label} {100 * cls.fraction:.1f}%", fill=TEXT_COLOR, font=font)
+    return _stack(out, strip)
+
+
+def _pair_panel(left: Image.Image, right: Image.Image, titles: tuple[str, str], height: int) -> Image.Image:
+    """left | right scaled to one height with a gap between, each one's title under it."""
+    def fit(img: Image.Image) -> Image.Image:
+        return img.resize((max(1, round(img.width * height / img.height)), height), Image.Resampling.BICUBIC)
+
+    a, b = fit(left), fit(right)
+    gap = 8
+    size = max(12, height // 22)
+    font = _font(size)
+    panel = Image.new("RGB", (a.width + gap + b.width, height + size + 12), CAPTION_BG)
+    panel.paste(a, (0, 0))
+    panel.paste(b, (a.width + gap, 0))
+    draw = ImageDraw.Draw(panel)
+    draw.text((6, height + 6), titles[0], fill=TEXT_COLOR, font=font)
+    draw.text((a.width + gap + 6, height + 6), titles[1], fill=TEXT_COLOR, font=font)
+    return panel
+
+
+def _side_by_side(left: Image.Image, right: Image.Image, titles: tuple[str, str], banner: list[tuple[str, Any]],
+                  height: int) -> Image.Image:
+    """`_pair_panel` under a caption banner."""
+    panel = _pair_panel(left, right, titles, height)
+    return _stack(_caption_strip(panel.width, banner, max(12, height // 22)), panel)
+
+
+def draw_translation(image: ImageLike | Image.Image, result: TranslationResult,
+                     height: int | None = None) -> Image.Image:
+    """Input | translated side by side (at the translated image's height unless `height` is given)."""
+    translated = result.image()
+    height = height or translated.height
+    banner = [(f"{result.model.name}: {result.direction or 'translation'}", TEXT_COLOR), _weights_note(result.model)]
+    return _side_by_side(open_image(image), translated, ("input", f"translated ({result.format})"), banner, height)
+
+
+def disparity_colors(disparity: np.ndarray, top: float | None = None) -> np.ndarray:
+    """``[H, W]`` disparity -> ``[H, W, 3]`` uint8 RGB with `DISPARITY_STOPS`, scaled from 0 to `top` (default:
+    the map's maximum); NaN is 0."""
+    values = np.nan_to_num(np.asarray(disparity, dtype=np.float64), nan=0.0)
+    top = float(values.max()) if top is None else float(top)
+    t = np.clip(values / top, 0.0, 1.0) if top > 0 else np.zeros_like(values)
+    stops = np.array([p for p, _ in DISPARITY_STOPS])
+    colors = np.array([c for _, c in DISPARITY_STOPS], dtype=np.float64)
+    return np.round(np.stack([np.interp(t, stops, colors[:, k]) for k in range(3)], axis=-1)).astype(np.uint8)
+
+
+def draw_disparity(left: ImageLike | Image.Image, result: DisparityResult) -> Image.Image:
+    """Left view | colourised disparity side by side at the view's size, with a colour bar in the banner."""
+    view = open_image(left)
+    disparity = np.asarray(result.disparity, dtype=np.float32)
+    if disparity.shape != (view.height, view.width):
+        raise ValueError(f"disparity is {disparity.shape[1]}x{disparity.shape[0]}, the view {view.width}x{view.height}")
+    top = float(disparity.max()) if disparity.size else 0.0
+    colored = Image.fromarray(disparity_colors(disparity, top))
+    banner = [(f"{result.model.name}: disparity 0 .. {top:.1f} px (near = warm)", TEXT_COLOR), ("", TEXT_COLOR),
+              _weights_note(result.model)]
+    picture = _side_by_side(view, colored, ("left view", "disparity"), banner, view.height)
+    size = max(12, view.height // 22)
+    pad = max(4, size // 3)
+    bar_x0, bar_x1, bar_y = pad, min(picture.width - pad, pad + 256), pad + (size + pad)
+    if bar_x1 - bar_x0 > 2:
+        ramp = np.linspace(0.0, 1.0, bar_x1 - bar_x0)[None].repeat(size, axis=0)
+        picture.paste(Image.fromarray(disparity_colors(ramp, 1.0)), (bar_x0, bar_y))
+    return picture

@@ -7,12 +7,17 @@ seeded random weights, whose outputs mean nothing).
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from clients.masks import rle_decode
 
 RANDOM_WEIGHTS_KIND = "random-seeded"
 
@@ -102,6 +107,149 @@ class QualityResult:
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> QualityResult:
         return cls(float(doc["score"]), ModelInfo.from_json(doc.get("model")), doc)
+
+
+def _size(doc: dict[str, Any] | None) -> tuple[int, int]:
+    doc = doc or {}
+    return int(doc.get("width", 0)), int(doc.get("height", 0))
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One segmented object: COCO label, score, box (x0, y0, x1, y1) and its mask as COCO RLE."""
+
+    label: str
+    label_id: int
+    score: float
+    box: Box
+    mask_rle: dict[str, Any]  # {"size": [H, W], "counts": str}
+
+    def mask(self) -> np.ndarray:
+        """The binary mask, ``[H, W]`` uint8 (1 inside the object), at the image's size."""
+        return rle_decode(self.mask_rle)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Instance:
+        return cls(str(doc["label"]), int(doc["label_id"]), float(doc["score"]), _box(doc["box"]),
+                   dict(doc["mask"]))
+
+
+@dataclass(frozen=True)
+class InstanceSegmentationResult:
+    """Instances of one image, best first."""
+
+    instances: list[Instance]
+    image_size: tuple[int, int]  # (width, height)
+    model: ModelInfo
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def __iter__(self) -> Iterator[Instance]:
+        return iter(self.instances)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> InstanceSegmentationResult:
+        return cls([Instance.from_json(i) for i in doc.get("instances", [])], _size(doc.get("image_size")),
+                   ModelInfo.from_json(doc.get("model")), doc)
+
+
+@dataclass(frozen=True)
+class ClassFraction:
+    """A class present in a label map: its index (the pixel value), name and share of the pixels."""
+
+    index: int
+    label: str
+    fraction: float
+
+
+@dataclass(frozen=True)
+class SemanticSegmentationResult:
+    """A label map: ``label_map_png`` is a palette PNG whose pixel values are class indices."""
+
+    label_map_png: bytes
+    class_fractions: list[ClassFraction]  # the classes present, most pixels first
+    dataset: str
+    image_size: tuple[int, int]  # (width, height)
+    model: ModelInfo
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def label_map(self) -> np.ndarray:
+        """``[H, W]`` uint8 class index per pixel."""
+        with Image.open(io.BytesIO(self.label_map_png)) as img:
+            return np.asarray(img)
+
+    def palette(self) -> np.ndarray:
+        """``[256, 3]`` uint8: the colour of each class index, as the PNG shows it."""
+        with Image.open(io.BytesIO(self.label_map_png)) as img:
+            flat = img.getpalette() or []
+        return np.asarray((flat + [0] * 768)[:768], dtype=np.uint8).reshape(256, 3)
+
+    def colorized(self) -> Image.Image:
+        """The label map in the dataset's colours (RGB)."""
+        with Image.open(io.BytesIO(self.label_map_png)) as img:
+            return img.convert("RGB")
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> SemanticSegmentationResult:
+        fractions = [ClassFraction(int(c["index"]), str(c["label"]), float(c["fraction"]))
+                     for c in doc.get("class_fractions", [])]
+        return cls(base64.b64decode(doc["label_map_png"]), fractions, str(doc.get("dataset", "")),
+                   _size(doc.get("image_size")), ModelInfo.from_json(doc.get("model")), doc)
+
+
+@dataclass(frozen=True)
+class TranslationResult:
+    """A translated image: its encoded bytes (``format`` png or jpeg) and sizes."""
+
+    image_bytes: bytes
+    format: str
+    image_size: tuple[int, int]  # (width, height) of the translated image
+    input_size: tuple[int, int]
+    direction: str
+    model: ModelInfo
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def image(self) -> Image.Image:
+        """The translated image, decoded (RGB)."""
+        with Image.open(io.BytesIO(self.image_bytes)) as img:
+            return img.convert("RGB")
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> TranslationResult:
+        return cls(base64.b64decode(doc["image"]), str(doc.get("format", "")), _size(doc.get("image_size")),
+                   _size(doc.get("input_size")), str(doc.get("direction", "")),
+                   ModelInfo.from_json(doc.get("model")), doc)
+
+
+def _array(doc: dict[str, Any]) -> np.ndarray:
+    """``{dtype, shape, data: base64 little-endian}`` -> numpy array of that dtype."""
+    little = np.dtype(doc["dtype"]).newbyteorder("<")
+    return np.frombuffer(base64.b64decode(doc["data"]), dtype=little).reshape(doc["shape"]).astype(doc["dtype"])
+
+
+@dataclass(frozen=True)
+class DisparityResult:
+    """Disparity of the left view in its pixels: left(x, y) shows what right(x - d, y) shows."""
+
+    disparity: np.ndarray  # [H, W] float32 (float16 when asked)
+    png16: bytes  # 16-bit PNG of disparity * 256 (KITTI format)
+    stats: dict[str, float]
+    image_size: tuple[int, int]  # (width, height)
+    model: ModelInfo
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def disparity_from_png16(self) -> np.ndarray:
+        """The 16-bit PNG decoded back to float32 pixels (to 1/256 px)."""
+        with Image.open(io.BytesIO(self.png16)) as img:
+            return (np.asarray(img, dtype=np.float64) / 256.0).astype(np.float32)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DisparityResult:
+        stats = {k: float(v) for k, v in (doc.get("stats") or {}).items()}
+        return cls(_array(doc["disparity"]), base64.b64decode(doc["disparity_png16"]), stats,
+                   _size(doc.get("image_size")), ModelInfo.from_json(doc.get("model")), doc)
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,11 @@ class ZooHandler(BaseHandler):
             "loaded %s on %s with weights %s", self.entry.name, self.device, self.meta.get("weights")
         )
 
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The entry's config with the archive's overrides (``zoo.mar.build_mar(config_overrides=...)``)."""
+        return {**self.entry.config, **self.meta.get("config_overrides", {})}
+
     def load_model(self, model_dir: Path) -> torch.nn.Module:
         model = self.entry.build(**self.meta.get("config_overrides", {}))
         load_strict(model, load_file(str(model_dir / ARCHIVE_WEIGHTS_FILE)), f"{self.entry.name} archive weights")

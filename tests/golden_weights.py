@@ -32,6 +32,11 @@ _FILLS: dict[str, Callable[[tuple[int, ...]], torch.Tensor]] = {
     "adder_normal_1": lambda s: torch.randn(s),
     # drawn like bn_running_mean, then shifted by the feeding adder filter's L1 norm (see below)
     "adder_bn_running_mean": lambda s: 0.1 * torch.randn(s),
+    # zoo3 (README_condinst.md section 3): FCOS scales, the focal-loss prior on the class bias (the Python
+    # float is added in float32), and a positive box-regression bias
+    "fcos_scale": lambda s: 1 + 0.1 * torch.randn(s),
+    "fcos_cls_prior_bias": lambda s: 0.1 * torch.randn(s) + (-math.log((1 - 0.01) / 0.01)),
+    "fcos_bbox_bias": lambda s: 0.5 * torch.randn(s) + 4.0,
 }
 
 
@@ -44,8 +49,11 @@ def golden_state_dict(table: str | Path) -> dict[str, torch.Tensor]:
     with torch.random.fork_rng():
         for entry in entries:
             shape = tuple(entry["shape"])
-            if "value" in entry:  # integer buffers (num_batches_tracked) keep their value
-                state[entry["key"]] = torch.full(shape, entry["value"], dtype=getattr(torch, entry["dtype"]))
+            if "value" in entry:  # kept buffers (num_batches_tracked, int_keep/buffer_keep lists) keep their value
+                dtype = getattr(torch, entry["dtype"])
+                value = entry["value"]
+                state[entry["key"]] = (torch.tensor(value, dtype=dtype).reshape(shape) if isinstance(value, list)
+                                       else torch.full(shape, value, dtype=dtype))
                 continue
             assert entry["seed"] == meta["seed"] + entry["index"], f"seed of {entry['key']}"
             torch.manual_seed(entry["seed"])
@@ -53,6 +61,8 @@ def golden_state_dict(table: str | Path) -> dict[str, torch.Tensor]:
                 tensor = torch.randn(shape) * math.sqrt(2.0 / entry["fan_in"])
             elif entry["kind"] == "adder_bn_running_var":  # Python float times the float32 draw
                 tensor = (0.25 * entry["fan_in"]) * (1 + 0.5 * torch.rand(shape))
+            elif entry["kind"] == "buffer_keep":  # a fixed constructor value (CUT blur filters): nothing drawn
+                tensor = torch.tensor(entry["value_2d"], dtype=torch.float32).expand(shape).clone()
             else:
                 tensor = _FILLS[entry["kind"]](shape)
             assert tensor.dtype == torch.float32

@@ -18,22 +18,26 @@ from zoo.mar import build_mar
 from zoo.tensors import TensorSpec
 
 
-def build_archives(store: Path, names: list[str], seed: int = 0) -> list[str]:
-    """Build (once per store) random-weight archives for the named models."""
+def build_archives(store: Path, names: list[str], seed: int = 0,
+                   config_overrides: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Build (once per store) random-weight archives for the named models; `config_overrides` by name (e.g. a
+    smaller test size, see `zoo.mar.build_mar`)."""
     archives = []
     for name in names:
         mar = store / f"{name}.mar"
         if not mar.exists():
-            build_mar(get_entry(name), store, random_weights=True, seed=seed, progress=False)
+            build_mar(get_entry(name), store, random_weights=True, seed=seed, progress=False,
+                      config_overrides=(config_overrides or {}).get(name))
         archives.append(mar.name)
     return archives
 
 
 @contextlib.contextmanager
-def running_torchserve(workdir: Path, names: list[str], ready_timeout_s: float = 300) -> Iterator[TorchServe]:
+def running_torchserve(workdir: Path, names: list[str], ready_timeout_s: float = 300,
+                       config_overrides: dict[str, dict[str, Any]] | None = None) -> Iterator[TorchServe]:
     """A real TorchServe serving random-weight archives of `names`; stopped on exit."""
     store = workdir / "store"
-    archives = build_archives(store, names)
+    archives = build_archives(store, names, config_overrides=config_overrides)
     ts = TorchServe(store, archives, workdir / "run")
     ts.start()
     try:

@@ -268,6 +268,11 @@ MODEL_MODULES = (
     "zoo.addernet",  # image-classification, opt-in (default_serve=False)
     "zoo.bit",  # image-classification, opt-in (default_serve=False)
     "zoo.patchforensics",  # image-forensics, opt-in (default_serve=False)
+    "zoo.condinst",  # instance-segmentation, opt-in (default_serve=False), NON-COMMERCIAL weights
+    "zoo.dnl",  # semantic-segmentation, opt-in (default_serve=False)
+    "zoo.stereo_mono",  # stereo-depth, opt-in (default_serve=False); NON-COMMERCIAL licence
+    "zoo.cut",  # image-translation, opt-in (default_serve=False)
+    "zoo.scan",  # image-classification (cluster ids), opt-in (default_serve=False)
 )
 
 

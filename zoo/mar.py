@@ -103,8 +103,8 @@ def archive_sources(entry: ModelEntry, extra_modules: tuple[str, ...] = ()) -> l
     return sorted(files)
 
 
-def stage_model_files(entry: ModelEntry, dest: Path, label: WeightsLabel,
-                      extra_modules: tuple[str, ...] = ()) -> None:
+def stage_model_files(entry: ModelEntry, dest: Path, label: WeightsLabel, extra_modules: tuple[str, ...] = (),
+                      config_overrides: dict[str, Any] | None = None) -> None:
     """Everything a serving engine's model folder carries besides the weights: the source closure, the
     entry's assets and ``zoo_model.json`` (shared by the ``.mar`` and the Triton model repository)."""
     for path in archive_sources(entry, extra_modules):
@@ -114,7 +114,7 @@ def stage_model_files(entry: ModelEntry, dest: Path, label: WeightsLabel,
     for name, path in collect_assets(entry).items():
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, dest / name)
-    (dest / ARCHIVE_META_FILE).write_text(json.dumps(archive_meta(entry, label), indent=2))
+    (dest / ARCHIVE_META_FILE).write_text(json.dumps(archive_meta(entry, label, config_overrides), indent=2))
 
 
 def collect_assets(entry: ModelEntry) -> dict[str, Path]:
@@ -133,8 +133,12 @@ def collect_assets(entry: ModelEntry) -> dict[str, Path]:
     return files
 
 
-def archive_meta(entry: ModelEntry, label: WeightsLabel) -> dict[str, Any]:
-    return {**entry.summary(), "weights": label.as_dict()}
+def archive_meta(entry: ModelEntry, label: WeightsLabel,
+                 config_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    meta = {**entry.summary(), "weights": label.as_dict()}
+    if config_overrides:
+        meta["config_overrides"] = dict(config_overrides)
+    return meta
 
 
 def build_mar(
@@ -144,8 +148,13 @@ def build_mar(
     random_weights: bool = False,
     seed: int = 0,
     progress: bool = True,
+    config_overrides: dict[str, Any] | None = None,
 ) -> tuple[Path, WeightsLabel]:
-    """Write ``<store>/<entry.serve_name>.mar`` and return its path and weights label."""
+    """Write ``<store>/<entry.serve_name>.mar`` and return its path and weights label.
+
+    ``config_overrides``: entry config keys the served model uses instead of the entry's (e.g. a smaller test
+    size for a CPU test); recorded in the archive's metadata, read by the handler base (``ZooHandler.config``).
+    They must not change the weights' shapes."""
     from model_archiver.model_archiver_config import ModelArchiverConfig
     from model_archiver.model_packaging import generate_model_archive
 
@@ -167,7 +176,7 @@ def build_mar(
 
         bar.set_postfix_str(steps[2])
         extra = tmp_path / "extra"
-        stage_model_files(entry, extra, label)
+        stage_model_files(entry, extra, label, config_overrides=config_overrides)
         config_file = tmp_path / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config_yaml(entry), sort_keys=False))
         handler_file = SOURCE_ROOT / (entry.handler.replace(".", "/") + ".py")

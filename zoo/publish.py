@@ -56,6 +56,7 @@ PIPELINE_TAGS = {
     "classification": "image-classification",
     "image-classification": "image-classification",
     "image-quality": "image-classification",  # a score per image; the Hub has no IQA task
+    "image-translation": "image-to-image",
     "deepfake-detection": "video-classification",
     "video-classification": "video-classification",
 }

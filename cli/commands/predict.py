@@ -5,11 +5,15 @@ What one request is depends on the model's task (from its metadata):
 - detection (detr_resnet50): one image per request;
 - image-quality (ckdn_r50): a RESTORED DEGRADED pair of images per request (files taken two by two);
 - deepfake-detection (ftcn_tt): one video per request;
+- instance-segmentation (condinst_r50), semantic-segmentation (dnl_r50_d8), image-translation (cut.*,
+  fastcut.*): one image per request;
+- stereo-depth (stereo_from_mono): a LEFT RIGHT pair of images per request (files taken two by two);
 - any other model: one file per input the model declares (usually one image).
 
 Several requests are sent concurrently (``--concurrency``), so the server can batch them; a progress bar
 shows on a terminal. ``--draw out.png`` renders each result (boxes and labels; the score over restored |
-degraded; a contact sheet of the video with face tracks) - with several requests, ``out_1.png``,
+degraded; a contact sheet of the video with face tracks; instance masks or the label map over the image;
+input | translation; left view | colourised disparity) - with several requests, ``out_1.png``,
 ``out_2.png``... A request that fails is reported with the server's message and the others go on; the exit
 status is then 1.
 """
@@ -26,7 +30,21 @@ from typing import Any
 TASK_DETECTION = "detection"
 TASK_QUALITY = "image-quality"
 TASK_DEEPFAKE = "deepfake-detection"
+TASK_INSTANCES = "instance-segmentation"
+TASK_SEMANTIC = "semantic-segmentation"
+TASK_TRANSLATION = "image-translation"
+TASK_STEREO = "stereo-depth"
 DEEPFAKE_PARAMS = ("stride", "aggregate", "detect_every", "max_duration_s")
+# The -p parameters each typed task takes, and whether it takes --threshold (--top-k: detection only).
+TASK_PARAMS: dict[str, tuple[tuple[str, ...], bool]] = {
+    TASK_DEEPFAKE: (DEEPFAKE_PARAMS, True),
+    TASK_INSTANCES: ((), True),
+    TASK_SEMANTIC: ((), False),
+    TASK_TRANSLATION: (("format", "quality", "preprocess"), False),
+    TASK_STEREO: (("dtype",), False),
+}
+PAIRS = {TASK_QUALITY: "RESTORED DEGRADED pairs", TASK_STEREO: "LEFT RIGHT pairs"}
+SINGLE_FILE_TASKS = (TASK_DETECTION, TASK_DEEPFAKE, TASK_INSTANCES, TASK_SEMANTIC, TASK_TRANSLATION)
 
 
 def parse_params(items: list[str]) -> dict[str, str]:
@@ -41,9 +59,9 @@ def parse_params(items: list[str]) -> dict[str, str]:
 
 def group_files(task: str, files: list[str], input_names: list[str]) -> list[list[str]]:
     """The files of each request, in order."""
-    per = 2 if task == TASK_QUALITY else 1 if task in (TASK_DETECTION, TASK_DEEPFAKE) else max(1, len(input_names))
+    per = 2 if task in PAIRS else 1 if task in SINGLE_FILE_TASKS else max(1, len(input_names))
     if len(files) % per:
-        what = "RESTORED DEGRADED pairs" if task == TASK_QUALITY else f"groups of {per} ({', '.join(input_names)})"
+        what = PAIRS.get(task) or f"groups of {per} ({', '.join(input_names)})"
         raise ValueError(f"this model takes {what}: got {len(files)} file(s)")
     return [files[i:i + per] for i in range(0, len(files), per)]
 
@@ -75,11 +93,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model} takes --threshold and --top-k, not --param")
     if task == TASK_QUALITY and (params or args.threshold is not None or args.top_k is not None):
         raise ValueError(f"{args.model} takes no parameters")
-    if task == TASK_DEEPFAKE:
-        unknown = sorted(set(params) - set(DEEPFAKE_PARAMS))
-        if unknown or args.top_k is not None:
-            raise ValueError(f"{args.model} takes --threshold and -p {', '.join(DEEPFAKE_PARAMS)} "
-                             f"(not {', '.join(unknown) or '--top-k'})")
+    if task in TASK_PARAMS:
+        allowed, threshold = TASK_PARAMS[task]
+        unknown = sorted(set(params) - set(allowed))
+        refused = unknown or (["--top-k"] if args.top_k is not None else []) + \
+            (["--threshold"] if args.threshold is not None and not threshold else [])
+        if refused:
+            takes = [*(["--threshold"] if threshold else []), *([f"-p {', '.join(allowed)}"] if allowed else [])]
+            raise ValueError(f"{args.model} takes {' and '.join(takes) or 'no parameters'} "
+                             f"(not {', '.join(refused)})")
     if meta.random_weights:
         print(f"warning: {args.model} serves {meta.weights_label} weights: its answers are meaningless "
               f"(`zoo pull {args.model}`, then restart the server, to serve trained weights)", file=sys.stderr)
@@ -93,6 +115,16 @@ def run(args: argparse.Namespace) -> int:
         if task == TASK_DEEPFAKE:
             return client.detect_deepfake(group[0], model=args.model, version=args.model_version,
                                           threshold=args.threshold, **params)
+        if task == TASK_INSTANCES:
+            return client.segment_instances(group[0], model=args.model, threshold=args.threshold,
+                                            version=args.model_version)
+        if task == TASK_SEMANTIC:
+            return client.segment(group[0], model=args.model, version=args.model_version)
+        if task == TASK_TRANSLATION:
+            return client.translate(group[0], model=args.model, version=args.model_version, **params)
+        if task == TASK_STEREO:
+            return client.estimate_disparity(group[0], group[1], model=args.model, version=args.model_version,
+                                             **params)
         names = input_names or ["body"]
         fields: dict[str, bytes | str] = {n: Path(f).read_bytes() for n, f in zip(names, group, strict=False)}
         if args.threshold is not None:
@@ -155,6 +187,14 @@ def render(task: str, group: list[str], result: Any) -> Any:
         return draw.draw_quality(group[0], group[1], result)
     if task == TASK_DEEPFAKE:
         return draw.draw_deepfake(group[0], result)
+    if task == TASK_INSTANCES:
+        return draw.draw_instances(group[0], result)
+    if task == TASK_SEMANTIC:
+        return draw.draw_label_map(group[0], result)
+    if task == TASK_TRANSLATION:
+        return draw.draw_translation(group[0], result)
+    if task == TASK_STEREO:
+        return draw.draw_disparity(group[0], result)
     raise ValueError(f"--draw does not know how to draw a {task or 'generic'} answer (use --json)")
 
 
@@ -179,6 +219,27 @@ def print_result(task: str, group: list[str], result: Any) -> None:
             print_table(["track", "frames", "time (s)", "score", "clips"],
                         [[t.track_id, f"{t.frames[0]}-{t.frames[1]}", f"{t.time_s[0]:.2f}-{t.time_s[1]:.2f}",
                           "-" if t.score is None else f"{t.score:.3f}", t.clips] for t in result.tracks])
+    elif task == TASK_INSTANCES:
+        w, h = result.image_size
+        print(f"{name}: {len(result.instances)} instance(s) on {w}x{h}")
+        if result.instances:
+            print_table(["label", "score", "box (x0, y0, x1, y1)", "mask px"],
+                        [[i.label, f"{i.score:.3f}", ", ".join(f"{v:.1f}" for v in i.box), int(i.mask().sum())]
+                         for i in result.instances])
+    elif task == TASK_SEMANTIC:
+        w, h = result.image_size
+        print(f"{name}: {result.dataset} label map {w}x{h}, {len(result.class_fractions)} class(es)")
+        print_table(["class", "index", "pixels"],
+                    [[c.label, c.index, f"{100 * c.fraction:.2f}%"] for c in result.class_fractions])
+    elif task == TASK_TRANSLATION:
+        w, h = result.image_size
+        print(f"{name}: {result.direction or 'translated'}, {w}x{h} {result.format.upper()} "
+              f"({len(result.image_bytes):,} bytes)")
+    elif task == TASK_STEREO:
+        w, h = result.image_size
+        stats = result.stats
+        print(f"{group[0]} | {group[1]}: disparity {w}x{h} ({result.disparity.dtype}), "
+              f"min {stats.get('min', 0):.2f} / mean {stats.get('mean', 0):.2f} / max {stats.get('max', 0):.2f} px")
     else:
         print(f"{name}: {json.dumps(result)}")
 
@@ -189,13 +250,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="send files to a served model; print, or --draw, the answers",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="served model name (see `zoo models`)")
-    p.add_argument("files", nargs="+", help="input files (quality: RESTORED DEGRADED pairs)")
+    p.add_argument("files", nargs="+", help="input files (quality: RESTORED DEGRADED pairs; stereo: LEFT RIGHT pairs)")
     p.add_argument("--json", action="store_true", help="print the answers as JSON")
     p.add_argument("--draw", metavar="OUT.png", help="render the result(s) to this image")
-    p.add_argument("--threshold", type=float, help="score threshold (detection; deepfake verdict)")
+    p.add_argument("--threshold", type=float,
+                   help="score threshold (detection, instance segmentation; deepfake verdict)")
     p.add_argument("--top-k", type=int, help="most detections per image")
     p.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra request parameter, e.g. -p stride=8 for ftcn_tt (repeatable)")
+                   help="extra request parameter, e.g. -p stride=8 for ftcn_tt, -p format=jpeg for cut, -p "
+                        "dtype=float16 for stereo_from_mono (repeatable)")
     p.add_argument("--model-version", default=None, help="a specific model version")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
     add_client_options(p)

@@ -8,7 +8,6 @@ Random weights: answers are checked for form, consistency and knob routing, neve
 from __future__ import annotations
 
 import base64
-import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,29 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from handlers.classify_handler import ClassifyHandler
 from handlers.codec import RequestError
+from tests.handlers.served import encode, photo
 from tests.support import http_request, json_body, multipart, running_torchserve
 from zoo import get_entry
 from zoo.classify import ClassifyInput
 
 AUTOFORMER = "autoformer_supernet_b"
 BATCH_HEADER = "x-zoo-batch-size"
-
-
-def photo(name: str, size: tuple[int, int]) -> Image.Image:
-    """A real photograph shipped with scikit-image, downscaled (small uploads, same 224 crop)."""
-    from skimage import data
-
-    return Image.fromarray(getattr(data, name)()).convert("RGB").resize(size, Image.Resampling.BILINEAR)
-
-
-def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 CAT = encode(photo("chelsea", (120, 80)), "JPEG")

@@ -19,13 +19,15 @@ from cli.triton import TritonServer
 from tests.face_videos import astronaut_video
 from tests.serving.test_engine_parity import both_engines, image_bytes, require_triton
 from tests.support import http_request, multipart
-from zoo._registry import get_entry, list_models
+from zoo._registry import get_entry
 
 pytestmark = pytest.mark.integration
 
-COVERED = {"toy_echo", "toy_detect", "detr_resnet50", "ckdn_r50"}  # toys, and the gateway parity test's models
-MODELS = sorted(e.serve_name for e in list_models() if e.serve_name not in COVERED and e.task != "test-echo"
-                and not e.serve_name.startswith("toy"))
+# The production entries of issue 20's time besides DETR and CKDN (test_engine_parity.py). The breadth-II entries
+# merged later (CondInst, DNL, CUT/FastCUT, SCAN, stereo-from-mono) build and load the same way but have no
+# parity request here yet.
+MODELS = ["addernet_resnet20", "autoformer_supernet_b", "bit_m_r50x1", "dgc_resnet18", "ftcn_tt",
+          "isqrtcov_resnet50", "mutualnet_mbv2", "patchforensics_block2", "patchforensics_block3"]
 PNG = image_bytes(72, 64, seed=4)
 
 

@@ -1,0 +1,124 @@
+"""Zoo breadth II through the gateway + a real TorchServe: CUT (image translation), stereo-from-mono (a named
+left/right pair) and SCAN (clusters over the classification contract), with random weights at reduced test
+sizes. The SDK's typed methods, OIP REST and gRPC with named BYTES inputs, `zoo predict --draw`, and a bad pair
+refused with the handler's message."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tgrpc
+from PIL import Image
+
+from cli.main import main as cli_main
+from clients import DisparityResult, InvalidInputError, TranslationResult, ZooClient
+from clients.draw import disparity_colors
+from tests.handlers.served import photo, served_as
+from tests.serving.gateway_support import running_gateway
+from tests.support import http_request, json_body, running_torchserve
+from zoo import get_entry
+
+pytestmark = pytest.mark.integration
+
+TRANSLATION, STEREO, CLUSTERS = "cut", "stereo_from_mono", "scan_r18"
+OVERRIDES = {
+    TRANSLATION: {"preprocess": {**get_entry(TRANSLATION).config["preprocess"], "load_size": 64}},
+    STEREO: {"input_size": [128, 128]},
+}
+TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory):
+    workdir = tmp_path_factory.mktemp("breadth_gw")
+    with running_torchserve(workdir / "ts", [TRANSLATION, STEREO, CLUSTERS], config_overrides=OVERRIDES) as ts, \
+            running_gateway(ts, workdir / "gw") as gw:
+        yield gw
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    folder = tmp_path_factory.mktemp("breadth_files")
+    wide = photo("astronaut", (106, 72))  # a stereo pair: two crops of one photo, 10 px apart
+    paths = {"left.png": wide.crop((0, 0, 96, 72)), "right.png": wide.crop((10, 0, 106, 72)),
+             "cat.jpg": photo("chelsea", (90, 60))}
+    out = {}
+    for name, img in paths.items():
+        out[name] = folder / name
+        img.save(out[name])
+    return out
+
+
+def test_sdk_typed_results_through_the_gateway(gateway, files) -> None:
+    with ZooClient(gateway.http_url, timeout_s=TIMEOUT_S) as zoo:
+        translated = zoo.translate(files["cat.jpg"], format="jpeg", quality=90)
+        assert isinstance(translated, TranslationResult) and translated.format == "jpeg"
+        assert translated.image().size == (64, 64) and translated.input_size == (90, 60)
+        assert translated.direction == "horse -> zebra" and translated.model.random_weights
+
+        disparity = zoo.estimate_disparity(files["left.png"], files["right.png"], dtype="float16")
+        assert isinstance(disparity, DisparityResult) and disparity.disparity.dtype == np.float16
+        assert disparity.disparity.shape == (72, 96) and disparity.image_size == (96, 72)
+        np.testing.assert_allclose(disparity.disparity_from_png16(), disparity.disparity.astype(np.float32),
+                                   atol=0.05)
+
+        clusters = zoo.predict(CLUSTERS, {"image": files["cat.jpg"].read_bytes(), "top_k": "3"})
+        assert [c["label"] for c in clusters["top_k"]] == [None] * 3  # clusters are not classes
+        assert all(0 <= c["index"] < 10 for c in clusters["top_k"]) and served_as(clusters) == "scan_r18.cifar10"
+        assert sum(c["score"] for c in clusters["top_k"]) <= 1.0 + 1e-6
+
+        meta = zoo.model_metadata(STEREO)
+        assert [t.name for t in meta.inputs] == ["left", "right", "dtype"] and meta.task == "stereo-depth"
+        assert set(meta.parameters["output_descriptions"]) == {"disparity", "disparity_png16"}
+
+        with pytest.raises(InvalidInputError) as refused:
+            zoo.estimate_disparity(files["left.png"], files["cat.jpg"])
+        assert "'left' (96x72) and 'right' (90x60) must have the same size" in str(refused.value)
+
+
+def test_oip_named_inputs_equal_the_task_route(gateway, files) -> None:
+    left, right = files["left.png"].read_bytes(), files["right.png"].read_bytes()
+    client = tgrpc.InferenceServerClient(gateway.grpc_target)
+    tensors = []
+    for name, data in (("left", left), ("right", right)):
+        tensor = tgrpc.InferInput(name, [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([data], dtype=object))
+        tensors.append(tensor)
+    via_grpc = json.loads(client.infer(STEREO, tensors).as_numpy("output")[0])
+
+    with ZooClient(gateway.http_url, timeout_s=TIMEOUT_S) as zoo:
+        via_rest = zoo.infer(TRANSLATION, {"image": files["cat.jpg"].read_bytes()}).json()[0]
+        via_task = zoo.predict(STEREO, {"left": left, "right": right})
+        translated = zoo.predict(TRANSLATION, {"image": files["cat.jpg"].read_bytes()})
+    assert via_grpc["disparity"] == via_task["disparity"] and via_grpc["disparity_png16"] == via_task["disparity_png16"]
+    assert via_rest["image"] == translated["image"] and via_rest["format"] == "png"
+
+    status, _, raw = http_request(f"{gateway.http_url}/v1/models/{STEREO}:predict", b"\x89PNG broken",
+                                  {"Content-Type": "image/png"}, "POST")
+    assert status == 400 and "missing image 'left' and 'right'" in json_body(raw)["error"]  # type: ignore[index]
+
+
+def test_zoo_predict_draws_translation_and_disparity(gateway, files, tmp_path, capsys) -> None:
+    out = tmp_path / "stereo.png"
+    code = cli_main(["predict", STEREO, str(files["left.png"]), str(files["right.png"]), "--draw", str(out),
+                     "--json", "--url", gateway.http_url, "--timeout", str(TIMEOUT_S)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    (entry,) = json.loads(captured.out)
+    result = DisparityResult.from_json(entry["result"])
+    drawn = np.asarray(Image.open(out).convert("RGB"))
+    top = drawn.shape[0] - (72 + max(12, 72 // 22) + 12)
+    assert drawn.shape[1] == 96 + 8 + 96 and "RANDOM" in captured.err
+    np.testing.assert_array_equal(drawn[top:top + 72, 104:], disparity_colors(result.disparity))
+
+    out = tmp_path / "zebra.png"
+    code = cli_main(["predict", TRANSLATION, str(files["cat.jpg"]), "-p", "format=png", "--draw", str(out),
+                     "--url", gateway.http_url, "--timeout", str(TIMEOUT_S)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "horse -> zebra, 64x64 PNG" in captured.out
+    assert out.is_file()
+    code = cli_main(["predict", TRANSLATION, str(files["cat.jpg"]), "--threshold", "0.5", "--url", gateway.http_url])
+    assert code == 1 and "takes -p format, quality, preprocess (not --threshold)" in capsys.readouterr().err
