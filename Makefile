@@ -19,20 +19,29 @@ $(VENV)/.installed: pyproject.toml
 serve: setup
 	$(VENV)/bin/zoo serve --random-weights
 
-# A real Triton server for the Triton backend tests: PyTriton (which bundles tritonserver; CPU is enough) in
-# its own venv made from Debian's Python 3.11 (its backend stub needs the shared libpython that pyenv's build
-# lacks). Best effort: when that interpreter or the install is unavailable, the reason goes to
+# A real Triton server, for the Triton backend tests and for `zoo serve --engine triton`: PyTriton (which
+# bundles tritonserver and its Python backend; CPU is enough) in its own venv made from Debian's Python 3.11 (the
+# backend stub needs the shared libpython that pyenv's build lacks). The zoo's models run inside that stub, so
+# the venv also gets torch (the CPU wheel first, as in $(VENV)) and this package's runtime dependencies,
+# resolved together with nvidia-pytriton so that pip keeps the tritonclient PyTriton needs.
+# Best effort: when that interpreter or an install is unavailable, the reason goes to
 # $(TRITON_VENV)/UNAVAILABLE, the Triton tests skip citing it, and set-up goes on (retried on the next run).
 TRITON_VENV ?= .venv-triton
 TRITON_PYTHON ?= /usr/bin/python3.11
-$(TRITON_VENV)/.installed:
+TRITON_PIP = $(TRITON_VENV)/bin/python -m pip --disable-pip-version-check install -q
+$(TRITON_VENV)/.installed: pyproject.toml
 	@mkdir -p $(TRITON_VENV) && rm -f $(TRITON_VENV)/UNAVAILABLE
 	@if ! test -x $(TRITON_PYTHON); then \
 	  echo "$(TRITON_PYTHON) not found (Debian packages python3.11, python3.11-venv)" > $(TRITON_VENV)/UNAVAILABLE; \
 	elif ! { test -x $(TRITON_VENV)/bin/python || $(TRITON_PYTHON) -m venv $(TRITON_VENV); }; then \
 	  echo "'$(TRITON_PYTHON) -m venv $(TRITON_VENV)' failed (Debian package python3.11-venv?)" > $(TRITON_VENV)/UNAVAILABLE; \
-	elif ! $(TRITON_VENV)/bin/python -m pip --disable-pip-version-check install -q nvidia-pytriton==0.7.0 numpy; then \
+	elif ! $(TRITON_PIP) nvidia-pytriton==0.7.0 numpy; then \
 	  echo "pip install nvidia-pytriton==0.7.0 into $(TRITON_VENV) failed" > $(TRITON_VENV)/UNAVAILABLE; \
+	elif ! $(TRITON_PIP) torch==2.13.0; then \
+	  echo "pip install torch==2.13.0 into $(TRITON_VENV) failed (the zoo's models cannot run in Triton)" \
+	    > $(TRITON_VENV)/UNAVAILABLE; \
+	elif ! $(TRITON_PIP) -e . nvidia-pytriton==0.7.0; then \
+	  echo "pip install -e . into $(TRITON_VENV) failed (the handlers' dependencies)" > $(TRITON_VENV)/UNAVAILABLE; \
 	else touch $@; fi
 	@if test -f $(TRITON_VENV)/UNAVAILABLE; then echo "WARNING: Triton tests will skip: $$(cat $(TRITON_VENV)/UNAVAILABLE)"; fi
 

@@ -90,14 +90,12 @@ def launch(args: list[str], host: str = "127.0.0.1", env: dict[str, str] | None 
     return GatewayProcess(proc, host, int(ready["http"]), int(ready["grpc"]))
 
 
-def start_gateway(ts: Any, host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0,
+def start_gateway(engine: Any, host: str = "127.0.0.1", http_port: int = 0, grpc_port: int = 0,
                   config_path: str | Path | None = None, env: dict[str, str] | None = None) -> GatewayProcess:
-    """The gateway in front of a running `cli.torchserve.TorchServe`, serving its models."""
-    args = ["--torchserve-grpc", ts.grpc_target, "--torchserve-management", ts.management_url,
-            "--model-store", str(ts.model_store), "--models", ",".join(ts.model_names),
+    """The gateway in front of a running engine (`cli.torchserve.TorchServe` or `cli.triton.TritonServer`),
+    serving its models."""
+    args = [*engine.gateway_args(), "--models", ",".join(engine.model_names),
             "--http-port", str(http_port), "--grpc-port", str(grpc_port)]
     if config_path:
         args += ["--config", str(config_path)]
-    if getattr(ts, "token_auth", False):
-        args += ["--torchserve-token-file", str(ts.key_file)]
     return launch(args, host=host, env=env)

@@ -34,6 +34,7 @@ DEPLOY_DIR = PACKAGED_DEPLOY_DIR if PACKAGED_DEPLOY_DIR.is_dir() else CHECKOUT_D
 CONFIG_TEMPLATE = DEPLOY_DIR / "prometheus.yml"
 GATEWAY_JOB = "zoo-gateway"
 TORCHSERVE_JOB = "torchserve"
+TRITON_JOB = "triton"  # nv_inference_* counters and durations per model, Triton's CPU/GPU gauges
 INSTALL_HINT = "install Debian's package (`apt-get install prometheus`) or put `prometheus` and `promtool` on PATH"
 
 
@@ -60,9 +61,10 @@ def parse_duration(duration: str) -> float:
 
 
 def render_config(out_dir: str | Path, gateway_target: str | None, torchserve_target: str | None,
-                  scrape_interval: str = "15s") -> Path:
+                  scrape_interval: str = "15s", triton_target: str | None = None) -> Path:
     """deploy/prometheus/prometheus.yml with these targets (host:port; None drops the job), this scrape and
-    rule-evaluation interval, and absolute rule paths. Returns the written file."""
+    rule-evaluation interval, and absolute rule paths; with `triton_target`, a ``triton`` job scraping Triton's
+    own /metrics (`zoo serve --engine triton`). Returns the written file."""
     parse_duration(scrape_interval)
     config = yaml.safe_load(CONFIG_TEMPLATE.read_text())
     config["global"]["scrape_interval"] = scrape_interval
@@ -78,6 +80,9 @@ def render_config(out_dir: str | Path, gateway_target: str | None, torchserve_ta
                 continue
             job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
         jobs.append(job)
+    if triton_target is not None:
+        jobs.append({"job_name": TRITON_JOB, "metrics_path": "/metrics",
+                     "static_configs": [{"targets": [triton_target]}]})
     config["scrape_configs"] = jobs
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,12 +188,12 @@ class Prometheus:
 
 
 def start_local(run_dir: str | Path, gateway_target: str | None, torchserve_target: str | None,
-                port: int | None = None, scrape_interval: str = "15s") -> Prometheus:
+                port: int | None = None, scrape_interval: str = "15s", triton_target: str | None = None) -> Prometheus:
     """Render the config into `run_dir` and start Prometheus over it on loopback. When this returns it is
     ready and has scraped every target once, so no request sent afterwards goes unrecorded."""
     if find_binary("prometheus") is None:
         raise PrometheusError(f"Prometheus is not installed: {INSTALL_HINT}")
-    config = render_config(run_dir, gateway_target, torchserve_target, scrape_interval)
+    config = render_config(run_dir, gateway_target, torchserve_target, scrape_interval, triton_target)
     checker = find_binary("promtool")
     if checker is not None:
         check = subprocess.run([checker, "check", "config", str(config)], capture_output=True, text=True,
@@ -200,7 +205,8 @@ def start_local(run_dir: str | Path, gateway_target: str | None, torchserve_targ
         server.wait_ready()
         scrape_s = parse_duration(scrape_interval)
         server.wait_scraped([job for job, target in ((GATEWAY_JOB, gateway_target),
-                                                      (TORCHSERVE_JOB, torchserve_target)) if target],
+                                                      (TORCHSERVE_JOB, torchserve_target),
+                                                      (TRITON_JOB, triton_target)) if target],
                             timeout_s=30.0 + 2 * scrape_s)
     except PrometheusError:
         server.stop()

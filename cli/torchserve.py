@@ -154,6 +154,14 @@ class TorchServe:
     def model_names(self) -> list[str]:
         return [Path(m).stem for m in self.models]
 
+    def gateway_args(self) -> list[str]:
+        """How `python -m serving.app` reaches this server (see `cli.gateway.start_gateway`)."""
+        args = ["--torchserve-grpc", self.grpc_target, "--torchserve-management", self.management_url,
+                "--model-store", str(self.model_store)]
+        if self.token_auth:  # the gateway reads TorchServe's tokens from its key file
+            args += ["--torchserve-token-file", str(self.key_file)]
+        return args
+
     def start(self) -> TorchServe:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg = self.run_dir / "config.properties"

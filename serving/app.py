@@ -2,6 +2,7 @@
 
     python -m serving.app --torchserve-grpc 127.0.0.1:7070 --torchserve-management http://127.0.0.1:8081 \
         --model-store ~/.cache/zoo-gateway/model_store --http-port 8080 --grpc-port 8081 [--config gw.yaml]
+    python -m serving.app --triton-grpc 127.0.0.1:8001 --models toy_echo ...   # the same zoo models on Triton
 
 Prints one line ``ZOO_GATEWAY_READY {"http": PORT, "grpc": PORT}`` on stdout once both servers listen
 (ports 0 pick free ones); logs go to stderr (one JSON access line per request on the ``zoo.access`` logger).
@@ -246,6 +247,8 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         if args.torchserve_token_file:
             options["token_file"] = args.torchserve_token_file
         backends["torchserve"] = BackendConfig("torchserve", "torchserve", options)
+    if args.triton_grpc:
+        backends["triton"] = BackendConfig("triton", "triton", {"url": args.triton_grpc})
     config = load_config(args.config, backends)
     if args.models and config.discover_models:
         config = config.with_routes(config.route(name.strip()) for name in args.models.split(",") if name.strip())
@@ -259,7 +262,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torchserve-management", help="TorchServe management URL (readiness, versions)")
     p.add_argument("--model-store", help="TorchServe model store (archives, for model metadata)")
     p.add_argument("--torchserve-token-file", help="TorchServe's key_file.json (when its token auth is on)")
-    p.add_argument("--models", help="comma-separated models to serve (default: every TorchServe model)")
+    p.add_argument("--triton-grpc", help="Triton gRPC inference address host:port (e.g. `zoo serve --engine triton`)")
+    p.add_argument("--models", help="comma-separated models to serve (default: every model of the backend)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--http-port", type=int, default=8080)
     p.add_argument("--grpc-port", type=int, default=8081)
@@ -282,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zoo-gateway: config error: {exc}", file=sys.stderr)
         return 2
     if not config.backends:
-        print("zoo-gateway: no backend: pass --torchserve-grpc or configure `backends`", file=sys.stderr)
+        print("zoo-gateway: no backend: pass --torchserve-grpc, --triton-grpc or configure `backends`",
+              file=sys.stderr)
         return 2
     run_loop(serve(config, args.host, args.http_port, args.grpc_port))
     return 0

@@ -133,7 +133,8 @@ class GpuServing:
 
 @dataclass(frozen=True)
 class ServingConfig:
-    """TorchServe knobs written into the archive's ``model-config.yaml``, plus how a worker runs the model.
+    """Serving knobs: TorchServe's ``model-config.yaml`` and Triton's ``config.pbtxt`` are written from these,
+    plus how a worker runs the model.
 
     ``precision``/``channels_last``/``compile``/``device_preprocess`` apply on CUDA only (a CPU worker runs
     fp32, eager, PIL preprocessing unless ``ZOO_PRECISION``/``ZOO_CHANNELS_LAST``/``ZOO_COMPILE``/
@@ -159,12 +160,18 @@ class ServingConfig:
     batch_buckets: tuple[int, ...] = ()
     accuracy: str = ""
     gpu: GpuServing | None = None
+    # Triton's dynamic batcher: batch sizes it prefers to form (empty: the full batch_size only)
+    preferred_batch_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {self.precision!r}")
         if list(self.batch_buckets) != sorted(set(self.batch_buckets)):
             raise ValueError(f"batch_buckets must be increasing, got {self.batch_buckets}")
+
+    @property
+    def preferred_sizes(self) -> tuple[int, ...]:
+        return self.preferred_batch_sizes or (self.batch_size,)
 
 
 @dataclass(frozen=True)

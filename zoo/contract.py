@@ -17,6 +17,9 @@ ARCHIVE_META_FILE = "zoo_model.json"  # registry entry summary + weights label
 ARCHIVE_WEIGHTS_FILE = "weights.safetensors"  # zoo-layout weights with the label in their metadata
 BATCH_SIZE_HEADER = "X-Zoo-Batch-Size"  # how many requests the worker batched with this one
 
+# --- a Triton model repository (`zoo build --engine triton`) ------------------------------------------------
+TRITON_ZOO_META_PARAMETER = "zoo_meta"  # config.pbtxt parameter: the archive's zoo_model.json, compact JSON
+
 # --- an exported Hub repository (`zoo export`) ------------------------------------------------------------
 EXPORT_WEIGHTS_FILE = "model.safetensors"
 EXPORT_CONFIG_FILE = "config.json"

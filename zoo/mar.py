@@ -80,11 +80,12 @@ def imported_names(path: Path, module: str) -> set[str]:
     return found
 
 
-def archive_sources(entry: ModelEntry) -> list[Path]:
-    """The source files an archive needs: the import closure of its handler and of the registry's model
-    modules (the handler looks its entry up in the registry, which imports them all), with their packages'
-    ``__init__.py``. The CLI, hub client, exporter and archive builder stay out of archives."""
-    todo = [entry.handler, "zoo._registry", *MODEL_MODULES]
+def archive_sources(entry: ModelEntry, extra_modules: tuple[str, ...] = ()) -> list[Path]:
+    """The source files an archive needs: the import closure of its handler (and of ``extra_modules``, e.g.
+    the Triton adapter) and of the registry's model modules (the handler looks its entry up in the registry,
+    which imports them all), with their packages' ``__init__.py``. The CLI, hub client, exporter and archive
+    builder stay out of archives."""
+    todo = [entry.handler, *extra_modules, "zoo._registry", *MODEL_MODULES]
     seen: set[str] = set()
     files: set[Path] = set()
     while todo:
@@ -102,11 +103,18 @@ def archive_sources(entry: ModelEntry) -> list[Path]:
     return sorted(files)
 
 
-def _copy_sources(entry: ModelEntry, dest: Path) -> None:
-    for path in archive_sources(entry):
+def stage_model_files(entry: ModelEntry, dest: Path, label: WeightsLabel, extra_modules: tuple[str, ...] = (),
+                      config_overrides: dict[str, Any] | None = None) -> None:
+    """Everything a serving engine's model folder carries besides the weights: the source closure, the
+    entry's assets and ``zoo_model.json`` (shared by the ``.mar`` and the Triton model repository)."""
+    for path in archive_sources(entry, extra_modules):
         target = dest / path.relative_to(SOURCE_ROOT)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
+    for name, path in collect_assets(entry).items():
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, dest / name)
+    (dest / ARCHIVE_META_FILE).write_text(json.dumps(archive_meta(entry, label, config_overrides), indent=2))
 
 
 def collect_assets(entry: ModelEntry) -> dict[str, Path]:
@@ -168,11 +176,7 @@ def build_mar(
 
         bar.set_postfix_str(steps[2])
         extra = tmp_path / "extra"
-        _copy_sources(entry, extra)
-        for name, path in collect_assets(entry).items():
-            (extra / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, extra / name)
-        (extra / ARCHIVE_META_FILE).write_text(json.dumps(archive_meta(entry, label, config_overrides), indent=2))
+        stage_model_files(entry, extra, label, config_overrides=config_overrides)
         config_file = tmp_path / "model-config.yaml"
         config_file.write_text(yaml.safe_dump(model_config_yaml(entry), sort_keys=False))
         handler_file = SOURCE_ROOT / (entry.handler.replace(".", "/") + ".py")

@@ -14,5 +14,10 @@ def default_store() -> Path:
     return zoo_home() / "model_store"
 
 
+def default_triton_repository() -> Path:
+    """Where `zoo build --engine triton` writes its Triton model repository."""
+    return zoo_home() / "triton_repository"
+
+
 def default_run_dir() -> Path:
     return zoo_home() / "run"

@@ -1,4 +1,5 @@
-"""`zoo build`: write TorchServe `.mar` archives for registered models."""
+"""`zoo build`: write TorchServe `.mar` archives (or, with `--engine triton`, a Triton model repository) for
+registered models. Both carry the same handler, sources and labelled weights."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import argparse
 from pathlib import Path
 
 from zoo._registry import ModelEntry, get_entry
-from zoo.paths import default_store
+from zoo.paths import default_store, default_triton_repository
+
+ENGINES = ("torchserve", "triton")
 
 
 def parse_weights_args(values: list[str] | None) -> dict[str, str]:
@@ -38,14 +41,33 @@ def weights_for(entry: ModelEntry, weights: dict[str, str], single: bool) -> str
     return None
 
 
+def add_engine_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=ENGINES, default="torchserve",
+                   help="serving engine: TorchServe (.mar archives) or Triton (a model repository running the same "
+                        "handlers in its Python backend)")
+    p.add_argument("--store", default=None,
+                   help=f"where the archives go (default {default_store()}), or with --engine triton the model "
+                        f"repository (default {default_triton_repository()})")
+
+
+def engine_store(args: argparse.Namespace) -> Path:
+    """`--store`, else the engine's default folder."""
+    if args.store:
+        return Path(args.store)
+    return default_triton_repository() if args.engine == "triton" else default_store()
+
+
 def run(args: argparse.Namespace) -> int:
-    from zoo.mar import build_mar
+    if args.engine == "triton":
+        from zoo.triton_repo import build_triton_model as build
+    else:
+        from zoo.mar import build_mar as build
 
     weights = parse_weights_args(args.weights)
     for name in args.models:
         entry = get_entry(name)
-        path, label = build_mar(
-            entry, Path(args.store), weights_for(entry, weights, len(args.models) == 1),
+        path, label = build(
+            entry, engine_store(args), weights_for(entry, weights, len(args.models) == 1),
             args.random_weights, args.seed,
         )
         print(f"{path}  weights: {label.short()}")
@@ -53,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("build", help="build .mar archives", description=__doc__)
+    p = subparsers.add_parser("build", help="build .mar archives (or a Triton model repository)", description=__doc__)
     p.add_argument("models", nargs="+", help="registered model names (see `zoo list`)")
-    p.add_argument("--store", default=str(default_store()), help="where to write the archives")
+    add_engine_option(p)
     add_weights_options(p)
     p.set_defaults(func=run)

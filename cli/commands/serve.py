@@ -1,6 +1,7 @@
-"""`zoo serve`: build what is missing, start TorchServe on loopback, wait for every model, serve until Ctrl-C.
+"""`zoo serve`: build what is missing, start the engine (TorchServe, or Triton with `--engine triton`) on
+loopback, wait for every model, put the gateway in front, serve until Ctrl-C.
 
-Supervision: if TorchServe or the gateway dies, `zoo serve` stops the rest and exits 1 within a second (no
+Supervision: if the engine or the gateway dies, `zoo serve` stops the rest and exits 1 within a second (no
 restart loop of its own), so whatever runs it (systemd `Restart=on-failure`, a Kubernetes pod) restarts it."""
 
 from __future__ import annotations
@@ -9,11 +10,12 @@ import argparse
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
-from cli.commands.build import add_weights_options, parse_weights_args, weights_for
+from cli.commands.build import add_engine_option, add_weights_options, engine_store, parse_weights_args, weights_for
 from cli.process import watch
 from zoo._registry import ModelEntry, get_entry, list_models
-from zoo.paths import default_run_dir, default_store
+from zoo.paths import default_run_dir
 
 
 def ensure_archives(
@@ -38,8 +40,51 @@ def ensure_archives(
     return archives
 
 
-def run(args: argparse.Namespace) -> int:
+def ensure_triton_models(
+    entries: list[ModelEntry], repository: Path, weights: dict[str, str], random_weights: bool, seed: int,
+    rebuild: bool = False,
+) -> list[str]:
+    """Triton model names for the entries, building the missing ones, as `ensure_archives` does for TorchServe."""
+    from zoo.triton_repo import build_triton_model, read_model_meta
+    from zoo.weights import WeightsLabel
+
+    names = []
+    for entry in entries:
+        explicit = weights_for(entry, weights, len(entries) == 1)
+        meta = read_model_meta(repository, entry)
+        needs_build = rebuild or explicit is not None or meta is None
+        if not needs_build and not random_weights:
+            needs_build = WeightsLabel(**meta["weights"]).is_random
+        if needs_build:
+            build_triton_model(entry, repository, explicit, random_weights, seed)
+        names.append(entry.serve_name)
+    return names
+
+
+def start_engine(args: argparse.Namespace, entries: list[ModelEntry]) -> Any:
+    """The engine's server object for the entries (built where missing), not started yet."""
+    weights = parse_weights_args(args.weights)
+    store = engine_store(args)
+    run_dir = Path(args.run_dir)
+    if args.engine == "triton":
+        from cli.triton import TritonPorts, TritonServer
+
+        names = ensure_triton_models(entries, store, weights, args.random_weights, args.seed, args.rebuild)
+        ports = TritonPorts(metrics_host=args.torchserve_metrics_host)
+        if args.torchserve_metrics_port:
+            ports.metrics = args.torchserve_metrics_port
+        return TritonServer(store, names, run_dir / "triton", ports=ports)
     from cli.torchserve import TorchServe, TorchServePorts
+
+    archives = ensure_archives(entries, store, weights, args.random_weights, args.seed, args.rebuild)
+    ports = TorchServePorts(metrics_host=args.torchserve_metrics_host)
+    if args.torchserve_metrics_port:
+        ports.metrics = args.torchserve_metrics_port
+    # token auth: only `zoo serve` and its gateway (which reads the token file) may call TorchServe's APIs
+    return TorchServe(store, archives, run_dir / "torchserve", ports=ports, token_auth=True)
+
+
+def run(args: argparse.Namespace) -> int:
 
     if args.with_prometheus:
         from cli.prometheus import INSTALL_HINT, find_binary, parse_duration
@@ -49,19 +94,13 @@ def run(args: argparse.Namespace) -> int:
             return 2
         parse_duration(args.prometheus_scrape_interval)  # a bad interval fails before anything starts
     entries = [get_entry(n) for n in args.models] if args.models else list_models(default_only=True)
-    store = Path(args.store)
-    archives = ensure_archives(entries, store, parse_weights_args(args.weights), args.random_weights,
-                               args.seed, args.rebuild)
-    ports = TorchServePorts(metrics_host=args.torchserve_metrics_host)
-    if args.torchserve_metrics_port:
-        ports.metrics = args.torchserve_metrics_port
-    # token auth: only `zoo serve` and its gateway (which reads the token file) may call TorchServe's APIs
-    ts = TorchServe(store, archives, Path(args.run_dir) / "torchserve", ports=ports, token_auth=True)
+    ts = start_engine(args, entries)
+    engine = "Triton" if args.engine == "triton" else "TorchServe"
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with ts:
-        print(f"starting TorchServe with {', '.join(archives)} ...", flush=True)
+        print(f"starting {engine} with {', '.join(ts.model_names)} ...", flush=True)
         ts.wait_ready(timeout_s=args.ready_timeout)
         gateway = None
         if not args.no_gateway:
@@ -76,10 +115,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"starting Prometheus (ready after its first scrape of each target: up to "
                   f"{args.prometheus_scrape_interval} + 5 s) ...", flush=True)
             try:
+                engine_target = f"127.0.0.1:{ts.ports.metrics}"
+                triton = args.engine == "triton"
                 prometheus = start_local(Path(args.run_dir) / "prometheus",
                                          f"{gateway.host}:{gateway.http_port}" if gateway else None,
-                                         f"127.0.0.1:{ts.ports.metrics}", args.prometheus_port,
-                                         args.prometheus_scrape_interval)
+                                         None if triton else engine_target, args.prometheus_port,
+                                         args.prometheus_scrape_interval,
+                                         triton_target=engine_target if triton else None)
             except PrometheusError as exc:
                 print(f"--with-prometheus: {exc}")
                 if gateway is not None:
@@ -90,21 +132,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"  gateway REST (OIP v2 + task routes): {gateway.http_url}")
             print(f"  gateway gRPC (inference.GRPCInferenceService): {gateway.grpc_target}")
             print(f"  gateway metrics: {gateway.http_url}/metrics")
-        print(f"  TorchServe (loopback only): inference {ts.inference_url}, gRPC {ts.grpc_target}, "
-              f"metrics {ts.metrics_url}")
+        if args.engine == "triton":
+            print(f"  Triton (loopback only): HTTP {ts.http_url}, gRPC {ts.grpc_target}, metrics {ts.metrics_url}")
+        else:
+            print(f"  TorchServe (loopback only): inference {ts.inference_url}, gRPC {ts.grpc_target}, "
+                  f"metrics {ts.metrics_url}")
         if prometheus is not None:
             print(f"  Prometheus (loopback only, rules and alerts from deploy/prometheus): {prometheus.url}")
         for entry in entries:
             print(f"  model {entry.serve_name} ({entry.name}, {entry.task})")
         print("press Ctrl-C to stop", flush=True)
-        children = {"TorchServe": ts.proc}
+        children = {engine: ts.proc}
         if gateway is not None:
             children["gateway"] = gateway.proc
         died = watch(children, stop)
         if died is not None:  # no restart here: exit non-zero at once, the outer supervisor restarts the stack
             code = children[died].returncode
             print(f"{died} exited unexpectedly (exit code {code}); stopping and exiting 1", flush=True)
-            if died == "TorchServe":
+            if died == engine:
                 print(ts.log_tail(), flush=True)
             if prometheus is not None:
                 prometheus.stop()
@@ -121,24 +166,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="start TorchServe and the gateway", description=__doc__)
+    p = subparsers.add_parser("serve", help="start TorchServe (or Triton) and the gateway", description=__doc__)
     p.add_argument("models", nargs="*", help="models to serve (default: the registry's default set)")
-    p.add_argument("--store", default=str(default_store()), help="model store for the archives")
+    add_engine_option(p)
     p.add_argument("--run-dir", default=str(default_run_dir()), help="config and logs go here")
     p.add_argument("--rebuild", action="store_true", help="rebuild archives even if present")
     p.add_argument("--host", default="127.0.0.1", help="gateway bind address")
     p.add_argument("--http-port", type=int, default=8080, help="gateway REST port")
     p.add_argument("--grpc-port", type=int, default=8081, help="gateway gRPC port")
     p.add_argument("--gateway-config", default=None, help="gateway YAML (routes, API keys, limits)")
-    p.add_argument("--no-gateway", action="store_true", help="start TorchServe only")
-    p.add_argument("--torchserve-metrics-port", type=int, default=None,
-                   help="TorchServe's Prometheus metrics port (default: a free one); a pod pins it to be scraped")
-    p.add_argument("--torchserve-metrics-host", default="127.0.0.1",
-                   help="TorchServe metrics bind address (its inference and management APIs stay on loopback)")
+    p.add_argument("--no-gateway", action="store_true", help="start the engine only")
+    p.add_argument("--torchserve-metrics-port", "--engine-metrics-port", type=int, default=None,
+                   help="the engine's (TorchServe's or Triton's) Prometheus metrics port (default: a free one); a "
+                        "pod pins it to be scraped")
+    p.add_argument("--torchserve-metrics-host", "--engine-metrics-host", default="127.0.0.1",
+                   help="the engine's metrics bind address (its inference and management APIs stay on loopback)")
     p.add_argument("--ready-timeout", type=float, default=600, help="seconds to wait for models")
     p.add_argument("--with-prometheus", action="store_true",
                    help="also run Prometheus (Debian's /usr/bin/prometheus) on loopback over the gateway and "
-                        "TorchServe, with deploy/prometheus's rules and alerts")
+                        "the engine, with deploy/prometheus's rules and alerts")
     p.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus web/API port (loopback)")
     p.add_argument("--prometheus-scrape-interval", default="15s", help="scrape and rule-evaluation interval")
     add_weights_options(p)

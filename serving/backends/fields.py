@@ -41,6 +41,7 @@ from zoo.tensors import (
     TensorSpec,
     decode_tensors,
     is_tensors,
+    specs_from,
 )
 
 # Request parameters that belong to the protocol, not to the model.
@@ -219,3 +220,40 @@ async def answer_all(payloads: list[dict[str, bytes]],
         if isinstance(result, BaseException):
             raise result
     return list(results)
+
+
+def zoo_metadata(meta: dict[str, Any], model: str, versions: list[str], engine: str, backend: str) -> dict[str, Any]:
+    """OIP metadata of a model that runs a zoo handler, from its ``zoo_model.json`` (`meta`, may be empty),
+    alike on every engine: the declared typed inputs and outputs (an archive built before typed I/O: the
+    handler's inputs as BYTES and ``output``) and the zoo's parameters."""
+    weights = meta.get("weights") or {}
+    kind = weights.get("kind", "unknown")
+    if meta.get("input_specs"):
+        inputs = tensor_metadata(specs_from(meta["input_specs"]))
+    else:  # an archive built before typed I/O
+        inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in (meta.get("inputs") or {})]
+    declared = meta.get("outputs")
+    typed = isinstance(declared, list) and all(isinstance(d, dict) for d in declared)
+    outputs = (tensor_metadata(specs_from(declared)) if typed
+               else [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}])
+    return {
+        "name": model,
+        "versions": versions or ([str(meta["version"])] if meta.get("version") else []),
+        # the weights kind is in the platform string too: gRPC metadata has no parameters field
+        "platform": f"{engine} (weights: {kind})",
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": {
+            "backend": backend,
+            "backend_model": model,
+            "task": meta.get("task", ""),
+            "weights_kind": kind,
+            "random_weights": kind == "random-seeded",
+            "weights": weights,
+            "input_descriptions": meta.get("inputs", {}),
+            "output_descriptions": ({d["name"]: d.get("description", "") for d in declared} if typed
+                                    else meta.get("outputs", {})),
+            "license": meta.get("license", ""),
+            "paper": meta.get("paper", ""),
+        },
+    }

@@ -37,7 +37,7 @@ import grpc
 
 from proto import serialize, ts
 from serving.backends.base import Backend, ListedModel, ModelWorkers, RawPrediction, time_left
-from serving.backends.fields import OUTPUT, answer_all, answers_to_response, fan_out, tensor_metadata, typed_answer
+from serving.backends.fields import answer_all, answers_to_response, fan_out, typed_answer, zoo_metadata
 from serving.errors import (
     BackendError,
     BackendUnavailable,
@@ -262,38 +262,7 @@ class TorchServeBackend(Backend):
         meta = self._archive_meta(model, archive)
         if described is None and not meta:
             raise ModelNotFound(f"model '{model}' not found")
-        weights = meta.get("weights") or {}
-        kind = weights.get("kind", "unknown")
-        if meta.get("input_specs"):
-            inputs = tensor_metadata(specs_from(meta["input_specs"]))
-        else:  # an archive built before typed I/O
-            inputs = [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in (meta.get("inputs") or {})]
-        declared = meta.get("outputs")
-        typed = isinstance(declared, list) and all(isinstance(d, dict) for d in declared)
-        outputs = (tensor_metadata(specs_from(declared)) if typed
-                   else [{"name": OUTPUT, "datatype": "BYTES", "shape": [-1]}])
-        params: dict[str, Any] = {
-            "backend": self.name,
-            "backend_model": model,
-            "task": meta.get("task", ""),
-            "weights_kind": kind,
-            "random_weights": kind == "random-seeded",
-            "weights": weights,
-            "input_descriptions": meta.get("inputs", {}),
-            "output_descriptions": ({d["name"]: d.get("description", "") for d in declared} if typed
-                                    else meta.get("outputs", {})),
-            "license": meta.get("license", ""),
-            "paper": meta.get("paper", ""),
-        }
-        return {
-            "name": model,
-            "versions": versions or ([str(meta["version"])] if meta.get("version") else []),
-            # the weights kind is in the platform string too: gRPC metadata has no parameters field
-            "platform": f"torchserve (weights: {kind})",
-            "inputs": inputs,
-            "outputs": outputs,
-            "parameters": params,
-        }
+        return zoo_metadata(meta, model, versions, "torchserve", self.name)
 
     async def binary_inputs(self, model: str, version: str = "") -> frozenset[str]:
         """From the archive's declared inputs (asked once per model and version, then remembered)."""

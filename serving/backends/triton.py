@@ -13,6 +13,13 @@ reused by every request. Per request:
   (504), RESOURCE_EXHAUSTED (a message over gRPC's size limit) -> PayloadTooLarge (413, as for TorchServe),
   anything else -> BackendError (500).
 
+Zoo models (`zoo build --engine triton`: the Python backend running a zoo handler, recognised by the
+``zoo_meta`` parameter of their model config) are served exactly as the TorchServe backend serves the same
+handler, so either engine gives a client the same answers: task routes send the handler's named fields (a
+field the model declares as an input goes as that BYTES input, any other as a request parameter) and return
+the handler's JSON answer as it is; OIP requests fan out to handler requests and come back as ``output`` plus
+the answers' numbers (`serving.backends.fields`, shared with TorchServe); metadata shows the zoo's.
+
 The channel reconnects by itself once Triton is back; its reconnect backoff is capped (`max_reconnect_s`)
 so a restarted Triton is used again within seconds, not gRPC's default two minutes.
 
@@ -30,6 +37,7 @@ Config (see `from_config`)::
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -39,6 +47,7 @@ import numpy as np
 
 from proto import oip
 from serving.backends.base import Backend, ListedModel, RawPrediction, time_left
+from serving.backends.fields import OUTPUT, answer_all, answers_to_response, fan_out, typed_answer, zoo_metadata
 from serving.config import ConfigError
 from serving.errors import (
     BackendError,
@@ -50,7 +59,8 @@ from serving.errors import (
     PayloadTooLarge,
 )
 from serving.triton_schema import to_json, to_message
-from serving.types import InferInput, InferRequest, InferResponse
+from serving.types import InferInput, InferRequest, InferResponse, RequestedOutput
+from zoo.contract import TRITON_ZOO_META_PARAMETER
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +101,7 @@ class TritonBackend(Backend):
         self.retry_after_s = retry_after_s
         self.max_reconnect_s = max_reconnect_s
         self._client: Any = None
+        self._zoo: dict[str, ZooModel | None] = {}  # model -> how it runs a zoo handler (None: it does not)
 
     OPTIONS = ("url", "max_reconnect_s")
 
@@ -210,7 +221,24 @@ class TritonBackend(Backend):
                         self._error(exc, "model index"))
             return []
         ready = {m["name"] for m in index.get("models", []) if m.get("state", "READY") == "READY"}
-        return [ListedModel(name) for name in sorted(ready)]
+        listed = []
+        for name in sorted(ready):
+            zoo = await self._zoo_model(name, "")
+            aliases = tuple(a for a in (zoo.meta.get("aliases") or []) if isinstance(a, str)) if zoo else ()
+            listed.append(ListedModel(name, aliases))
+        return listed
+
+    async def _zoo_model(self, model: str, version: str) -> ZooModel | None:
+        """How `model` runs a zoo handler (from its model config, fetched once), None for any other model."""
+        if model not in self._zoo:
+            try:
+                doc = await self._get_client().get_model_config(
+                    model, version, as_json=True, client_timeout=_CONTROL_TIMEOUT_S)
+            except Exception as exc:  # e.g. restricted (PyTriton) or down: serve it as a plain Triton model
+                log.debug("no config for Triton model %s: %s", model, self._error(exc, "model config"))
+                return None
+            self._zoo[model] = ZooModel.from_config(doc.get("config", doc))
+        return self._zoo[model]
 
     async def model_ready(self, model: str, version: str = "") -> bool:
         what = f"model '{model}'" + (f" version {version}" if version else "")
@@ -242,6 +270,7 @@ class TritonBackend(Backend):
             raise self._error(exc, what) from None
 
     async def model_metadata(self, model: str, version: str = "") -> dict[str, Any]:
+        zoo = await self._zoo_model(model, version)
         doc = await self._describe("metadata", model, version)
 
         def tensors(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -249,6 +278,8 @@ class TritonBackend(Backend):
             return [{"name": t.get("name", ""), "datatype": t.get("datatype", ""),
                      "shape": [int(d) for d in t.get("shape", [])]} for t in items]
 
+        if zoo is not None:
+            return zoo.metadata(model, list(doc.get("versions", [])), self.name)
         return {
             "name": doc.get("name", model),
             "versions": list(doc.get("versions", [])),
@@ -312,6 +343,17 @@ class TritonBackend(Backend):
         return keywords, forwarded
 
     async def infer(self, request: InferRequest, deadline: float | None) -> InferResponse:
+        zoo = await self._zoo_model(request.model_name, request.model_version)
+        if zoo is not None:  # the handler's fields, exactly as over TorchServe
+            async def answer(fields: dict[str, bytes]) -> Any:
+                return typed_answer(await self._zoo_call(zoo, request.model_name, request.model_version, fields,
+                                                         deadline))
+
+            return answers_to_response(request, await answer_all(fan_out(request), answer))
+        return await self.infer_triton(request, deadline)
+
+    async def infer_triton(self, request: InferRequest, deadline: float | None) -> InferResponse:
+        """The request as Triton's own inference, tensors as they are."""
         what = f"model '{request.model_name}'"
         inputs = self._triton_inputs(request)
         outputs = self._triton_outputs(request)
@@ -333,7 +375,11 @@ class TritonBackend(Backend):
                           deadline: float | None) -> RawPrediction:
         """Task route on a Triton model: each byte field becomes the BYTES input of that name (a raw body,
         field "body", goes to the model's only input), one element each; the answer is the OIP REST
-        response (JSON, or the binary extension when an output is not UTF-8)."""
+        response (JSON, or the binary extension when an output is not UTF-8). A zoo model answers its
+        handler's JSON as it is (see the module doc)."""
+        zoo = await self._zoo_model(model, version)
+        if zoo is not None:
+            return RawPrediction(await self._zoo_call(zoo, model, version, fields, deadline), "application/json")
         meta = await self.model_metadata(model, version)
         specs = {t["name"]: t for t in meta["inputs"]}
         if set(fields) == {"body"} and "body" not in specs:
@@ -365,3 +411,57 @@ class TritonBackend(Backend):
             return RawPrediction(body, "application/json")
         return RawPrediction(body, "application/octet-stream",
                              {"Inference-Header-Content-Length": str(header_length)})
+
+    async def _zoo_call(self, zoo: ZooModel, model: str, version: str, fields: dict[str, bytes],
+                        deadline: float | None) -> bytes:
+        """One handler request (named byte fields) to a zoo model -> the handler's answer."""
+        inputs, parameters = zoo.request(fields)
+        # `output` alone: the handler's answer as TorchServe gives it (JSON, or the typed framing it was asked for)
+        request = InferRequest(model, inputs, version, parameters=parameters, outputs=[RequestedOutput(OUTPUT)])
+        response = await self.infer_triton(request, deadline)
+        for output in response.outputs:
+            if output.name == OUTPUT:
+                elements = output.bytes_elements()
+                if len(elements) == 1:
+                    return elements[0]
+        raise BackendError(f"model '{model}' answered without one '{OUTPUT}' element")
+
+
+class ZooModel:
+    """A Triton model that runs a zoo handler (`zoo build --engine triton`, see zoo/triton_repo.py): its
+    declared BYTES inputs and the zoo metadata its config carries."""
+
+    def __init__(self, inputs: list[str], meta: dict[str, Any]) -> None:
+        self.inputs = inputs
+        self.meta = meta
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ZooModel | None:
+        parameter = (config.get("parameters") or {}).get(TRITON_ZOO_META_PARAMETER)
+        if not parameter:
+            return None
+        try:
+            meta = json.loads(parameter.get("string_value", ""))
+        except (TypeError, ValueError):
+            return None
+        if not isinstance(meta, dict):
+            return None
+        return cls([str(i.get("name", "")) for i in config.get("input", [])], meta)
+
+    def request(self, fields: dict[str, bytes]) -> tuple[list[InferInput], dict[str, Any]]:
+        """Handler fields -> (BYTES inputs of one element, request parameters for the undeclared fields)."""
+        inputs, parameters = [], {}
+        for name, data in fields.items():
+            if name in self.inputs:
+                inputs.append(InferInput.from_bytes_list(name, [bytes(data)], [1, 1]))
+                continue
+            try:
+                parameters[name] = bytes(data).decode("utf-8")
+            except UnicodeDecodeError:
+                raise InvalidInput(f"field '{name}' holds binary data, which this model takes only as one of its "
+                                   f"inputs: {', '.join(self.inputs)}") from None
+        return inputs, parameters
+
+    def metadata(self, model: str, versions: list[str], backend: str) -> dict[str, Any]:
+        """The same metadata the TorchServe backend gives for this handler (from its zoo_model.json)."""
+        return zoo_metadata(self.meta, model, versions, "triton", backend)

@@ -185,9 +185,14 @@ def crd_validators() -> dict[tuple[str, str], Any]:
 
 # --- Kubernetes: every object is valid ---------------------------------------------------------------------
 def test_every_object_validates_against_its_schema(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    name, objects = overlay
+    assert_valid(name, objects)
+
+
+def assert_valid(name: str, objects: list[dict[str, Any]]) -> None:
+    """Every object validates against its Kubernetes (both versions) or vendored CRD schema."""
     kubernetes_validate = pytest.importorskip(
         "kubernetes_validate", reason="kubernetes-validate is a test extra (`make test` installs it)")
-    name, objects = overlay
     assert objects
     for obj in objects:
         where = f"{name}: {obj['kind']}/{obj['metadata']['name']}"
@@ -433,6 +438,54 @@ def test_kserve_runtime_and_inference_service_run_zoo_serve() -> None:
     check_models(served, pulls, "kserve: InferenceService")
     assert {p["containerPort"] for p in server["ports"]} == {GATEWAY_PORTS["http"]}
     assert set(gateway_config_of(objects, predictor["volumes"])["models"]) == set(served)
+
+
+# --- the Triton engine ----------------------------------------------------------------------------------------
+def test_triton_component_switches_every_group_to_triton_and_nothing_else() -> None:
+    """overlays/gpu-triton = the gpu overlay + components/triton: the same objects, except that every group's
+    `zoo serve` runs `--engine triton` and the ServiceMonitor labels the engine's metrics port job `triton`."""
+    objects = render(K8S / "overlays" / "gpu-triton")
+    assert_valid("gpu-triton", objects)
+    gpu = copy.deepcopy(list(_rendered("gpu")))
+    for deployment in of_kind(objects, "Deployment"):
+        args = container(pod_spec(deployment))["args"]
+        parsed = build_parser().parse_args(args)
+        assert parsed.engine == "triton", args
+        reference = by_name(gpu, "Deployment", deployment["metadata"]["name"])
+        assert [a for a in args if a not in ("--engine", "triton")] == container(pod_spec(reference))["args"]
+        assert deployment_models(deployment) == deployment_models(reference)
+    (monitor,) = of_kind(objects, "ServiceMonitor")
+    jobs = {e["port"]: [r["replacement"] for r in e["relabelings"] if r["targetLabel"] == "job"]
+            for e in monitor["spec"]["endpoints"]}
+    assert jobs == {"http": ["zoo-gateway"], "ts-metrics": ["triton"]}
+    unchanged = [o for o in objects if o["kind"] not in ("Deployment", "ServiceMonitor")]
+    assert unchanged == [o for o in gpu if o["kind"] not in ("Deployment", "ServiceMonitor")]
+
+
+def test_kserve_triton_runtime_serves_the_repository_its_init_containers_build() -> None:
+    objects = render(K8S / "kserve-triton")
+    assert_valid("kserve-triton", objects)
+    (isvc,) = of_kind(objects, "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    model = predictor["model"]
+    # KServe's own Triton runtime (modelFormat triton), speaking OIP v2, started through `zoo tritonserver`
+    assert model["runtime"] == "kserve-tritonserver" and model["modelFormat"]["name"] == "triton"
+    assert model["protocolVersion"] == "v2"
+    assert model["command"] == ["zoo", "tritonserver"] and build_parser().parse_args(["tritonserver"]).func
+    (store,) = [m["mountPath"] for m in model["volumeMounts"] if m["name"] == "models"]
+    assert store == "/mnt/models"  # where the runtime's `--model-store=/mnt/models` looks
+    pulls: dict[str, list[str]] = {}
+    built: list[str] = []
+    for init in predictor["initContainers"]:
+        if init["args"][0] == "pull":
+            pulls.update(pulled_models(init["args"]))
+            continue
+        parsed = build_parser().parse_args(init["args"])
+        assert init["args"][0] == "build" and parsed.engine == "triton" and parsed.store == store, init["args"]
+        assert {m["name"]: m["mountPath"] for m in init["volumeMounts"]}["models"] == store
+        built += parsed.models
+    check_models(built, pulls, "kserve-triton: InferenceService")
+    assert set(built) == {"detr_resnet50", "ckdn_r50"}
 
 
 # --- Compose ------------------------------------------------------------------------------------------------
