@@ -1,7 +1,7 @@
-"""Zoo breadth II through the gateway + a real TorchServe: CUT (image translation), stereo-from-mono (a named
-left/right pair) and SCAN (clusters over the classification contract), with random weights at reduced test
-sizes. The SDK's typed methods, OIP REST and gRPC with named BYTES inputs, `zoo predict --draw`, and a bad pair
-refused with the handler's message."""
+"""Zoo breadth II through the gateway + a real TorchServe: CondInst (instance masks), DNLNet (label maps), CUT
+(image translation), stereo-from-mono (a named left/right pair) and SCAN (clusters over the classification
+contract), with random weights at reduced test sizes. The SDK's typed methods, OIP REST and gRPC with named
+BYTES inputs, `zoo predict --draw`, and a bad pair refused with the handler's message."""
 
 from __future__ import annotations
 
@@ -23,9 +23,12 @@ from zoo import get_entry
 pytestmark = pytest.mark.integration
 
 TRANSLATION, STEREO, CLUSTERS = "cut", "stereo_from_mono", "scan_r18"
+INSTANCES, SEMANTIC = "condinst_r50", "dnl_r50_d8"
 OVERRIDES = {
     TRANSLATION: {"preprocess": {**get_entry(TRANSLATION).config["preprocess"], "load_size": 64}},
     STEREO: {"input_size": [128, 128]},
+    INSTANCES: {"min_size_test": 128, "max_size_test": 192},  # as tests/handlers/test_instance_segmentation_handler
+    SEMANTIC: {"test_scale": [192, 96]},  # as tests/handlers/test_semantic_segmentation_handler
 }
 TIMEOUT_S = 600
 
@@ -33,7 +36,8 @@ TIMEOUT_S = 600
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("breadth_gw")
-    with running_torchserve(workdir / "ts", [TRANSLATION, STEREO, CLUSTERS], config_overrides=OVERRIDES) as ts, \
+    with running_torchserve(workdir / "ts", [TRANSLATION, STEREO, CLUSTERS, INSTANCES, SEMANTIC],
+                            config_overrides=OVERRIDES) as ts, \
             running_gateway(ts, workdir / "gw") as gw:
         yield gw
 
@@ -86,14 +90,15 @@ def test_oip_named_inputs_equal_the_task_route(gateway, files) -> None:
         tensor = tgrpc.InferInput(name, [1], "BYTES")
         tensor.set_data_from_numpy(np.array([data], dtype=object))
         tensors.append(tensor)
-    via_grpc = json.loads(client.infer(STEREO, tensors).as_numpy("output")[0])
+    via_grpc = client.infer(STEREO, tensors)  # typed outputs, a batch of one
 
     with ZooClient(gateway.http_url, timeout_s=TIMEOUT_S) as zoo:
-        via_rest = zoo.infer(TRANSLATION, {"image": files["cat.jpg"].read_bytes()}).json()[0]
-        via_task = zoo.predict(STEREO, {"left": left, "right": right})
-        translated = zoo.predict(TRANSLATION, {"image": files["cat.jpg"].read_bytes()})
-    assert via_grpc["disparity"] == via_task["disparity"] and via_grpc["disparity_png16"] == via_task["disparity_png16"]
-    assert via_rest["image"] == translated["image"] and via_rest["format"] == "png"
+        via_rest = zoo.infer(TRANSLATION, {"image": files["cat.jpg"].read_bytes()})
+        via_task = DisparityResult.from_json(zoo.predict(STEREO, {"left": left, "right": right}))
+        translated = TranslationResult.from_json(zoo.predict(TRANSLATION, {"image": files["cat.jpg"].read_bytes()}))
+    np.testing.assert_array_equal(via_grpc.as_numpy("disparity")[0], via_task.disparity)
+    assert bytes(via_grpc.as_numpy("disparity_png16").reshape(-1)[0]) == via_task.png16
+    assert bytes(via_rest["image"].reshape(-1)[0]) == translated.image_bytes and translated.format == "png"
 
     status, _, raw = http_request(f"{gateway.http_url}/v1/models/{STEREO}:predict", b"\x89PNG broken",
                                   {"Content-Type": "image/png"}, "POST")
@@ -122,3 +127,30 @@ def test_zoo_predict_draws_translation_and_disparity(gateway, files, tmp_path, c
     assert out.is_file()
     code = cli_main(["predict", TRANSLATION, str(files["cat.jpg"]), "--threshold", "0.5", "--url", gateway.http_url])
     assert code == 1 and "takes -p format, quality, preprocess (not --threshold)" in capsys.readouterr().err
+
+
+def test_masks_and_label_maps_through_the_gateway_typed_and_task_route_agree(gateway, files) -> None:
+    """CondInst and DNLNet on a real photo: the SDK's typed results over the task route, and the same answers
+    as typed OIP outputs over gRPC (one image in, a batch of one out)."""
+    image = files["cat.jpg"].read_bytes()
+    client = tgrpc.InferenceServerClient(gateway.grpc_target)
+    tensor = tgrpc.InferInput("image", [1], "BYTES")
+    tensor.set_data_from_numpy(np.array([image], dtype=object))
+    with ZooClient(gateway.http_url, timeout_s=TIMEOUT_S) as zoo:
+        instances = zoo.segment_instances(files["cat.jpg"], model=INSTANCES)
+        assert instances.image_size == (90, 60) and instances.model.random_weights
+        typed = client.infer(INSTANCES, [tensor])
+        boxes, scores = typed.as_numpy("boxes"), typed.as_numpy("scores")
+        assert boxes.shape == (1, len(instances), 4) and scores.shape == (1, len(instances))
+        for row, instance in enumerate(instances):
+            assert instance.mask().shape == (60, 90)
+            np.testing.assert_allclose(boxes[0, row], instance.box, atol=1e-4)
+            assert scores[0, row] == pytest.approx(instance.score, abs=1e-6)
+
+        labels = zoo.segment(files["cat.jpg"], model=SEMANTIC)
+        assert labels.label_map().shape == (60, 90) and labels.dataset == "cityscapes"
+        assert sum(c.fraction for c in labels.class_fractions) == pytest.approx(1.0, abs=1e-6)
+        typed = client.infer(SEMANTIC, [tensor])
+        assert bytes(typed.as_numpy("label_map_png").reshape(-1)[0]) == labels.label_map_png
+        fractions = typed.as_numpy("class_fractions")
+        assert fractions.shape == (1, 19) and fractions.sum() == pytest.approx(1.0, abs=1e-5)
