@@ -150,33 +150,49 @@ class ModelQueue:
     """One model's backend calls: at most `limit` at once, at most `max_queue` waiting (more: Overloaded), and a
     waiting call never outlives its deadline (DeadlineExceeded, never sent to the backend)."""
 
-    def __init__(self, name: str, limit: int, max_queue: int, retry_after_s: int) -> None:
+    def __init__(self, name: str, limit: int, max_queue: int, retry_after_s: int,
+                 metrics: GatewayMetrics | None = None) -> None:
         self.name = name
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
         self.waiting = 0
+        self.admitted = 0  # sent or waiting: the per-model load signal autoscalers read
         self._slots = asyncio.Semaphore(limit)
+        self._in_flight_gauge = metrics.model_in_flight.labels(name) if metrics else None
+        self._queued_gauge = metrics.model_queued.labels(name) if metrics else None
+
+    def _publish(self) -> None:
+        if self._in_flight_gauge is not None and self._queued_gauge is not None:
+            self._in_flight_gauge.set(self.admitted)
+            self._queued_gauge.set(self.waiting)
 
     @contextlib.asynccontextmanager
     async def slot(self, deadline: float | None) -> AsyncIterator[None]:
-        if self._slots.locked():
-            if self.waiting >= self.max_queue:
-                raise Overloaded(f"model '{self.name}' is overloaded: {self.waiting} requests already waiting",
-                                 retry_after_s=self.retry_after_s)
-            self.waiting += 1
-            try:
-                await asyncio.wait_for(self._slots.acquire(), time_left(deadline, f"model '{self.name}'"))
-            except asyncio.TimeoutError:
-                raise DeadlineExceeded(f"model '{self.name}': deadline exceeded while queued in the gateway "
-                                       "(never sent to the backend)") from None
-            finally:
-                self.waiting -= 1
-        else:
-            await self._slots.acquire()
+        if self._slots.locked() and self.waiting >= self.max_queue:
+            raise Overloaded(f"model '{self.name}' is overloaded: {self.waiting} requests already waiting",
+                             retry_after_s=self.retry_after_s)
+        self.admitted += 1
         try:
-            yield
+            if self._slots.locked():
+                self.waiting += 1
+                self._publish()
+                try:
+                    await asyncio.wait_for(self._slots.acquire(), time_left(deadline, f"model '{self.name}'"))
+                except asyncio.TimeoutError:
+                    raise DeadlineExceeded(f"model '{self.name}': deadline exceeded while queued in the gateway "
+                                           "(never sent to the backend)") from None
+                finally:
+                    self.waiting -= 1
+            else:
+                await self._slots.acquire()
+            self._publish()
+            try:
+                yield
+            finally:
+                self._slots.release()
         finally:
-            self._slots.release()
+            self.admitted -= 1
+            self._publish()
 
 
 class DataPlane:
@@ -431,7 +447,7 @@ class DataPlane:
         queue = self._queues.get(route.public_name)
         if queue is None:
             queue = self._queues[route.public_name] = ModelQueue(
-                route.public_name, route.max_concurrency, route.max_queue, self.config.retry_after_s)
+                route.public_name, route.max_concurrency, route.max_queue, self.config.retry_after_s, self.metrics)
         return queue
 
     def _count_error(self, backend: Backend, exc: Exception) -> None:

@@ -45,6 +45,14 @@ class GatewayMetrics:
             ["model", "backend"], buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge(
             "zoo_gateway_in_flight_requests", "Requests being handled now", ["protocol"], registry=r)
+        # The autoscaling signal (deploy/k8s KEDA ScaledObject / HPA): backend calls of a model admitted and not
+        # yet answered (sent or waiting in the gateway's per-model queue), and of those, the ones waiting.
+        self.model_in_flight = Gauge(
+            "zoo_gateway_model_in_flight", "Backend calls of a model sent or queued in the gateway, not yet answered",
+            ["model"], registry=r)
+        self.model_queued = Gauge(
+            "zoo_gateway_model_queued", "Backend calls of a model waiting in the gateway's queue", ["model"],
+            registry=r)
         self.request_size = Histogram(
             "zoo_gateway_request_size_bytes", "Request payload size", ["model", "protocol", "route"],
             buckets=SIZE_BUCKETS, registry=r)

@@ -250,6 +250,27 @@ def test_in_flight_counts_a_request_while_it_runs(gw: Running) -> None:
     assert results == [200, 200]
 
 
+def test_per_model_in_flight_gauge_rises_under_concurrent_load_and_returns_to_zero(gw: Running) -> None:
+    """`zoo_gateway_model_in_flight{model}` is the autoscaling signal (deploy/k8s KEDA ScaledObject and HPA)."""
+    def gauge() -> float:
+        return gw.metric("zoo_gateway_model_in_flight", model="toy_echo")
+
+    def call() -> None:
+        rest(gw, "/v1/models/toy_echo:predict?sleep_ms=600", PNG, AUTH, "POST")
+
+    workers = [threading.Thread(target=call) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    deadline, peak = time.monotonic() + 5, 0.0
+    while peak < 3 and time.monotonic() < deadline:
+        peak = max(peak, gauge())
+        time.sleep(0.01)
+    for worker in workers:
+        worker.join(10)
+    assert peak == 3 and gauge() == 0
+    assert gw.metric("zoo_gateway_model_queued", model="toy_echo") == 0
+
+
 # --- refusals: 413, 404, 401/403 ------------------------------------------------------------------------------
 def test_size_limit_names_size_and_limit(gw: Running) -> None:
     big = PNG + b"\0" * 5000
