@@ -74,7 +74,9 @@ def test_shifted_photo_pair_multipart_and_json(torchserve, in_process) -> None:
     status, half = post_json(torchserve, MODEL, {"left": PAIR[0], "right": PAIR[1], "dtype": "float16"})
     assert status == 200, half
     assert half["disparity"]["dtype"] == "float16"
-    assert handler.tensors(half)["disparity"].dtype == np.float16
+    half_typed = handler.tensors(half)  # the declared output is FP32 whatever the JSON's dtype: the half values
+    check_typed_outputs(get_entry(MODEL), half_typed)
+    np.testing.assert_array_equal(half_typed["disparity"], disparity_of(half).astype(np.float32))
     np.testing.assert_allclose(disparity_of(half).astype(np.float32), disparity, rtol=1e-3, atol=1e-2)
 
     result = DisparityResult.from_json(answer)  # the SDK's reading
