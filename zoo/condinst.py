@@ -48,6 +48,7 @@ from PIL import Image, ImageOps
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.checkpoint import TrainingOnly, filter_checkpoint
 from zoo.detr import COCO_CATEGORY_NAMES
 from zoo.tensors import TensorSpec
 
@@ -784,29 +785,25 @@ def zoo_keys() -> tuple[str, ...]:
         return tuple(build_condinst().state_dict())
 
 
+# The declared drops in the one checkpoint-filter policy's terms (zoo/checkpoint.py).
+_TRAINING_ONLY_RULES = (TrainingOnly(
+    "training-only state of the official checkpoint (TRAINING_ONLY_KEYS above says why each is dropped)",
+    pattern="|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in TRAINING_ONLY_KEYS)),)
+
+
 def convert_detectron2(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     """A published CondInst checkpoint (``CondInst_MS_R_50_{1x,3x}.pth``: detectron2 names under ``model``,
-    tensors or the numpy arrays of detectron2's pickles) -> zoo layout. Strips ``module.``, drops
-    ``TRAINING_ONLY_KEYS`` and raises ``WeightsError`` naming every other unknown or missing key."""
-    from zoo.classify import convert_state_dict
-    from zoo.weights import WeightsError
-
+    tensors or the numpy arrays of detectron2's pickles) -> zoo layout, through ``zoo.checkpoint``'s filter:
+    strips ``module.``, drops ``TRAINING_ONLY_KEYS`` and raises ``WeightsError`` naming every other unknown or
+    missing key (and any entry that is neither a tensor nor an array)."""
     state: Any = checkpoint
     if isinstance(state, Mapping) and isinstance(state.get("model"), Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping):
-        raise WeightsError(f"a CondInst checkpoint must be a mapping, got {type(state).__name__}")
-    flat: dict[str, Tensor] = {}
-    for key, value in state.items():
-        if isinstance(value, np.ndarray):
-            value = torch.from_numpy(np.ascontiguousarray(value))
-        if not isinstance(value, Tensor):
-            raise WeightsError(f"CondInst checkpoint entry {key!r} is a {type(value).__name__}, not a tensor/array")
-        flat[str(key)] = value
-    while flat and all(k.startswith("module.") for k in flat):
-        flat = {k[len("module."):]: v for k, v in flat.items()}
-    kept = {k: v for k, v in flat.items() if not is_training_only(k)}
-    return convert_state_dict(kept, zoo_keys(), "CondInst R50-FPN", wrappers=(), prefixes=())
+        state = state["model"]  # detectron2's pickles keep metadata (__author__, ...) beside "model"
+    if isinstance(state, Mapping):  # detectron2 pickles hold numpy arrays
+        state = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+                 for k, v in state.items()}
+    return filter_checkpoint(state, what="CondInst R50-FPN", expected=zoo_keys(), unwrap=(), strip=("module.",),
+                             training_only=_TRAINING_ONLY_RULES)
 
 
 # =====================================================================================================

@@ -45,6 +45,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.checkpoint import filter_checkpoint
+from zoo.contract import WeightsError
 from zoo.tensors import TensorSpec
 
 MIN_SIDE = 5  # at 4 px the bottleneck is 1x1 and the ResBlock reflection pad fails (official probe)
@@ -267,7 +269,6 @@ def encode_image(image_u8: np.ndarray, fmt: str = "png", quality: int = 95) -> b
 # ``netG.state_dict()`` alone (netF, the PatchNCE MLPs, and netD are saved to their own files,
 # ``latest_net_F.pth``/``latest_net_D.pth``, and are refused by name if offered as a generator), and the
 # official loader is strict (its pre-0.4 InstanceNorm ``running_*`` patch is commented out).
-TRAINING_ONLY_KEYS: tuple[str, ...] = ()
 WRAPPER_KEYS = ("state_dict", "model", "netG")  # not used by the official saver; accepted for re-saved files
 KEY_PREFIXES = ("module.",)  # DataParallel; the official saver strips it, re-saved files may not
 
@@ -287,45 +288,19 @@ def _filter_value(key: str, shape: tuple[int, ...]) -> Tensor | None:
     return blur_filter(taps, shape[0], gain)
 
 
-def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
-    for key in WRAPPER_KEYS:
-        inner = checkpoint.get(key)
-        if isinstance(inner, Mapping):
-            return inner
-    return checkpoint
-
-
 def convert_official(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
     """Official ``latest_net_G.pth`` (a plain ``ResnetGenerator`` state dict, possibly ``module.``-prefixed or
-    wrapped) -> zoo layout (the same names). Raises ``WeightsError`` naming every unknown or missing key, and
-    any anti-aliasing filter that is not the fixed official blur (a different generator variant)."""
-    from zoo.weights import WeightsError  # local: zoo.weights imports the registry
-
-    state = _unwrap(state_dict)
-    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
-    if not_tensors:
-        raise WeightsError(f"CUT generator checkpoint: expected a state dict of tensors (or one under "
-                           f"{WRAPPER_KEYS}); non-tensor entries: {', '.join(not_tensors[:8])}")
-    flat = dict(state)
-    while flat:  # strip wrapper prefixes every key shares, repeatedly (module.module.)
-        prefix = next((p for p in KEY_PREFIXES if all(k.startswith(p) for k in flat)), None)
-        if prefix is None:
-            break
-        flat = {k[len(prefix):]: v for k, v in flat.items()}
-    flat = {k: v for k, v in flat.items() if not k.startswith(TRAINING_ONLY_KEYS)}
-    expected = zoo_keys()
-    unknown = sorted(set(flat) - set(expected))
-    missing = sorted(set(expected) - set(flat))
-    if unknown or missing:
-        parts = [f"{len(keys)} {kind}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for kind, keys in (("unknown", unknown), ("missing", missing)) if keys]
-        raise WeightsError("CUT generator checkpoint does not fit the official layout: " + "; ".join(parts))
-    for key in expected:
-        want = _filter_value(key, tuple(flat[key].shape))
-        if want is not None and (want.shape != flat[key].shape or not torch.equal(flat[key].float(), want)):
+    wrapped) -> zoo layout (the same names), through ``zoo.checkpoint``'s filter: ``WeightsError`` names every
+    unknown or missing key; then any anti-aliasing filter that is not the fixed official blur (a different
+    generator variant) is refused."""
+    flat = filter_checkpoint(state_dict, what="CUT generator", expected=zoo_keys(), unwrap=WRAPPER_KEYS,
+                             strip=KEY_PREFIXES)
+    for key, value in flat.items():
+        want = _filter_value(key, tuple(value.shape))
+        if want is not None and (want.shape != value.shape or not torch.equal(value.float(), want)):
             raise WeightsError(f"CUT generator checkpoint: {key} is not the fixed anti-aliasing filter "
-                               f"(shape {tuple(flat[key].shape)}); this is not the anti-aliased resnet_9blocks")
-    return {k: flat[k] for k in expected}
+                               f"(shape {tuple(value.shape)}); this is not the anti-aliased resnet_9blocks")
+    return flat
 
 
 # --- registry -------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.checkpoint import TrainingOnly, filter_checkpoint
 from zoo.tensors import TensorSpec
 
 MEAN = (123.675, 116.28, 103.53)  # RGB, SegDataPreProcessor (stored as float32 buffers there)
@@ -413,38 +414,24 @@ TRAINING_ONLY_KEYS = (
 )
 WRAPPER_KEYS = ("state_dict", "model")  # mmcv/mmengine checkpoints: {"meta": ..., "state_dict": ...}
 KEY_PREFIXES = ("module.",)  # (Distributed)DataParallel
+_TRAINING_ONLY_RULES = (TrainingOnly("the FCN auxiliary head: its loss only trains the backbone",
+                                     pattern=r"auxiliary_head\..*"),)
 
 
 def convert_mmseg(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
     """An mmsegmentation DNLNet checkpoint (``{"meta", "state_dict"}`` or a bare state dict) -> zoo layout
-    (= mmseg's names minus ``auxiliary_head.*``). Raises ``WeightsError`` naming unknown and missing keys;
-    the number of classes follows from ``decode_head.conv_seg`` and is checked by the strict load."""
-    from zoo.weights import WeightsError  # local: zoo.weights imports the registry
-
-    state: Mapping[str, Any] = checkpoint
-    for key in WRAPPER_KEYS:
-        if isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
-    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
-    if not_tensors:
-        raise WeightsError(f"DNLNet checkpoint: non-tensor entries {', '.join(not_tensors[:8])} "
-                           f"(expected a state dict, or one under {WRAPPER_KEYS})")
-    flat = dict(state)
-    for prefix in KEY_PREFIXES:
-        if flat and all(k.startswith(prefix) for k in flat):
-            flat = {k[len(prefix):]: v for k, v in flat.items()}
-    kept = {k: v for k, v in flat.items() if not k.startswith(TRAINING_ONLY_KEYS)}
-    classes = kept.get("decode_head.conv_seg.bias")
+    (= mmseg's names minus ``auxiliary_head.*``), through ``zoo.checkpoint``'s filter: ``WeightsError`` names
+    unknown and missing keys; the number of classes follows from ``decode_head.conv_seg``."""
+    classes = 19
+    if isinstance(checkpoint, Mapping):
+        state = next((checkpoint[k] for k in WRAPPER_KEYS if isinstance(checkpoint.get(k), Mapping)), checkpoint)
+        bias = next((v for k, v in state.items() if str(k).endswith("decode_head.conv_seg.bias")), None)
+        if isinstance(bias, Tensor) and bias.dim() == 1:
+            classes = int(bias.shape[0])
     with torch.device("meta"):
-        expected = tuple(DNLNet(int(classes.shape[0]) if classes is not None else 19).state_dict())
-    unknown = sorted(set(kept) - set(expected))
-    missing = sorted(set(expected) - set(kept))
-    if unknown or missing:
-        parts = [f"{len(keys)} {what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for what, keys in (("unknown", unknown), ("missing", missing)) if keys]
-        raise WeightsError("DNLNet checkpoint does not fit the mmseg layout: " + "; ".join(parts))
-    return {k: kept[k] for k in expected}
+        expected = tuple(DNLNet(classes).state_dict())
+    return filter_checkpoint(checkpoint, what="DNLNet", expected=expected, unwrap=WRAPPER_KEYS, strip=KEY_PREFIXES,
+                             training_only=_TRAINING_ONLY_RULES)
 
 
 # --- registry ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
 from zoo.ckdn import resnet_stage
 from zoo.classify import IMAGENET_MEAN, IMAGENET_STD, Preprocess, classifier_builder, classify_io
+from zoo.contract import WeightsError
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)  # SCAN's configs (not the 0.247/0.243/0.261 seen elsewhere)
@@ -221,8 +222,6 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], backbone: str, num_classes
     (``model`` with ``module.`` keys, ``best_loss_head``); the self-label file (a bare state dict, served head 0
     as in ``eval.py``); a zoo-layout dict (keys plus ``best_head``). Raises ``WeightsError`` naming unknown or
     missing keys, a missing head index of a wrapped file, or an index outside the heads."""
-    from zoo.weights import WeightsError  # local: zoo.weights imports the registry
-
     state: Mapping[str, Any] = checkpoint
     head: Any = None
     wrapped = False

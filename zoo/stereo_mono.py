@@ -43,6 +43,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.checkpoint import filter_checkpoint
 from zoo.tensors import TensorSpec
 
 MAX_DISPARITY = 192
@@ -334,38 +335,18 @@ def predict(model: StereoHourglass, left: Image.Image | np.ndarray, right: Image
 # --- checkpoint conversion ------------------------------------------------------------------------------------
 # None: the released model.pth is the network's state_dict alone (the optimiser is a separate optimiser.pth,
 # which inference never reads), so every key is either the network's or an error.
-TRAINING_ONLY_KEYS: tuple[str, ...] = ()
 WRAPPER_KEYS = ("state_dict", "model")
 KEY_PREFIXES = ("module.",)  # nn.DataParallel (multi-GPU training); ModelManager.load_model strips it too
 
 
 def convert_official(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
-    """The authors' ``model.pth`` (``hourglass_midas_release``) -> zoo layout (= the official names). Strips a
-    ``module.`` prefix and raises ``WeightsError`` naming every unknown or missing key."""
-    from zoo.weights import WeightsError  # local: zoo.weights imports the registry
-
-    state: Mapping[str, Any] = checkpoint
-    for key in WRAPPER_KEYS:
-        if isinstance(state.get(key), Mapping):
-            state = state[key]
-            break
-    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
-    if not_tensors:
-        raise WeightsError(f"stereo-from-mono checkpoint: non-tensor entries {', '.join(not_tensors[:8])}")
-    flat = dict(state)
-    for prefix in KEY_PREFIXES:
-        if flat and all(k.startswith(prefix) for k in flat):
-            flat = {k[len(prefix):]: v for k, v in flat.items()}
-    kept = {k: v for k, v in flat.items() if not (TRAINING_ONLY_KEYS and k.startswith(TRAINING_ONLY_KEYS))}
+    """The authors' ``model.pth`` (``hourglass_midas_release``) -> zoo layout (= the official names), through
+    ``zoo.checkpoint``'s filter: strips ``module.`` and raises ``WeightsError`` naming every unknown or missing
+    key."""
     with torch.device("meta"):
         expected = tuple(StereoHourglass().state_dict())
-    unknown = sorted(set(kept) - set(expected))
-    missing = sorted(set(expected) - set(kept))
-    if unknown or missing:
-        parts = [f"{len(keys)} {what}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for what, keys in (("unknown", unknown), ("missing", missing)) if keys]
-        raise WeightsError("stereo-from-mono checkpoint does not fit the official layout: " + "; ".join(parts))
-    return {k: kept[k] for k in expected}
+    return filter_checkpoint(checkpoint, what="stereo-from-mono", expected=expected, unwrap=WRAPPER_KEYS,
+                             strip=KEY_PREFIXES)
 
 
 # --- registry ---------------------------------------------------------------------------------------------
