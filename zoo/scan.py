@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
+from zoo.checkpoint import filter_checkpoint
 from zoo.ckdn import resnet_stage
 from zoo.classify import IMAGENET_MEAN, IMAGENET_STD, Preprocess, classifier_builder, classify_io
 from zoo.contract import WeightsError
@@ -199,7 +200,6 @@ def top_clusters(logits: Tensor, k: int = 5) -> list[list[ClusterPrediction]]:
 # Keys an official file may hold that inference does not use. None: the released files hold
 # ``model.module.state_dict()`` of the ClusteringModel only (scan.py / selflabel.py). Optimiser state, epoch and
 # loss of a training checkpoint sit beside 'model' and are never read.
-TRAINING_ONLY_KEYS: tuple[str, ...] = ()
 WRAPPER_KEYS = ("model", "state_dict")
 HEAD_KEYS = ("head", "best_loss_head")  # released scan_model file / scan.py training checkpoint
 KEY_PREFIXES = ("module.",)  # DataParallel (training checkpoints)
@@ -222,27 +222,22 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], backbone: str, num_classes
     (``model`` with ``module.`` keys, ``best_loss_head``); the self-label file (a bare state dict, served head 0
     as in ``eval.py``); a zoo-layout dict (keys plus ``best_head``). Raises ``WeightsError`` naming unknown or
     missing keys, a missing head index of a wrapped file, or an index outside the heads."""
-    state: Mapping[str, Any] = checkpoint
+    state: Any = checkpoint
     head: Any = None
     wrapped = False
     for key in WRAPPER_KEYS:
-        inner = checkpoint.get(key)
+        inner = checkpoint.get(key) if isinstance(checkpoint, Mapping) else None
         if isinstance(inner, Mapping):
             state, wrapped = inner, True
             head = next((checkpoint[k] for k in HEAD_KEYS if checkpoint.get(k) is not None), None)
             break
-    not_tensors = sorted(str(k) for k, v in state.items() if not isinstance(v, Tensor))
-    if not_tensors:
-        raise WeightsError(f"{what} checkpoint: expected a state dict of tensors (or one under {WRAPPER_KEYS}); "
-                           f"non-tensor entries: {', '.join(not_tensors[:8])}")
-    flat = dict(state)
-    while flat:  # strip wrapper prefixes every key shares, repeatedly (module.module.)
-        prefix = next((p for p in KEY_PREFIXES if all(k.startswith(p) for k in flat)), None)
-        if prefix is None:
-            break
-        flat = {k[len(prefix):]: v for k, v in flat.items()}
-    flat = {k: v for k, v in flat.items() if not k.startswith(TRAINING_ONLY_KEYS)}
-    stored_head = flat.pop(BEST_HEAD_KEY, None)  # a zoo-layout file
+    stored_head = None
+    if isinstance(state, Mapping) and BEST_HEAD_KEY in state:  # a zoo-layout file
+        state = dict(state)
+        stored_head = state.pop(BEST_HEAD_KEY)
+    # the one checkpoint-filter policy (zoo/checkpoint.py): tensors only, prefixes stripped, exact keys
+    flat = filter_checkpoint(state, what=what, expected=official_keys(backbone, num_classes, num_heads), unwrap=(),
+                             strip=KEY_PREFIXES)
     if wrapped and head is None:
         raise WeightsError(f"{what} checkpoint: the file wraps its weights under 'model' but has no head index "
                            f"({' or '.join(HEAD_KEYS)}); SCAN serves the head with the lowest loss, so it is needed")
@@ -251,14 +246,7 @@ def convert_checkpoint(checkpoint: Mapping[str, Any], backbone: str, num_classes
     head = int(head.item() if isinstance(head, Tensor) else head)
     if not 0 <= head < num_heads:
         raise WeightsError(f"{what} checkpoint: head index {head} is outside the {num_heads} cluster heads")
-    expected = official_keys(backbone, num_classes, num_heads)
-    unknown = sorted(set(flat) - set(expected))
-    missing = sorted(set(expected) - set(flat))
-    if unknown or missing:
-        parts = [f"{len(keys)} {kind}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
-                 for kind, keys in (("unknown", unknown), ("missing", missing)) if keys]
-        raise WeightsError(f"{what} checkpoint does not fit the official layout: " + "; ".join(parts))
-    return {**{k: flat[k] for k in expected}, BEST_HEAD_KEY: torch.tensor(head, dtype=torch.long)}
+    return {**flat, BEST_HEAD_KEY: torch.tensor(head, dtype=torch.long)}
 
 
 def convert_imagenet(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
