@@ -402,38 +402,30 @@ class DataPlane:
             request = request.with_base64_decoded(await backend.binary_inputs(route.model, request.model_version))
         if call is not None:
             call.batch_size = request.batch_size()
-        async with self._queue(route).slot(deadline):
-            response = await self._infer(backend, route, request, deadline, call)
+        async with self._backend_call(backend, route, deadline, call):
+            response = await backend.infer(dataclasses.replace(request, model_name=route.model), deadline)
         response.model_name = request.model_name
         response.model_version = request.model_version or response.model_version
         response.id = request.id
         return response
 
-    async def _infer(self, backend: Backend, route: ModelRoute, request: InferRequest,
-                     deadline: float, call: Call | None) -> InferResponse:
-        started = time.perf_counter()
-        if call is not None:
-            call.backend_started = started
-        try:
-            return await backend.infer(dataclasses.replace(request, model_name=route.model), deadline)
-        except Exception as exc:
-            self._count_error(backend, exc)
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            self.metrics.observe_backend(route.public_name, backend.name, elapsed)
-            if call is not None:
-                call.backend_s = elapsed
-
     async def predict_raw(self, route: ModelRoute, version: str, fields: dict[str, bytes],
                           deadline: float, call: Call | None = None) -> RawPrediction:
         backend = self.backends[route.backend]
+        async with self._backend_call(backend, route, deadline, call):
+            return await backend.predict_raw(route.model, version, fields, deadline)
+
+    @contextlib.asynccontextmanager
+    async def _backend_call(self, backend: Backend, route: ModelRoute, deadline: float,
+                            call: Call | None) -> AsyncIterator[None]:
+        """One backend call, the same for OIP and task routes: a slot in the model's queue, then the call timed
+        into the backend metrics (and the request's record) and its failure counted by kind."""
         async with self._queue(route).slot(deadline):
             started = time.perf_counter()
             if call is not None:
                 call.backend_started = started
             try:
-                return await backend.predict_raw(route.model, version, fields, deadline)
+                yield
             except Exception as exc:
                 self._count_error(backend, exc)
                 raise
