@@ -94,6 +94,7 @@ class Call:
     started: float = field(default_factory=time.perf_counter)
     backend_started: float | None = None  # perf_counter when the backend call began (model statistics)
     backend_s: float | None = None  # the backend call's duration once it answered
+    queue_s: float = 0.0  # time waiting for a slot in the model's queue (the gateway's scheduling queue)
     batch_size: int = 1  # items in an OIP request (its inputs' leading dimension)
 
     def check_size(self, size: int, *, so_far: bool = False) -> None:
@@ -247,16 +248,15 @@ class DataPlane:
             self.observe(call)
 
     def observe(self, call: Call) -> None:
-        """The one place a request (or stream session) is written to the request metrics and the access log."""
+        """The one place a request (or stream session) is written to the request metrics, the access log and,
+        for an inference that reached a model, the model statistics."""
         version = self._version_label(call)
         seconds = time.perf_counter() - call.started
-        """The one place a request (or stream session) is written to the request metrics and, for an inference
-        that reached a model, to the model statistics."""
         if call.label in INFERENCE_LABELS and call.route is not None and call.status != CLIENT_GONE:
             before = None if call.backend_started is None else call.backend_started - call.started
-            self.statistics.record(call.model, call.version, ok=call.status < 400,
-                                   total_s=time.perf_counter() - call.started, backend_s=call.backend_s,
-                                   before_backend_s=before, batch_size=call.batch_size)
+            self.statistics.record(call.model, call.version, ok=call.status < 400, total_s=seconds,
+                                   backend_s=call.backend_s, before_backend_s=before, queue_s=call.queue_s,
+                                   batch_size=call.batch_size)
         if call.timed:
             self.metrics.observe_request(call.model, version, call.protocol, call.label, call.status,
                                          seconds, call.request_bytes, call.response_bytes)
@@ -420,10 +420,12 @@ class DataPlane:
                             call: Call | None) -> AsyncIterator[None]:
         """One backend call, the same for OIP and task routes: a slot in the model's queue, then the call timed
         into the backend metrics (and the request's record) and its failure counted by kind."""
+        queued = time.perf_counter()
         async with self._queue(route).slot(deadline):
             started = time.perf_counter()
             if call is not None:
                 call.backend_started = started
+                call.queue_s = started - queued
             try:
                 yield
             except Exception as exc:

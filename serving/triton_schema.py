@@ -158,8 +158,10 @@ class Statistics:
         self._models: dict[tuple[str, str], ModelCounters] = {}
 
     def record(self, model: str, version: str, *, ok: bool, total_s: float, backend_s: float | None,
-               before_backend_s: float | None, batch_size: int) -> None:
-        """One inference request that ended: `backend_s` None when it never reached the backend."""
+               before_backend_s: float | None, batch_size: int, queue_s: float = 0.0) -> None:
+        """One inference request that ended: `backend_s` None when it never reached the backend. `queue_s`,
+        the wait for a slot in the gateway's per-model queue (Triton's "queue"), is part of `before_backend_s`;
+        the rest of that is reading and checking the request ("compute_input")."""
         counters = self._models.setdefault((model, version), ModelCounters())
         counters.last_inference_ms = int(time.time() * 1000)
         if not ok:
@@ -172,12 +174,12 @@ class Statistics:
         counters.execution_count += 1
         after_s = max(total_s - before_backend_s - backend_s, 0.0)
         per_batch = counters.by_batch.setdefault(batch_size, (Duration(), Duration(), Duration()))
-        for total, batch, seconds in ((counters.compute_input, per_batch[0], before_backend_s),
+        counters.queue.add(queue_s)
+        for total, batch, seconds in ((counters.compute_input, per_batch[0], max(before_backend_s - queue_s, 0.0)),
                                       (counters.compute_infer, per_batch[1], backend_s),
                                       (counters.compute_output, per_batch[2], after_s)):
             total.add(seconds)
             batch.add(seconds)
-        counters.queue.count += 1  # the backends report no queue time: counted, 0 ns
 
     def versions_of(self, model: str) -> list[str]:
         """The version labels a model has counters under (requests naming no version count as the default)."""

@@ -318,6 +318,28 @@ def test_overload_is_shed_with_retry_after_and_queued_work_expires_unsent(gw: Ru
     channel.close()
 
 
+def test_statistics_report_the_time_spent_waiting_in_the_models_queue(gw: Running) -> None:
+    """Triton's "queue" statistic is the wait for a slot in the gateway's per-model queue (max_concurrency 1
+    here): a request sent while another holds the slot for 400 ms waits about that long, and compute_input is
+    what is left of the time before the backend call."""
+    def stats() -> dict[str, Any]:
+        status, _, doc = rest(gw, "/v2/models/slow/stats", headers=AUTH)
+        assert status == 200, doc
+        return doc["model_stats"][0]["inference_stats"]
+
+    before = stats()
+    busy = threading.Thread(target=rest, args=(gw, "/v1/models/slow:predict?sleep_ms=400", b"x", AUTH, "POST"))
+    busy.start()
+    time.sleep(0.1)
+    assert rest(gw, "/v1/models/slow:predict", b"x", AUTH, "POST")[0] == 200
+    busy.join()
+    after = stats()
+    waited_ns = after["queue"]["ns"] - before["queue"]["ns"]
+    assert after["queue"]["count"] - before["queue"]["count"] == 2 == after["success"]["count"] - before["success"]["count"]
+    assert 0.2e9 <= waited_ns <= 0.5e9, waited_ns  # one waited ~0.3 s, the other not at all
+    assert after["compute_input"]["ns"] - before["compute_input"]["ns"] < waited_ns
+
+
 # --- 9. client errors are 4xx with a JSON body naming the problem ---------------------------------------------
 @pytest.mark.parametrize(("body", "needle"), [
     (infer_body(outputs=5), "outputs"),
