@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from zoo._registry import ModelEntry
 from zoo.contract import ARCHIVE_META_FILE, ARCHIVE_WEIGHTS_FILE, TRITON_ZOO_META_PARAMETER
@@ -36,6 +37,7 @@ MODEL_PY = '''"""Triton Python-backend model: the zoo handler of this entry (see
 
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this version's own copy of zoo/ and handlers/
 
@@ -83,7 +85,8 @@ def _string(value: str) -> str:
     return json.dumps(value)  # a protobuf text-format string literal: JSON's escaping is a subset that parses
 
 
-def config_pbtxt(entry: ModelEntry, label: WeightsLabel, kind: str) -> str:
+def config_pbtxt(entry: ModelEntry, label: WeightsLabel, kind: str,
+                 config_overrides: dict[str, Any] | None = None) -> str:
     """The model's ``config.pbtxt`` (protobuf text format of Triton's ModelConfig). On GPU instances an entry's
     tuned ``serving.gpu`` batching and workers replace the CPU ones, as in the ``.mar``'s model-config.yaml."""
     cfg = entry.serving
@@ -113,7 +116,7 @@ def config_pbtxt(entry: ModelEntry, label: WeightsLabel, kind: str) -> str:
     parameters = {
         "zoo_model": entry.name,
         "zoo_handler": entry.handler,
-        TRITON_ZOO_META_PARAMETER: json.dumps(archive_meta(entry, label), separators=(",", ":")),
+        TRITON_ZOO_META_PARAMETER: json.dumps(archive_meta(entry, label, config_overrides), separators=(",", ":")),
     }
     lines += ["parameters ["]
     lines += [",\n".join(f"  {{ key: {_string(k)} value: {{ string_value: {_string(v)} }} }}"
@@ -138,8 +141,12 @@ def build_triton_model(
     random_weights: bool = False,
     seed: int = 0,
     gpu: bool | None = None,
+    config_overrides: dict[str, Any] | None = None,
 ) -> tuple[Path, WeightsLabel]:
-    """Write ``<repository>/<entry.serve_name>/`` (replacing an older one whole) and return it and its label."""
+    """Write ``<repository>/<entry.serve_name>/`` (replacing an older one whole) and return it and its label.
+
+    ``config_overrides``: as for ``zoo.mar.build_mar`` (e.g. a smaller test size), recorded in the model's
+    ``zoo_model.json`` where the same handler base reads them on either engine."""
     repository = Path(repository)
     repository.mkdir(parents=True, exist_ok=True)
     state, label = resolve_weights(entry, weights_path, random_weights, seed)
@@ -149,9 +156,11 @@ def build_triton_model(
         version_dir.mkdir(parents=True)
         save_zoo_weights(state, version_dir / ARCHIVE_WEIGHTS_FILE, label)
         del state
-        stage_model_files(entry, version_dir, label, extra_modules=(ADAPTER_MODULE,))
+        stage_model_files(entry, version_dir, label, extra_modules=(ADAPTER_MODULE,),
+                          config_overrides=config_overrides)
         (version_dir / "model.py").write_text(MODEL_PY)
-        (staged / CONFIG_FILE).write_text(config_pbtxt(entry, label, instance_kind(entry, gpu)))
+        (staged / CONFIG_FILE).write_text(config_pbtxt(entry, label, instance_kind(entry, gpu),
+                                                              config_overrides))
         # publish whole: a running Triton or a concurrent build never sees a half-written model folder
         target = repository / entry.serve_name
         if target.exists():

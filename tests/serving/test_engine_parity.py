@@ -59,12 +59,16 @@ def require_triton() -> None:
 
 
 @contextlib.contextmanager
-def both_engines(work: Path, models: list[str], timeout_s: float = 300) -> Iterator[tuple[TorchServe, TritonServer]]:
-    """A TorchServe and a tritonserver serving the same random-weight (seed 0) models; stopped on exit."""
+def both_engines(work: Path, models: list[str], timeout_s: float = 300,
+                 config_overrides: dict[str, dict] | None = None) -> Iterator[tuple[TorchServe, TritonServer]]:
+    """A TorchServe and a tritonserver serving the same random-weight (seed 0) models, with the same
+    `config_overrides` by name (e.g. reduced test sizes); stopped on exit."""
     store, repository = work / "store", work / "triton"
-    archives = build_archives(store, models)
+    overrides = config_overrides or {}
+    archives = build_archives(store, models, config_overrides=overrides)
     for name in models:
-        build_triton_model(get_entry(name), repository, random_weights=True, seed=0, gpu=False)
+        build_triton_model(get_entry(name), repository, random_weights=True, seed=0, gpu=False,
+                           config_overrides=overrides.get(name))
     ts = TorchServe(store, archives, work / "ts-run")
     triton = TritonServer(repository, models, work / "triton-run")
     ts.start()

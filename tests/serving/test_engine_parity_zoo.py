@@ -1,8 +1,9 @@
-"""Every production entry not covered by test_engine_parity.py (FTCN, the classifiers, Patch-Forensics) on both
-engines, asked directly (no gateway) with the fields the gateway would send: the same answer bytes, and the
-same refusal message for a bad request (FTCN's wall-clock `timings_ms` aside). One TorchServe and one
-tritonserver serve them all (random weights, seed 0). Slow on CPU (nine models loaded twice, one FTCN clip each
-way); skips like the other Triton tests.
+"""Every production entry not covered by test_engine_parity.py (FTCN, the classifiers, Patch-Forensics and the
+breadth-II families: CondInst, DNL, CUT/FastCUT, stereo-from-mono, SCAN) on both engines, asked directly (no
+gateway) with the fields the gateway would send: the same answer bytes, and the same refusal message for a bad
+request (FTCN's wall-clock `timings_ms` aside). One TorchServe and one tritonserver serve them all (random
+weights, seed 0; the breadth-II models at the reduced test sizes of test_gateway_breadth.py, the same on both
+engines). Slow on CPU (sixteen models loaded twice, one FTCN clip each way); skips like the other Triton tests.
 """
 
 from __future__ import annotations
@@ -18,17 +19,21 @@ from cli.torchserve import TorchServe
 from cli.triton import TritonServer
 from tests.face_videos import astronaut_video
 from tests.serving.test_engine_parity import both_engines, image_bytes, require_triton
+from tests.serving.test_gateway_breadth import OVERRIDES as BREADTH_OVERRIDES
 from tests.support import http_request, multipart
 from zoo._registry import get_entry
 
 pytestmark = pytest.mark.integration
 
-# The production entries of issue 20's time besides DETR and CKDN (test_engine_parity.py). The breadth-II entries
-# merged later (CondInst, DNL, CUT/FastCUT, SCAN, stereo-from-mono) build and load the same way but have no
-# parity request here yet.
+# Every production architecture's default entry besides DETR and CKDN (test_engine_parity.py); the other tags
+# of an architecture (cut.cat2dog, dnl_r50_d8.ade20k, ...) differ only in weights and labels.
 MODELS = ["addernet_resnet20", "autoformer_supernet_b", "bit_m_r50x1", "dgc_resnet18", "ftcn_tt",
-          "isqrtcov_resnet50", "mutualnet_mbv2", "patchforensics_block2", "patchforensics_block3"]
+          "isqrtcov_resnet50", "mutualnet_mbv2", "patchforensics_block2", "patchforensics_block3",
+          "condinst_r50", "dnl_r50_d8", "cut", "fastcut", "stereo_from_mono", "scan_r18", "scan_r50"]
+OVERRIDES = {**BREADTH_OVERRIDES,
+             "fastcut": {"preprocess": {**get_entry("fastcut").config["preprocess"], "load_size": 64}}}
 PNG = image_bytes(72, 64, seed=4)
+LEFT, RIGHT = image_bytes(96, 72, seed=5), image_bytes(96, 72, seed=6)
 
 
 def requests_for(model: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
@@ -38,13 +43,22 @@ def requests_for(model: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
         return {"video": astronaut_video(32)}, {"video": b"this is not a video" * 100}
     if task == "image-forensics":
         return {"image": PNG, "overlay": b"true"}, {"image": b"not an image"}
+    if task == "instance-segmentation":
+        return {"image": PNG, "threshold": b"0.0"}, {"image": PNG, "threshold": b"1.5"}
+    if task == "semantic-segmentation":
+        return {"image": PNG}, {"image": b"not an image"}
+    if task == "image-translation":
+        return {"image": PNG, "format": b"png"}, {"image": PNG, "format": b"gif"}
+    if task == "stereo-depth":
+        return {"left": LEFT, "right": RIGHT, "dtype": b"float16"}, {"left": LEFT, "right": PNG}
     return {"image": PNG, "top_k": b"3"}, {"image": PNG, "top_k": b"0"}
 
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TorchServe, TritonServer]]:
     require_triton()
-    with both_engines(tmp_path_factory.mktemp("engine-parity-zoo"), MODELS, timeout_s=900) as servers:
+    with both_engines(tmp_path_factory.mktemp("engine-parity-zoo"), MODELS, timeout_s=900,
+                      config_overrides=OVERRIDES) as servers:
         yield servers
 
 
