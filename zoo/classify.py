@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource
 from zoo.ckdn import center_crop_box, resized_size
-from zoo.layers import IMAGENET_MEAN, IMAGENET_STD
+from zoo.layers import IMAGENET_MEAN, IMAGENET_STD, NormalizeConfig
 from zoo.tensors import TensorSpec
 
 SERVING_KEYS = ("knobs", "preprocess", "labels")
@@ -79,7 +79,7 @@ def classify_io(classes: str, image_note: str = "", knobs: Mapping[str, str] | N
 
 # --- preprocessing ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Preprocess:
+class Preprocess(NormalizeConfig):
     """The official evaluation transform: torchvision ``Resize(resize) + CenterCrop(crop) + ToTensor +
     Normalize(mean, std)``, with PIL doing the resize (as torchvision does for PIL images).
 
@@ -99,18 +99,8 @@ class Preprocess:
         if not 0 < self.crop <= self.resize:
             raise ValueError(f"crop ({self.crop}) must be positive and at most resize ({self.resize})")
 
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> Preprocess:
-        cfg = dict(config or {})
-        for key in ("mean", "std"):
-            if key in cfg:
-                cfg[key] = tuple(float(v) for v in cfg[key])
-        return cls(**cfg)
-
     def as_config(self) -> dict[str, Any]:
-        """JSON-friendly form for ``entry.config["preprocess"]``."""
-        out = asdict(self)
-        out["mean"], out["std"] = list(self.mean), list(self.std)
+        out = super().as_config()
         if not self.square:  # the default stays implicit (configs written before the option are unchanged)
             del out["square"]
         return out

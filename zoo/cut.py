@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from zoo._registry import ModelEntry, ServingConfig, WeightsSource, register
 from zoo.checkpoint import filter_checkpoint
 from zoo.contract import WeightsError
+from zoo.layers import NormalizeConfig
 from zoo.tensors import TensorSpec
 
 MIN_SIDE = 5  # at 4 px the bottleneck is 1x1 and the ResBlock reflection pad fails (official probe)
@@ -178,7 +179,7 @@ def power_of_base_size(width: int, height: int, base: int = POWER_BASE) -> tuple
 
 
 @dataclass(frozen=True)
-class TranslatePreprocess:
+class TranslatePreprocess(NormalizeConfig):
     """The official test transform, as pure functions from a PIL image.
 
     ``mode="resize"`` (the released test options): bicubic resize to ``load_size x load_size`` ignoring the
@@ -198,19 +199,6 @@ class TranslatePreprocess:
         if self.load_size % POWER_BASE or self.load_size < 2 * POWER_BASE:
             raise ValueError(f"load_size must be a multiple of {POWER_BASE} and at least {2 * POWER_BASE}, "
                              f"got {self.load_size}")
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any] | None) -> TranslatePreprocess:
-        cfg = dict(config or {})
-        for key in ("mean", "std"):
-            if key in cfg:
-                cfg[key] = tuple(float(v) for v in cfg[key])
-        return cls(**cfg)
-
-    def as_config(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["mean"], out["std"] = list(self.mean), list(self.std)
-        return out
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) the network sees (and returns) for an input of this size; ``ValueError`` if none."""

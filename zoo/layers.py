@@ -7,7 +7,9 @@ change with the block they are built from.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from typing import Any, Self
 
 from torch import Tensor, nn
 
@@ -16,6 +18,28 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 NormLayer = Callable[[int], nn.Module]
+
+
+class NormalizeConfig:
+    """Round trip of a frozen preprocessing dataclass through an entry's JSON config: ``mean``/``std`` are
+    tuples in the dataclass and lists in JSON (one place for every preprocessing that normalises)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | None) -> Self:
+        cfg = dict(config or {})
+        for key in ("mean", "std"):
+            if key in cfg:
+                cfg[key] = tuple(float(v) for v in cfg[key])
+        return cls(**cfg)
+
+    def as_config(self) -> dict[str, Any]:
+        """JSON-friendly form for ``entry.config["preprocess"]``."""
+        out = asdict(self)  # type: ignore[call-overload]
+        out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
 
 
 class Bottleneck(nn.Module):

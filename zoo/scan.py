@@ -322,21 +322,22 @@ IMAGENET_PREPROCESS = Preprocess(resize=256, crop=224, interpolation="bilinear",
                                  std=IMAGENET_STD)
 CIFAR10_PREPROCESS = Preprocess(resize=32, crop=32, interpolation="bilinear", mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
-SCAN_R50_IMAGENET = register(_entry(
-    "scan_r50.imagenet", "resnet50", 1000, 10, 224, IMAGENET_PREPROCESS, "zoo.scan:convert_imagenet",
-    "1PcF8ydoWoqhxARGuW55KcNarfZyJwcza",
-    "SCAN ImageNet: MoCo ResNet-50 + 10 cluster heads of 1000 clusters; serves the lowest-loss head.",
-    "official SCAN ImageNet-1000 ResNet-50 ({'model', 'head'}; ACC 39.9, NMI 72.0, AMI 51.2, ARI 27.5 after "
-    "Hungarian matching)"))
-SCAN_R18_CIFAR10 = register(_entry(
-    "scan_r18.cifar10", "resnet18_cifar", 10, 1, 32, CIFAR10_PREPROCESS, "zoo.scan:convert_cifar10",
-    "1v6b6jJY5M4-duSqWpGFmdf9e9T3dPrx0",
-    "SCAN CIFAR-10 (SCAN-loss step): SimCLR ResNet-18 (CIFAR variant) + 1 head of 10 clusters.",
-    "official SCAN CIFAR-10 SCAN-loss model ({'model', 'head'}; ACC 81.6, NMI 71.5, ARI 66.5 after Hungarian "
-    "matching)"))
-SCAN_R18_CIFAR10_SELFLABEL = register(_entry(
-    "scan_r18.cifar10_selflabel", "resnet18_cifar", 10, 1, 32, CIFAR10_PREPROCESS, "zoo.scan:convert_cifar10",
-    "18gITFzAbQsGS5vt8hyi5HjbeRDsVLihw",
-    "SCAN CIFAR-10 after self-labelling: ResNet-18 (CIFAR variant) + 1 head of 10 clusters.",
-    "official SCAN CIFAR-10 self-label model (a bare state dict, head 0; ACC 88.3, NMI 79.7, ARI 77.2 after "
-    "Hungarian matching)"))
+# (name, backbone, clusters, heads, input size, preprocess, converter, Google Drive id, description, weights)
+RELEASES = (
+    ("scan_r50.imagenet", "resnet50", 1000, 10, 224, IMAGENET_PREPROCESS, "zoo.scan:convert_imagenet",
+     "1PcF8ydoWoqhxARGuW55KcNarfZyJwcza",
+     "SCAN ImageNet: MoCo ResNet-50 + 10 cluster heads of 1000 clusters; serves the lowest-loss head.",
+     "official SCAN ImageNet-1000 ResNet-50 ({'model', 'head'}; ACC 39.9, NMI 72.0, AMI 51.2, ARI 27.5 after "
+     "Hungarian matching)"),
+    ("scan_r18.cifar10", "resnet18_cifar", 10, 1, 32, CIFAR10_PREPROCESS, "zoo.scan:convert_cifar10",
+     "1v6b6jJY5M4-duSqWpGFmdf9e9T3dPrx0",
+     "SCAN CIFAR-10 (SCAN-loss step): SimCLR ResNet-18 (CIFAR variant) + 1 head of 10 clusters.",
+     "official SCAN CIFAR-10 SCAN-loss model ({'model', 'head'}; ACC 81.6, NMI 71.5, ARI 66.5 after Hungarian "
+     "matching)"),
+    ("scan_r18.cifar10_selflabel", "resnet18_cifar", 10, 1, 32, CIFAR10_PREPROCESS, "zoo.scan:convert_cifar10",
+     "18gITFzAbQsGS5vt8hyi5HjbeRDsVLihw",
+     "SCAN CIFAR-10 after self-labelling: ResNet-18 (CIFAR variant) + 1 head of 10 clusters.",
+     "official SCAN CIFAR-10 self-label model (a bare state dict, head 0; ACC 88.3, NMI 79.7, ARI 77.2 after "
+     "Hungarian matching)"),
+)
+ENTRIES = tuple(register(_entry(*release)) for release in RELEASES)
