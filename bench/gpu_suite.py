@@ -36,6 +36,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -454,16 +455,22 @@ def serving(models: list[str], s: Settings) -> Iterator[tuple[Any, list[str]]]:
         served.append(name)
     env = {} if s.device.type == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}
     ts = TorchServe(store, [f"{get_entry(m).serve_name}.mar" for m in served], work / "run", extra_env=env)
-    with ts:
-        ts.wait_ready(timeout_s=900)  # readiness comes after each worker's warm-up
-        # a generous deadline: at concurrency 128 a queued FTCN video waits behind dozens of others
-        (work / "gw.yaml").write_text(f"streams: {{max_sessions: {max(s.streams) + 4}}}\n"
-                                      "limits: {deadline_s: 300}\n")
-        gateway = start_gateway(ts, config_path=work / "gw.yaml", env={"ZOO_API_KEYS": "", "ZOO_API_KEYS_FILE": ""})
-        try:
-            yield gateway, served
-        finally:
-            gateway.stop()
+    try:
+        with ts:
+            ts.wait_ready(timeout_s=900)  # readiness comes after each worker's warm-up
+            # a generous deadline: at concurrency 128 a queued FTCN video waits behind dozens of others
+            (work / "gw.yaml").write_text(f"streams: {{max_sessions: {max(s.streams) + 4}}}\n"
+                                          "limits: {deadline_s: 300}\n")
+            gateway = start_gateway(ts, config_path=work / "gw.yaml",
+                                    env={"ZOO_API_KEYS": "", "ZOO_API_KEYS_FILE": ""})
+            try:
+                yield gateway, served
+            finally:
+                gateway.stop()
+    except BaseException:
+        print(f"serving failed; its archives and logs are kept in {work}", file=sys.stderr, flush=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)  # the archives weigh hundreds of MB: a smoke run per CI job adds up
 
 
 # --- 6. batch-size sweep -------------------------------------------------------------------------------
