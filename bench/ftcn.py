@@ -182,8 +182,9 @@ def end_to_end(args: argparse.Namespace, model: FTCN, device: torch.device) -> l
     ``--e2e-seconds``) is decoded, its faces detected (MTCNN) and tracked once per run -- those stages do not
     depend on the model's precision or batch size -- and each (precision, clip batch) row then renders the
     aligned clips and runs FTCN. Row columns: per-stage wall seconds, ``total s`` (decode + detect/track +
-    align + model), and ``video s/s`` = video duration / total. The MTCNN weights are fetched (if needed)
-    before any clock starts; CUDA is synchronised before every reading.
+    align + model), ``video s/s`` = video duration / total, and on non-fp32 rows ``max dp vs fp32``: the largest
+    |p - p_fp32| over the video's real aligned face clips (an fp32 row must come first). The MTCNN weights are
+    fetched (if needed) before any clock starts; CUDA is synchronised before every reading.
     """
     from zoo.faces.pipeline import FacePipeline
     from zoo.faces.weights import ensure_mtcnn_weights
@@ -217,11 +218,12 @@ def end_to_end(args: argparse.Namespace, model: FTCN, device: torch.device) -> l
     }
     print(_format_progress(base), file=sys.stderr, flush=True)
     rows = []
+    reference = None  # fp32 clip probabilities: what bf16 is compared with on these real aligned face clips
     for dtype in args.precisions:
         for batch in args.batch_sizes:
             with _precision(dtype, device):
                 start = time.perf_counter()
-                pipeline.score(model, [prepared], batch)
+                (probs,) = pipeline.score(model, [prepared], batch)
                 _sync(device)
                 score_s = time.perf_counter() - start
             total = prepare_s + score_s
@@ -229,6 +231,10 @@ def end_to_end(args: argparse.Namespace, model: FTCN, device: torch.device) -> l
                    "align s": prepared.timings_ms["align_batch"] / 1e3,
                    "model s": prepared.timings_ms["model_batch"] / 1e3,
                    "total s": total, "video s/s": video.duration_s / total}
+            if dtype == "fp32" and reference is None:
+                reference = probs
+            elif reference is not None and len(probs):
+                row["max dp vs fp32"] = float(abs(probs - reference).max())
             rows.append(row)
             print(_format_progress(row), file=sys.stderr, flush=True)
     return rows

@@ -8,11 +8,16 @@ Sections (each a table, ratios side by side from the same run):
   3. raw FTCN+TT clips/s, and the end-to-end deepfake analysis (decode + MTCNN + track + align + model);
   4. decode + preprocess: PIL on one core vs the device path (nvjpeg + torch resize where available);
   5. served through the gateway + TorchServe (closed-loop clients over the gateway's task route, several
-     concurrencies: img/s, p50/p99), with the served/raw ratio of the same run; streams capacity.
+     concurrencies: p50/p99 and img/s for DETR, pairs/s for CKDN, videos/s and seconds of video per second
+     for FTCN -- a synthetic 30-FPS face video uploaded to ``/v1/models/ftcn_tt:predict``), with the
+     served/raw ratio of the same run; streams capacity;
+  6. the batch-size sweep per model (raw rows at the served precision) and the batch size and delay it
+     suggests for ``ServingConfig.gpu`` (see ``batch_sweep``).
 
-On an H100 (about 8 minutes; TorchServe and a JRE packed by ../shared/tools/torchserve-gpu-bundle.sh):
+On an H100 (about 9 minutes; TorchServe and a JRE packed into .gpu/ by ../shared/tools/torchserve-gpu-bundle.sh,
+the MTCNN weights copied to .gpu/mtcnn; docs/benchmarks.md, "GPU fast path"):
 
-    bash .gpu/unpack.sh > .gpu/env && . .gpu/env && python bench/gpu_suite.py --out docs/gpu_suite_h100.md
+    eval "$(bash .gpu/unpack.sh)" && ZOO_MTCNN_DIR=$PWD/.gpu/mtcnn python bench/gpu_suite.py --out "$OUT/gpu_suite.md"
 
 ``--smoke`` runs the same code paths on CPU with tiny sizes (a test runs it; timings mean nothing there).
 """
@@ -31,6 +36,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -90,6 +96,10 @@ class Settings:
     streams: tuple[int, ...] = (8, 16, 32, 48)
     stream_s: float = 8.0
     e2e_seconds: float = 8.0
+    # the served FTCN upload: a synthetic face video of this length, frame rate and size (bench/ftcn.py)
+    served_video_s: float = 4.0
+    served_video_fps: float = 30.0
+    served_video_size: tuple[int, int] = (640, 480)
     notes: list[str] = field(default_factory=list)
 
     @classmethod
@@ -99,7 +109,8 @@ class Settings:
             return cls(device, smoke)
         return cls(device, smoke, detr_size=(96, 128), detr_batches=(1,), ckdn_size=64, ckdn_batches=(1,),
                    ftcn_batches=(1,), iters=1, warmup=0, compile=False, decode_images=3, concurrency=(1,),
-                   served_s=1.0, streams=(1,), stream_s=1.0, e2e_seconds=1.4)
+                   served_s=1.0, streams=(1,), stream_s=1.0, e2e_seconds=1.4, served_video_s=0.32,
+                   served_video_fps=25.0, served_video_size=(256, 192))
 
 
 def _sync(device: torch.device) -> None:
@@ -260,10 +271,11 @@ def end_to_end_ftcn(s: Settings) -> list[dict[str, Any]]:
     model, _ = ftcn.load_model(None, s.device)
     args = argparse.Namespace(end_to_end="astronaut", e2e_seconds=s.e2e_seconds, e2e_stride=16,
                               e2e_detect_every=4 if s.smoke else 1,
-                              precisions=["fp32"] if s.smoke else ["bf16"],
+                              # fp32 first: the bf16 row then states its difference on real face clips
+                              precisions=["fp32"] if s.smoke else ["fp32", "bf16"],
                               batch_sizes=[1] if s.smoke else [32])
     try:
-        return ftcn.end_to_end(args, Runtime(s.device, "bf16").prepare(model) if not s.smoke else model, s.device)
+        return ftcn.end_to_end(args, model, s.device)  # each row runs under its own precision (autocast)
     except Exception as exc:  # noqa: BLE001 - e.g. no MTCNN weights on an offline host: say so in the report
         s.notes.append(f"end-to-end FTCN not run: {type(exc).__name__}: {exc}")
         return []
@@ -326,13 +338,33 @@ def decode_rows(s: Settings) -> list[dict[str, Any]]:
 
 
 # --- 5. served ----------------------------------------------------------------------------------------
-def _jpeg_for(model: str) -> dict[str, Any]:
-    jpeg = photo_jpeg()
+SERVED_MODELS = ("detr_resnet50", "ckdn_r50", "ftcn_tt")
+
+
+def served_video(s: Settings) -> bytes:
+    """The FTCN upload: a synthetic face video (scikit-image's astronaut under a slow pan and zoom, H.264),
+    made offline by bench/ftcn.py; 30 FPS on the GPU run, as the issue's goal counts video seconds."""
+    return _bench("ftcn").synthetic_face_video(s.served_video_s, s.served_video_fps, s.served_video_size)
+
+
+def request_for(model: str, s: Settings) -> dict[str, Any]:
+    """One task-route request per model: its body, content type, and a key every good answer carries."""
     if model == "detr_resnet50":
-        return {"body": jpeg, "content_type": "image/jpeg", "check": b"detections"}
+        return {"body": photo_jpeg(), "content_type": "image/jpeg", "check": b"detections"}
+    if model == "ftcn_tt":
+        return {"body": served_video(s), "content_type": "video/mp4", "check": b"verdict"}
     small = photo_jpeg((512, 384))
     doc = {"restored": base64.b64encode(small).decode(), "degraded": base64.b64encode(small).decode()}
     return {"body": json.dumps(doc).encode(), "content_type": "application/json", "check": b"score"}
+
+
+def video_columns(answer: dict[str, Any], req_per_s: float) -> dict[str, Any]:
+    """FTCN's units: one request is one video, so videos/s is req/s; seconds of video per second count the
+    upload's frames / fps (what the decoder reported in the answer)."""
+    video = answer["video"]
+    seconds = video["frames"] / video["fps"]
+    return {"videos/s": req_per_s, "video s/s": req_per_s * seconds, "video s": seconds,
+            "clips/video": answer["clips_analyzed"]}
 
 
 async def served_rows(gateway_url: str, models: list[str], s: Settings) -> list[dict[str, Any]]:
@@ -340,26 +372,34 @@ async def served_rows(gateway_url: str, models: list[str], s: Settings) -> list[
 
     closed_loop = _bench("gateway_overhead").closed_loop
     rows = []
-    async with aiohttp.ClientSession() as session:
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=None)  # a loaded FTCN worker answers in seconds
+    async with aiohttp.ClientSession(timeout=timeout) as session:
         for model in models:
-            req = _jpeg_for(model)
+            req = request_for(model, s)
             url = f"{gateway_url}/v1/models/{model}:predict"
 
-            async def call(req: dict[str, Any] = req, url: str = url) -> None:
+            async def call(req: dict[str, Any] = req, url: str = url) -> bytes:
                 async with session.post(url, data=req["body"], headers={"Content-Type": req["content_type"]}) as r:
                     body = await r.read()
                     if r.status != 200 or req["check"] not in body:
                         raise RuntimeError(f"{url}: {r.status} {body[:200]!r}")
+                    return body
 
+            first = json.loads(await call())  # FTCN: the video's length and clips, checked before any clock
+            if model == "ftcn_tt" and not first["clips_analyzed"]:
+                raise RuntimeError(f"ftcn_tt found no face in the served video: {first['verdict']}")
             await closed_loop(call, max(s.concurrency[0], 1), min(s.served_s, 2.0))  # connections, caches
             for level in s.concurrency:
                 started = time.perf_counter()
                 lat = await closed_loop(call, level, s.served_s)
                 elapsed = time.perf_counter() - started
                 p50, p99 = (float(np.percentile(lat, q) * 1e3) for q in (50, 99))
-                rows.append({"model": model, "concurrency": level, "req/s": len(lat) / elapsed,
-                             "p50 ms": p50, "p99 ms": p99, "requests": len(lat)})
-                print(f"  served {model} c={level}: {rows[-1]['req/s']:.1f} req/s", file=sys.stderr, flush=True)
+                row = {"model": model, "concurrency": level, "req/s": len(lat) / elapsed,
+                       "p50 ms": p50, "p99 ms": p99, "requests": len(lat)}
+                if model == "ftcn_tt":
+                    row.update(video_columns(first, row["req/s"]))
+                rows.append(row)
+                print(f"  served {model} c={level}: {row['req/s']:.1f} req/s", file=sys.stderr, flush=True)
     return rows
 
 
@@ -375,27 +415,98 @@ def stream_rows(gateway: Any, s: Settings) -> list[dict[str, Any]]:
     return rows
 
 
+def build_archive(name: str, store: Path, s: Settings) -> None:
+    """A random-weight archive of ``name``; in --smoke FTCN is built tiny (TINY_FTCN clips, whose shorter
+    positional embedding needs its own seeded weights file) so the CPU serves videos in a fraction of a second."""
+    from zoo.contract import RANDOM_WEIGHTS_KIND, WeightsLabel
+    from zoo.mar import build_mar
+    from zoo.weights import save_zoo_weights
+
+    entry = get_entry(name)
+    if not (s.smoke and name == "ftcn_tt"):
+        build_mar(entry, store, random_weights=True, progress=False)
+        return
+    with tempfile.TemporaryDirectory(prefix="zoo-gpu-suite-ftcn-") as tmp:
+        torch.manual_seed(0)
+        weights = save_zoo_weights(entry.build(**TINY_FTCN).state_dict(), Path(tmp) / "tiny_ftcn.safetensors",
+                                   WeightsLabel(RANDOM_WEIGHTS_KIND, "torch.manual_seed", None, 0))
+        build_mar(entry, store, weights_path=weights, progress=False, config_overrides=TINY_FTCN)
+
+
 @contextlib.contextmanager
-def serving(models: list[str], s: Settings) -> Iterator[Any]:
-    """TorchServe with random-weight archives of ``models`` and the gateway in front of it."""
+def serving(models: list[str], s: Settings) -> Iterator[tuple[Any, list[str]]]:
+    """TorchServe with random-weight archives of ``models`` and the gateway in front of it; yields the gateway
+    and the models actually served (FTCN is left out, with a note, where its archive cannot be built, e.g. no
+    MTCNN weights on an offline host)."""
     from cli.gateway import start_gateway
     from cli.torchserve import TorchServe
-    from zoo.mar import build_mar
 
     work = Path(tempfile.mkdtemp(prefix="zoo-gpu-suite-"))
     store = work / "store"
+    served = []
     for name in models:
-        build_mar(get_entry(name), store, random_weights=True, progress=False)
-    env = {} if s.device.type == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}
-    ts = TorchServe(store, [f"{get_entry(m).serve_name}.mar" for m in models], work / "run", extra_env=env)
-    with ts:
-        ts.wait_ready(timeout_s=900)  # readiness comes after each worker's warm-up
-        (work / "gw.yaml").write_text(f"streams: {{max_sessions: {max(s.streams) + 4}}}\n")
-        gateway = start_gateway(ts, config_path=work / "gw.yaml", env={"ZOO_API_KEYS": "", "ZOO_API_KEYS_FILE": ""})
         try:
-            yield gateway
-        finally:
-            gateway.stop()
+            build_archive(name, store, s)
+        except Exception as exc:  # noqa: BLE001 - the other models' rows are still worth measuring
+            if s.smoke or name != "ftcn_tt":
+                raise
+            s.notes.append(f"ftcn_tt not served: its archive could not be built: {type(exc).__name__}: {exc}")
+            continue
+        served.append(name)
+    env = {} if s.device.type == "cuda" else {"CUDA_VISIBLE_DEVICES": ""}
+    ts = TorchServe(store, [f"{get_entry(m).serve_name}.mar" for m in served], work / "run", extra_env=env)
+    try:
+        with ts:
+            ts.wait_ready(timeout_s=900)  # readiness comes after each worker's warm-up
+            # a generous deadline: at concurrency 128 a queued FTCN video waits behind dozens of others
+            (work / "gw.yaml").write_text(f"streams: {{max_sessions: {max(s.streams) + 4}}}\n"
+                                          "limits: {deadline_s: 300}\n")
+            gateway = start_gateway(ts, config_path=work / "gw.yaml",
+                                    env={"ZOO_API_KEYS": "", "ZOO_API_KEYS_FILE": ""})
+            try:
+                yield gateway, served
+            finally:
+                gateway.stop()
+    except BaseException:
+        print(f"serving failed; its archives and logs are kept in {work}", file=sys.stderr, flush=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)  # the archives weigh hundreds of MB: a smoke run per CI job adds up
+
+
+# --- 6. batch-size sweep -------------------------------------------------------------------------------
+# per served model: the raw section and row label at the precision its worker serves (registry settings),
+# the unit, and the ServingConfig.gpu field the chosen batch goes to
+SWEEP: dict[str, tuple[str, str, str, str]] = {
+    "detr_resnet50": ("raw DETR-R50", "zoo bf16 + channels_last", "img/s", "gpu.batch_size (images)"),
+    "ckdn_r50": ("raw CKDN", "zoo (2 branches) bf16 + channels_last", "pairs/s", "gpu.batch_size (pairs)"),
+    "ftcn_tt": ("raw FTCN+TT", "zoo FTCN+TT bf16", "clips/s", "ZOO_FTCN_CLIP_BATCH (clips per forward)"),
+}
+GOOD_ENOUGH = 0.9  # the smallest batch within 10 % of the best throughput: more only adds queueing latency
+
+
+def batch_sweep(report: dict[str, list[dict[str, Any]]], s: Settings) -> list[dict[str, Any]]:
+    """Throughput against batch size per model at its served precision, and the choice it suggests: the
+    smallest batch reaching GOOD_ENOUGH of the best throughput, with a batching delay of about one batch's
+    compute time (a batch then fills while the previous one runs). Workers per GPU come from the served
+    table instead: a second worker pays where served req/s stays well below this raw throughput."""
+    rows = []
+    for model, (section, label, unit, field_name) in SWEEP.items():
+        found = [r for r in report[section] if r["model"] == label]
+        if not found:  # --smoke runs FTCN in fp32 only
+            label = label.replace("bf16 + channels_last", "fp32 eager").replace("FTCN+TT bf16", "FTCN+TT fp32 eager")
+            found = [r for r in report[section] if r["model"] == label]
+            s.notes.append(f"batch sweep of {model} from its {label!r} rows (the served precision was not run)")
+        if not found:
+            continue
+        top = max(r[unit] for r in found)
+        chosen = min((r for r in found if r[unit] >= GOOD_ENOUGH * top), key=lambda r: r["batch"])
+        for r in sorted(found, key=lambda r: r["batch"]):
+            picked = r is chosen
+            rows.append({"model": model, "rows": label, "batch": r["batch"], unit: r[unit],
+                         "ms/batch": r["p50 ms"], "of best": r[unit] / top,
+                         "suggests": f"{field_name} = {r['batch']}, delay ~{max(1, round(r['p50 ms']))} ms"
+                         if picked else ""})
+    return rows
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -419,6 +530,7 @@ def against_goals(report: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any
     detr, served = report["raw DETR-R50"], report["served (gateway + TorchServe)"]
     detr_served = [r for r in served if r["model"] == "detr_resnet50"]
     ckdn_served = [r for r in served if r["model"] == "ckdn_r50"]
+    ftcn_served = [r for r in served if r["model"] == "ftcn_tt"]
     zoo_best, hf_compiled = best(detr, "zoo bf16", "img/s"), best(detr, "HF bf16 + channels_last compiled", "img/s")
     top = max(detr_served, key=lambda r: r["req/s"]) if detr_served else None
     single = next((r for r in detr_served if r["concurrency"] == 1), None)
@@ -433,6 +545,8 @@ def against_goals(report: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any
         ("CKDN served pairs/s", ckdn_served and f"{max(r['req/s'] for r in ckdn_served):.0f}", ">= 8000"),
         ("FTCN model clips/s", f"{best(report['raw FTCN+TT'], 'zoo', 'clips/s'):.0f}", ">= 750"),
         ("deepfake end to end, video s/s", e2e and f"{max(r['video s/s'] for r in e2e):.1f}", ">= 60"),
+        ("served deepfake analysis, video s/s", ftcn_served and f"{max(r['video s/s'] for r in ftcn_served):.1f}",
+         ">= 60"),
         ("30-FPS streams sustained", str(max((r["streams"] for r in streams), default=0)), ">= 32"),
     ]
     return [{"goal": g, "measured": m or "n/a", "target": t} for g, m, t in rows]
@@ -460,16 +574,16 @@ def main(argv: list[str] | None = None) -> int:
         report[name] = run(s)
     report["served (gateway + TorchServe)"], report["streams"] = [], []
     if not args.no_serve:
-        models = ["detr_resnet50", "ckdn_r50"]
         print(f"served ... ({time.perf_counter() - started:.0f} s so far)", file=sys.stderr, flush=True)
         try:
-            with serving(models, s) as gateway:
+            with serving(list(SERVED_MODELS), s) as (gateway, models):
                 report["served (gateway + TorchServe)"] = asyncio.run(served_rows(gateway.http_url, models, s))
                 report["streams"] = stream_rows(gateway, s)
         except Exception as exc:  # noqa: BLE001 - the raw tables are still worth writing; the note says why
             if args.smoke:
                 raise
             s.notes.append(f"serving sections failed: {type(exc).__name__}: {exc}")
+    report["batch sweep (raw, served precision)"] = batch_sweep(report, s)
     device = torch.cuda.get_device_name(s.device) if s.device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     head = [f"# GPU suite{' (smoke: CPU, tiny sizes, timings meaningless)' if s.smoke else ''}", "",
             f"{device}; torch {torch.__version__}; Python {platform.python_version()}; "

@@ -34,9 +34,10 @@ from handlers.codec import RequestError, as_bytes
 from handlers.fields import UPLOAD_ALIASES, CheckedFields, Field
 from zoo.faces.pipeline import AGGREGATES, FacePipeline, PreparedVideo
 from zoo.faces.weights import ARCHIVE_DIR, check_dir
-from zoo.ftcn import CLIP_LEN, CLIP_SIZE
 from zoo.tensors import TensorData
 from zoo.video import VideoError, VideoLimits
+
+WARMUP_FRAME = (480, 640)  # (height, width) of the blank frames MTCNN sees in the warm-up
 
 
 class FtcnHandler(ZooHandler):
@@ -53,7 +54,9 @@ class FtcnHandler(ZooHandler):
                 f"({'; '.join(problems)}); rebuild it from an entry declaring "
                 "assets=('zoo.faces.weights:mar_assets',)"
             )
-        self.pipeline = FacePipeline.from_dir(folder, self.device)
+        # the clips the pipeline cuts are the ones this archive's model takes (config_overrides may shrink them)
+        self.pipeline = FacePipeline.from_dir(folder, self.device, clip_len=int(self.config["clip_len"]),
+                                              crop_size=int(self.config["image_size"]))
         default_batch = 8 if self.device.type == "cuda" else 2
         self.max_clip_batch = int(os.environ.get("ZOO_FTCN_CLIP_BATCH") or default_batch)
         self.limits = VideoLimits.from_env()
@@ -100,8 +103,12 @@ class FtcnHandler(ZooHandler):
         return [self.pipeline.summarize(item, probs) for item, probs in zip(items, output, strict=True)]
 
     def warmup(self) -> None:
-        clips = torch.zeros((self.max_clip_batch, 3, CLIP_LEN, CLIP_SIZE, CLIP_SIZE), device=self.device)
+        """A full clip batch through FTCN and a few blank frames through MTCNN (its P/R/O-nets' first calls on the
+        device), so the first video is not the one paying for kernel selection and allocation."""
+        cfg = self.pipeline.config
+        clips = torch.zeros((self.max_clip_batch, 3, cfg.clip_len, cfg.crop_size, cfg.crop_size), device=self.device)
         self.model(clips)
+        self.pipeline.detect(np.zeros((2, WARMUP_FRAME[0], WARMUP_FRAME[1], 3), dtype=np.uint8))
 
     def tensors(self, answer: dict[str, Any]) -> dict[str, TensorData]:
         tracks = answer["tracks"]

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("Against the goals", "raw DETR-R50", "raw CKDN", "raw FTCN+TT", "FTCN end to end",
-            "decode + preprocess", "served (gateway + TorchServe)", "streams")
+            "decode + preprocess", "served (gateway + TorchServe)", "streams", "batch sweep (raw, served precision)")
 
 
 def test_gpu_suite_smoke_writes_every_table(tmp_path: Path) -> None:
@@ -32,5 +32,16 @@ def test_gpu_suite_smoke_writes_every_table(tmp_path: Path) -> None:
         if section != "FTCN end to end" or "end-to-end FTCN not run" not in report:
             assert "| " in body[section] and "_(no rows)_" not in body[section], section
     assert "zoo (2 branches)" in body["raw CKDN"] and "official forward (4 branches)" in body["raw CKDN"]
-    assert "detr_resnet50" in body["served (gateway + TorchServe)"]
-    assert "ckdn_r50" in body["served (gateway + TorchServe)"]
+    served = body["served (gateway + TorchServe)"]
+    header = served.split("\n")[1]  # after the blank line under the title
+    assert "| detr_resnet50 |" in served and "| ckdn_r50 |" in served
+    # FTCN: a face video uploaded to the gateway's task route, counted in videos/s and seconds of video/s
+    assert "| ftcn_tt |" in served and "videos/s" in header and "video s/s" in header
+    ftcn_row = next(line for line in served.split("\n") if line.startswith("| ftcn_tt |"))
+    cells = dict(zip([c.strip() for c in header.strip("|").split("|")],
+                     [c.strip() for c in ftcn_row.strip("|").split("|")], strict=True))
+    assert float(cells["videos/s"]) > 0 and float(cells["video s/s"]) > 0 and int(cells["clips/video"]) >= 1
+    assert "served deepfake analysis, video s/s" in body["Against the goals"]
+    sweep = body["batch sweep (raw, served precision)"]
+    assert all(f"| {model} |" in sweep for model in ("detr_resnet50", "ckdn_r50", "ftcn_tt"))
+    assert sweep.count("gpu.batch_size") == 2 and "ZOO_FTCN_CLIP_BATCH" in sweep

@@ -107,6 +107,38 @@ def test_one_batch_mixes_clips_of_all_requests_and_isolates_bad_ones(handler) ->
         assert answers[i]["verdict"] in ("fake", "real") and answers[i]["model"]["weights"] == {"kind": "stub"}
 
 
+class _ShapeRecorder(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(clips.shape))
+        return clips.mean(dim=(1, 2, 3, 4))
+
+
+def test_an_archive_with_smaller_clips_gets_a_pipeline_cutting_them_and_warms_both_networks(tmp_path) -> None:
+    """config_overrides (e.g. the GPU suite's tiny smoke archive) shrink the clips the pipeline renders, and the
+    warm-up runs a full clip batch of that shape through the model and blank frames through MTCNN."""
+    (tmp_path / "mtcnn").symlink_to(ensure_mtcnn_weights(), target_is_directory=True)
+    h = FtcnHandler()
+    h.entry = get_entry(MODEL)
+    h.meta = {"config_overrides": {"clip_len": 8, "image_size": 64}}
+    h.device = torch.device("cpu")
+    h.setup(tmp_path)
+    assert (h.pipeline.config.clip_len, h.pipeline.config.crop_size) == (8, 64)
+    h.model = _ShapeRecorder()
+    detected: list[tuple[int, ...]] = []
+    original = h.pipeline.detect
+    h.pipeline.detect = lambda frames, config=None: detected.append(frames.shape) or original(frames, config)
+    with torch.inference_mode():
+        h.warmup()
+    assert h.model.shapes == [(h.max_clip_batch, 3, 8, 64, 64)] and len(detected) == 1
+    prepared = h.pipeline.prepare(astronaut_video(16))
+    assert prepared.clips and all(len(c.positions) == 8 for c in prepared.clips)
+    assert tuple(h.pipeline.render(prepared, prepared.clips[0]).shape) == (8, 64, 64, 3)
+
+
 # --- served end to end --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def torchserve(tmp_path_factory):
