@@ -192,8 +192,10 @@ class Gateway:
             config = reload_api_keys(self.dataplane.config)
         except (ConfigError, OSError, yaml.YAMLError) as exc:
             logger.error("API keys not reloaded, the old ones stay: %s", exc)
+            self.metrics.key_reloads.labels("failed").inc()
             return False
         self.config = self.dataplane.config = config
+        self.metrics.key_reloads.labels("ok").inc()
         logger.info("API keys reloaded: %d keys", len(config.api_keys))
         return True
 

@@ -12,6 +12,8 @@ import asyncio
 import gzip
 import json
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +28,9 @@ import grpc
 import pytest
 import yaml
 
+from cli.gateway import launch
 from cli.process import watch
+from cli.torchserve import free_port
 from proto import OIP_SERVICE, oip, serialize
 from serving.backends.inprocess import InProcessBackend, InProcessModel
 from serving.backends.torchserve import TorchServeBackend
@@ -421,6 +425,45 @@ def test_api_keys_reload_without_restart(tmp_path: Path) -> None:
         assert rest(running, "/v2/models/toy_echo", headers=bearer("new-key"))[0] == 200
     finally:
         running.stop()
+
+
+def test_sighup_reloads_the_keys_of_a_gateway_process(tmp_path: Path) -> None:
+    """The reload as an operator triggers it: a real `python -m serving.app` process, its keys file
+    (ZOO_API_KEYS_FILE) rewritten, then `kill -HUP`. `GET /v2` checks the key and asks no backend, so a
+    TorchServe address where nothing listens is enough. The reload counter says when a broken file was read."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump([{"key": "old-key", "name": "old", "models": ["*"]}]))
+    gateway = launch(["--torchserve-grpc", f"127.0.0.1:{free_port()}", "--models", "toy_echo",
+                      "--http-port", "0", "--grpc-port", "0"],
+                     env={"ZOO_API_KEYS": "", "ZOO_API_KEYS_FILE": str(keys), "ZOO_GATEWAY_LOG_LEVEL": "WARNING"})
+
+    def status(key: str) -> int:
+        return http_request(f"{gateway.http_url}/v2", headers=bearer(key), timeout=10)[0]
+
+    def reloads(result: str) -> float:
+        text = http_request(f"{gateway.http_url}/metrics", timeout=10)[2].decode()
+        line = f'zoo_gateway_api_key_reloads_total{{result="{result}"}} '
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(line))
+
+    def hup_and_wait(result: str) -> None:
+        before = reloads(result)
+        os.kill(gateway.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while reloads(result) == before:
+            assert time.monotonic() < deadline, f"no {result} key reload 10 s after SIGHUP"
+            time.sleep(0.05)
+
+    try:
+        assert (status("old-key"), status("new-key")) == (200, 401)
+        keys.write_text(yaml.safe_dump([{"key": "new-key", "name": "new", "models": ["toy_echo"]}]))
+        hup_and_wait("ok")
+        assert (status("old-key"), status("new-key")) == (401, 200)
+        keys.write_text("- [broken")
+        hup_and_wait("failed")
+        assert (status("old-key"), status("new-key")) == (401, 200)  # a broken file keeps the keys in force
+        assert gateway.proc.poll() is None
+    finally:
+        gateway.stop()
 
 
 def test_one_json_access_line_per_request(gw: Running, caplog: pytest.LogCaptureFixture) -> None:
