@@ -381,6 +381,23 @@ def test_unparseable_http_is_not_logged_as_an_error(gw: Running, caplog: pytest.
     assert any("Error handling request" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /v2/model\xed/x HTTP/1.1\r\nHost: x\r\nx-ap\xcd-key: k\r\n\r\n",  # header name bytes
+    b"GET /v2/health/live HTTP/9.9\r\n\r\n",  # unknown HTTP version
+    b"BREW /v2 HTTP/1.1\r\nHost: x\r\n\r\n",  # unknown method
+    b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n",  # header too long
+    b"POST /v2/models/toy_echo/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+], ids=["header-bytes", "http-9.9", "method", "long-header", "bad-chunk"])
+def test_what_aiohttp_refuses_itself_is_a_json_error(gw: Running, request_bytes: bytes) -> None:
+    """Requests refused by aiohttp's HTTP parser, before any route or middleware: still the gateway's JSON
+    error form (JsonErrorsRequestHandler), and the connection is closed."""
+    answer = raw_http(gw, request_bytes.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400", answer[:200]
+    assert b"\r\nContent-Type: application/json\r\n" in head + b"\r\n", head
+    assert json.loads(body)["error"].startswith("malformed HTTP request: "), body
+
+
 def test_malformed_protobuf_is_invalid_argument(gw: Running) -> None:
     channel = grpc.insecure_channel(gw.grpc_target)
     for method in ("ModelInfer", "ModelMetadata", "ModelReady"):
@@ -403,6 +420,30 @@ def test_openapi_is_as_strict_as_the_server() -> None:
     assert "pattern" in version["schema"]
     predict = doc["paths"]["/v1/models/{model}:predict"]["post"]["requestBody"]
     assert "8 pixels" in predict["description"]
+    # what schemathesis (bench/chaos.py) found the server refusing although the document allowed it
+    assert "data" in schemas["Tensor"]["required"]
+    typed = openapi_document([{"name": "toy_echo", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+                               "outputs": [{"name": "width", "datatype": "INT64", "shape": [-1, 1]}]}])
+    inputs = typed["paths"]["/v2/models/toy_echo/infer"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"]["properties"]["inputs"]
+    image = inputs["items"]["oneOf"][0]
+    assert inputs["minItems"] == 1 and "data" in image["required"]
+    assert image["properties"]["shape"]["items"]["minimum"] == 1  # a BYTES input: one model call per element
+
+
+@pytest.mark.parametrize("body", [b"null", b"[]", b"\x00", b'{"ready": "yes"}', b"[" * 5000])
+def test_repository_index_refuses_a_body_it_would_have_ignored(gw: Running, body: bytes) -> None:
+    status, headers, answer = rest(gw, "/v2/repository/index", body, {**AUTH, "Content-Type": "application/json"},
+                                   "POST")
+    assert status == 400 and headers["Content-Type"] == "application/json", answer
+    assert "must be empty or a JSON object" in answer["error"]
+
+
+def test_repository_index_takes_no_body_or_a_ready_filter(gw: Running) -> None:
+    for body in (b"", b"  ", b"{}", b'{"ready": false}', b'{"ready": true}'):
+        status, _, answer = rest(gw, "/v2/repository/index", body, {**AUTH, "Content-Type": "application/json"},
+                                 "POST")
+        assert status == 200 and {m["name"] for m in answer} >= {"toy_echo"}, (body, answer)
 
 
 # --- operations: key reload, access log, TLS ----------------------------------------------------------------------
