@@ -148,6 +148,22 @@ def test_promtool_checks_shipped_and_rendered_config(tmp_path: Path) -> None:
     assert "authorization" not in jobs["torchserve"] and SCRAPE_KEY not in with_key.read_text()
 
 
+def test_zoo_serve_knows_when_an_anonymous_scrape_is_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What decides `zoo serve`'s note that Prometheus needs --metrics-key-file: keys on, metrics not `full`."""
+    from cli.commands.serve import anonymous_scrapes_redacted
+
+    monkeypatch.setenv("ZOO_API_KEYS", "")
+    monkeypatch.setenv("ZOO_API_KEYS_FILE", "")
+    keys = {"auth": {"keys": [{"key": LOAD_KEY, "models": ["*"]}]}}
+    for name, doc, redacted in (("no-keys", {}, False), ("keys", keys, True),
+                                ("keys-full", {**keys, "server": {"metrics_anonymous": "full"}}, False)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        assert anonymous_scrapes_redacted(str(path)) is redacted, name
+    monkeypatch.setenv("ZOO_API_KEYS", f"{LOAD_KEY}=*")
+    assert anonymous_scrapes_redacted(None)
+
+
 def test_metrics_key_file_is_checked_without_echoing_the_key(tmp_path: Path) -> None:
     from cli.prometheus import PrometheusError, check_key_file
 
