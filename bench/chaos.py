@@ -6,8 +6,10 @@ real stack (TorchServe serving random-weight `toy_echo` and `toy_detect`, the ga
 
 Scenarios (docs/reliability.md has the figures of the last full run):
 - R1 malformed: a hand-made corpus over REST, raw HTTP and gRPC (bodies, images, "videos", protobuf) plus
-  requests generated from the gateway's own /openapi.json -> counts of 5xx, hangs (no answer in 15 s),
-  non-JSON REST errors, TorchServe worker restarts, gateway alive.
+  requests schemathesis generates from the gateway's own /openapi.json (schema-valid and schema-breaking)
+  -> counts of 5xx, hangs (no answer in 15 s), REST errors that are not JSON (`{"error": ...}` under
+  Content-Type exactly application/json), TorchServe worker restarts, gateway alive; and where the
+  document and the server disagree (schema-valid requests refused 400, schema-breaking ones answered 2xx).
 - R1b liveness while worst-case bodies are handled (a gzip bomb, a 50 MB binary tensor).
 - R2 kill -9 of a TorchServe worker under load -> recovery time, failed and unanswered requests; kill -9 of
   the gateway and of TorchServe under `zoo serve` -> seconds until `zoo serve` exits non-zero.
@@ -44,6 +46,7 @@ import aiohttp
 import grpc
 import psutil
 import yaml
+import yarl
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +63,11 @@ NARROW_KEY = "chaos-narrow-4567"  # toy_echo only
 MODELS = ["toy_echo", "toy_detect"]
 HANG_S = 15.0
 BEGIN, END = "<!-- chaos:begin -->", "<!-- chaos:end -->"
+# schemathesis requests per operation and generation mode (positive, negative): CI size, full run
+SCHEMATHESIS_PER_OPERATION = {True: 6, False: 32}
+Request = tuple[str, str, dict[str, str], bytes]  # method, path (with query), headers, body
+# what schemathesis generated a request as: (operation, "positive" | "negative"); None: the hand-made corpus
+Origin = tuple[str, str] | None
 
 
 def png(width: int = 32, height: int = 24) -> bytes:
@@ -112,12 +120,12 @@ def rss_mb(pid: int) -> float:
 
 
 # --- R1: malformed requests ---------------------------------------------------------------------------------------
-def rest_corpus(rng: random.Random) -> list[tuple[str, str, dict[str, str], bytes]]:
+def rest_corpus(rng: random.Random) -> list[Request]:
     """(method, path, headers, body) of hand-made malformed REST requests."""
     auth = {"Authorization": f"Bearer {KEY}"}
     js = {**auth, "Content-Type": "application/json"}
     good = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
-    out: list[tuple[str, str, dict[str, str], bytes]] = []
+    out: list[Request] = []
     infer = "/v2/models/toy_echo/infer"
     specials: list[Any] = [
         {"inputs": []}, {"inputs": {}}, {"inputs": [1]}, {"inputs": [{}]}, {"outputs": 5, **good},
@@ -263,69 +271,121 @@ def grpc_corpus(rng: random.Random) -> list[tuple[str, bytes]]:
     return out
 
 
-def openapi_corpus(doc: dict[str, Any], rng: random.Random,
-                   n: int) -> list[tuple[str, str, dict[str, str], bytes]]:
-    """Requests generated from the OpenAPI document: every operation, random path values, bodies that follow
-    and break the request schema (a small stand-in for schemathesis, which this suite does not depend on)."""
-    ops = [(m.upper(), p, op) for p, item in doc["paths"].items() for m, op in item.items()]
-    values: list[Any] = ["toy_echo", "toy_detect", "1", "", " ", "../x", "%2F", "\u00e9", "0" * 70, "-1", "null"]
-    bodies: list[Any] = [{}, [], None, 0, "", {"inputs": None}, {"inputs": [{"name": "", "shape": [],
-                         "datatype": "BYTES", "data": []}]}, {"inputs": [{"name": "a", "shape": [0], "datatype": "FP32",
-                         "data": []}]}, {"ready": "yes"}, {"id": {}, "inputs": [{"name": "a", "shape": [1],
-                         "datatype": "INT8", "data": [1]}], "parameters": {"binary_data_output": "x"}}]
-    out = []
-    for i in range(n):
-        method, path, op = ops[i % len(ops)]
-        for name in ("model", "version"):
-            path = path.replace("{" + name + "}", str(rng.choice(values)).replace("/", "%2F") or "x")
-        headers = {"Authorization": f"Bearer {rng.choice([KEY, NARROW_KEY, 'wrong'])}"}
-        body = b""
-        if method == "POST":
-            headers["Content-Type"] = rng.choice(["application/json", "application/octet-stream", "image/png",
-                                                  "text/plain"])
-            body = json.dumps(rng.choice(bodies)).encode()
-        out.append((method, path, headers, body))
-    return out
+def schemathesis_corpus(openapi_url: str, per_operation: int) -> tuple[list[tuple[Request, Origin]], list[str]]:
+    """Requests schemathesis generates from the live /openapi.json (fetched with the suite's key, so the typed
+    inference paths of the served models are in it): for every operation up to `per_operation` requests of
+    each of schemathesis's generation modes, positive (following the schema) and negative (breaking it;
+    operations with nothing to break have none), each as the exact bytes schemathesis would send, with the
+    suite's key. Deterministic (derandomized). Returns the requests, each with its operation and whether its
+    path, query or body breaks the schema, and the operations that could not be generated, with why."""
+    import requests
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    def draw(strategy: Any, n: int) -> list[Any]:
+        """Up to `n` distinct examples of `strategy` (Hypothesis's generate phase, no shrinking, no database)."""
+        found: list[Any] = []
+
+        @settings(max_examples=n, database=None, deadline=None, derandomize=True, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        @given(strategy)
+        def collect(case: Any) -> None:
+            found.append(case)
+
+        collect()
+        return found
+
+    schema = schemathesis.openapi.from_url(openapi_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    auth = {"Authorization": f"Bearer {KEY}"}
+    out: list[tuple[Request, Origin]] = []
+    skipped: list[str] = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        positive, negative = schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE
+        plans: list[tuple[Any, dict[str, str], int]] = [(positive, {}, per_operation), (negative, {}, per_operation)]
+        if "{model}" in operation.path:  # most made-up names are 404: also requests that reach a served model
+            plans += [(positive, {"model": name}, per_operation // len(MODELS)) for name in MODELS]
+        for mode, pinned, n in plans:
+            try:
+                cases = draw(operation.as_strategy(generation_mode=mode, path_parameters=pinned or None), n)
+            except Unsatisfiable:
+                skipped.append(f"{operation.label} {mode.value}: nothing in its schema to break")
+                continue
+            for case in cases:
+                # the suite's key replaces whatever auth headers schemathesis made up, so a case counts as
+                # schema-breaking only where its path, query or body breaks the schema
+                broken = [location.name for location, info in (case.meta.components if case.meta else {}).items()
+                          if info.mode.is_negative and location.name.lower() != "header"]
+                kwargs = case.as_transport_kwargs(base_url="http://gateway", headers=auth)
+                fields = {k: v for k, v in kwargs.items()
+                          if k in ("method", "url", "headers", "params", "data", "json", "cookies", "files")}
+                prepared = requests.Request(**fields).prepare()
+                body = prepared.body or b""
+                headers = {k: v for k, v in prepared.headers.items() if k.lower() != "content-length"}
+                path = prepared.url.removeprefix("http://gateway")
+                out.append(((prepared.method or "GET", path, headers, body.encode() if isinstance(body, str) else body),
+                            (operation.label, "negative" if broken else "positive")))
+    return out, skipped
 
 
-async def run_malformed(gateway: GatewayProcess, ts: TorchServe, scale: float) -> dict[str, Any]:
+def is_json_error(content_type: str, data: bytes) -> bool:
+    """The gateway's error form: Content-Type exactly application/json, a body {"error": "<message>"}."""
+    try:
+        return content_type == "application/json" and isinstance(json.loads(data)["error"], str)
+    except (ValueError, KeyError, TypeError):
+        return False
+
+
+async def run_malformed(gateway: GatewayProcess, ts: TorchServe, quick: bool) -> dict[str, Any]:
     rng = random.Random(17)
     base = gateway.http_url
     statuses: Counter[str] = Counter()
     fives: list[str] = []
     hangs: list[str] = []
     non_json: list[str] = []
+    generated: Counter[str] = Counter()  # schemathesis: "<mode> <status class>"
+    refused_valid: list[str] = []  # schema-valid requests answered 400: the document is looser than the server
+    accepted_invalid: list[str] = []  # schema-breaking requests answered 2xx: the document is stricter
     workers_before = all_worker_pids(ts)
     gateway_pid = gateway.proc.pid
+    requests: list[tuple[Request, Origin]] = [(r, None) for r in rest_corpus(rng)]
+    if quick:
+        requests = rng.sample(requests, len(requests) // 2)
+    by_schemathesis, not_generated = await asyncio.to_thread(
+        schemathesis_corpus, f"{base}/openapi.json", SCHEMATHESIS_PER_OPERATION[quick])
+    requests += by_schemathesis
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HANG_S),
                                      auto_decompress=False) as session:
-        async with session.get(f"{base}/openapi.json") as resp:
-            openapi = await resp.json()
-        requests = rest_corpus(rng)
-        requests += openapi_corpus(openapi, rng, int(400 * scale))
-        if scale < 1:
-            requests = rng.sample(requests, int(len(requests) * max(scale, 0.3)))
         sem = asyncio.Semaphore(8)
 
-        async def one(method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        async def one(request: Request, origin: Origin) -> None:
+            method, path, headers, body = request
             async with sem:
-                label = f"REST {method} {path[:80]}"
+                label = f"REST {method} {path[:80]}" + (f" ({origin[0]}, {origin[1]})" if origin else "")
+                url: Any = base + path
+                if origin is not None:  # exactly the bytes schemathesis generated, no requoting
+                    url = yarl.URL(url, encoded=True)
                 try:
-                    async with session.request(method, base + path, headers=headers, data=body or None,
+                    async with session.request(method, url, headers=headers, data=body or None,
                                                skip_auto_headers=["Content-Type"]) as resp:
                         data = await resp.read()
                         statuses[f"rest {resp.status // 100}xx"] += 1
                         if resp.status >= 500:
                             fives.append(f"{label} -> {resp.status} {data[:120]!r}")
-                        elif resp.status >= 400:
-                            try:
-                                json.loads(data)["error"]
-                            except (ValueError, KeyError, TypeError):
-                                non_json.append(f"{label} -> {resp.status} {data[:60]!r}")
+                        elif resp.status >= 400 and not is_json_error(resp.headers.get("Content-Type", ""), data):
+                            non_json.append(f"{label} -> {resp.status} {resp.headers.get('Content-Type')} "
+                                            f"{data[:60]!r}")
+                        if origin is not None:
+                            generated[f"{origin[1]} {resp.status // 100}xx"] += 1
+                            if origin[1] == "positive" and resp.status == 400:
+                                refused_valid.append(f"{label} -> {data[:160]!r}")
+                            elif origin[1] == "negative" and resp.status < 300:
+                                accepted_invalid.append(f"{label} {body[:100]!r}")
                 except asyncio.TimeoutError:
                     hangs.append(label)
-                except aiohttp.ClientError as exc:
-                    statuses[f"rest refused ({type(exc).__name__})"] += 1
+                except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a header aiohttp will not send
+                    statuses[f"rest not sent or refused ({type(exc).__name__})"] += 1
 
         await asyncio.gather(*(one(*r) for r in requests))
         n_rest = len(requests)
@@ -339,14 +399,22 @@ async def run_malformed(gateway: GatewayProcess, ts: TorchServe, scale: float) -
                     reader, writer = await asyncio.open_connection(host, int(port))
                     writer.write(data)
                     await writer.drain()
-                    head = await asyncio.wait_for(reader.read(200), HANG_S)
-                    writer.close()
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HANG_S)
                     code = head[9:12].decode(errors="replace") if head.startswith(b"HTTP/") else "closed"
+                    fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+                    length = int(fields.get(b"Content-Length", b"0"))
+                    body = await asyncio.wait_for(reader.readexactly(length), HANG_S) if length else b""
+                    writer.close()
                     statuses[f"raw {code[:1]}xx" if code != "closed" else "raw closed"] += 1
                     if code.startswith("5"):
                         fives.append(f"RAW {data[:60]!r} -> {head[:80]!r}")
+                    elif code.startswith("4") and not is_json_error(
+                            fields.get(b"Content-Type", b"").decode(errors="replace"), body):
+                        non_json.append(f"RAW {data[:60]!r} -> {head[:80]!r} {body[:60]!r}")
                 except asyncio.TimeoutError:
                     hangs.append(f"RAW {data[:60]!r}")
+                except asyncio.IncompleteReadError as exc:  # closed before (all of) an answer
+                    statuses["raw closed" if not exc.partial else "raw cut short"] += 1
                 except OSError:
                     statuses["raw reset"] += 1
 
@@ -386,6 +454,10 @@ async def run_malformed(gateway: GatewayProcess, ts: TorchServe, scale: float) -
     total = n_rest + len(raws) + len(grpc_cases) + 1
     return {
         "requests": total, "rest": n_rest, "raw_http": len(raws), "grpc": len(grpc_cases) + 1,
+        "schemathesis": {"requests": len(by_schemathesis), "statuses": dict(sorted(generated.items())),
+                         "valid_refused_400": len(refused_valid), "valid_refused_examples": refused_valid[:10],
+                         "invalid_accepted": len(accepted_invalid), "invalid_accepted_examples": accepted_invalid[:10],
+                         "not_generated": not_generated},
         "statuses": dict(statuses), "grpc_codes": dict(codes), "5xx": len(fives), "5xx_examples": fives[:10],
         "hangs": len(hangs), "hang_examples": hangs[:10], "non_json_errors": len(non_json),
         "non_json_examples": non_json[:10],
@@ -675,7 +747,16 @@ def markdown(results: dict[str, Any]) -> str:
             f"{r1['grpc']})")
         row("R1 malformed", "5xx / hangs / worker restarts / gateway alive",
             f"{r1['5xx']} / {r1['hangs']} / {r1['worker_restarts']} / {r1['gateway_alive']}")
-        row("R1 malformed", "REST errors without a JSON body", r1["non_json_errors"])
+        row("R1 malformed", "REST errors that are not JSON (`{\"error\"}`, application/json)", r1["non_json_errors"])
+        st = r1.get("schemathesis")
+        if st:
+            modes: Counter[str] = Counter()
+            for key, count in st["statuses"].items():
+                modes[key.split()[0]] += count
+            row("R1 malformed", "of the REST requests, generated by schemathesis from /openapi.json",
+                f"{st['requests']} ({modes['positive']} schema-valid / {modes['negative']} schema-breaking)")
+            row("R1 malformed", "schemathesis: schema-valid answered 400 / schema-breaking answered 2xx",
+                f"{st['valid_refused_400']} / {st['invalid_accepted']}")
     for label, figures in live.items():
         if isinstance(figures, dict):
             row("R1b worst-case body", label, f"{figures['status']} in {figures['seconds']} s; liveness max "
@@ -722,7 +803,7 @@ def write_report(path: Path, results: dict[str, Any]) -> None:
 
 async def run_all(ts: TorchServe, gateway: GatewayProcess, quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    results["R1"] = await run_malformed(gateway, ts, 0.5 if quick else 1.0)
+    results["R1"] = await run_malformed(gateway, ts, quick)
     results["R1b"] = await run_liveness(gateway)
     results["R2"] = {"worker": await run_worker_kill(gateway, ts, 12 if quick else 20)}
     results["R3"] = await run_overload(gateway, 120 if quick else 300)

@@ -42,6 +42,19 @@ class PrometheusError(RuntimeError):
     pass
 
 
+def check_key_file(path: str | Path) -> Path:
+    """`path` as the absolute file of one API key for the gateway scrape job; PrometheusError (naming the
+    file, never its content) when it is missing, empty or holds more than one line."""
+    path = Path(path).expanduser().resolve()
+    try:
+        lines = path.read_text().strip().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PrometheusError(f"metrics key file {path}: cannot be read ({type(exc).__name__})") from None
+    if len(lines) != 1 or not lines[0].strip():
+        raise PrometheusError(f"metrics key file {path}: must hold exactly one API key on one line")
+    return path
+
+
 def find_binary(name: str = "prometheus") -> str | None:
     """`prometheus` / `promtool` from PATH, else Debian's /usr/bin location; None when not installed."""
     found = shutil.which(name)
@@ -61,10 +74,14 @@ def parse_duration(duration: str) -> float:
 
 
 def render_config(out_dir: str | Path, gateway_target: str | None, torchserve_target: str | None,
-                  scrape_interval: str = "15s", triton_target: str | None = None) -> Path:
+                  scrape_interval: str = "15s", triton_target: str | None = None,
+                  gateway_key_file: str | Path | None = None) -> Path:
     """deploy/prometheus/prometheus.yml with these targets (host:port; None drops the job), this scrape and
     rule-evaluation interval, and absolute rule paths; with `triton_target`, a ``triton`` job scraping Triton's
-    own /metrics (`zoo serve --engine triton`). Returns the written file."""
+    own /metrics (`zoo serve --engine triton`). With `gateway_key_file` (a file holding one gateway API key),
+    the gateway job sends that key as a Bearer token, read by Prometheus from the file at each scrape: with keys
+    on, an anonymous scrape gets no per-model series. The config names the file, never the key. Returns the
+    written file."""
     parse_duration(scrape_interval)
     config = yaml.safe_load(CONFIG_TEMPLATE.read_text())
     config["global"]["scrape_interval"] = scrape_interval
@@ -79,6 +96,9 @@ def render_config(out_dir: str | Path, gateway_target: str | None, torchserve_ta
             if targets[job["job_name"]] is None:
                 continue
             job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+            if job["job_name"] == GATEWAY_JOB and gateway_key_file is not None:
+                job["authorization"] = {"type": "Bearer",
+                                        "credentials_file": str(Path(gateway_key_file).resolve())}
         jobs.append(job)
     if triton_target is not None:
         jobs.append({"job_name": TRITON_JOB, "metrics_path": "/metrics",
@@ -188,12 +208,14 @@ class Prometheus:
 
 
 def start_local(run_dir: str | Path, gateway_target: str | None, torchserve_target: str | None,
-                port: int | None = None, scrape_interval: str = "15s", triton_target: str | None = None) -> Prometheus:
+                port: int | None = None, scrape_interval: str = "15s", triton_target: str | None = None,
+                gateway_key_file: str | Path | None = None) -> Prometheus:
     """Render the config into `run_dir` and start Prometheus over it on loopback. When this returns it is
     ready and has scraped every target once, so no request sent afterwards goes unrecorded."""
     if find_binary("prometheus") is None:
         raise PrometheusError(f"Prometheus is not installed: {INSTALL_HINT}")
-    config = render_config(run_dir, gateway_target, torchserve_target, scrape_interval, triton_target)
+    config = render_config(run_dir, gateway_target, torchserve_target, scrape_interval, triton_target,
+                           gateway_key_file)
     checker = find_binary("promtool")
     if checker is not None:
         check = subprocess.run([checker, "check", "config", str(config)], capture_output=True, text=True,

@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 import yaml
 from aiohttp import http_exceptions, web
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from serving.backends.base import Backend
 from serving.backends.torchserve import TorchServeBackend
@@ -43,7 +43,7 @@ from serving.config import BackendConfig, ConfigError, GatewayConfig, TlsConfig,
 from serving.dataplane import DataPlane, access_logger
 from serving.grpc_server import create_server
 from serving.metrics import GatewayMetrics
-from serving.rest import RestApi
+from serving.rest import RestApi, json_response
 from serving.stream_grpc import StreamServicer
 from serving.stream_ws import StreamWebSocket
 from serving.streams import StreamManager, StreamSettings
@@ -98,6 +98,27 @@ def quiet_client_parse_errors() -> None:
         server_logger.addFilter(ClientParseErrorsAreInfo())
 
 
+class JsonErrorsRequestHandler(RequestHandler):
+    """aiohttp's connection protocol, except that the answers it writes itself, before any route or
+    middleware runs (a request line, header or chunked body it cannot parse: 400; an exception that escaped
+    a handler: 500), are JSON errors like every other answer of the gateway: ``{"error": ...}`` under
+    Content-Type exactly application/json (tritonclient and KServe's SDK parse every error body as JSON)."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # aiohttp's logging, its checks (raises if sent)
+        if status >= 500:
+            text = "internal error" if status == 500 else f"gateway error {status}"
+        else:
+            detail = (message or "").strip().splitlines()
+            text = f"malformed HTTP request: {detail[0][:200] if detail else type(exc).__name__}"
+        response = json_response({"error": text}, status=status)
+        response.force_close()
+        return response
+
+
 def _close_if_idle_from_start(protocol: Any) -> None:
     """A connection that has not sent one complete request header yet: close it (slowloris)."""
     if getattr(protocol, "_request_count", 1) == 0 and protocol.transport is not None:
@@ -107,7 +128,8 @@ def _close_if_idle_from_start(protocol: Any) -> None:
 class GuardedTCPSite(web.TCPSite):
     """aiohttp's TCPSite, except a connection must send its first request's headers within
     `header_timeout_s` (aiohttp alone keeps a connection that trickles header bytes for its keep-alive
-    timeout). Later requests on a connection are covered by aiohttp's keep-alive timeout."""
+    timeout), and what aiohttp answers itself is JSON (`JsonErrorsRequestHandler`). Later requests on a
+    connection are covered by aiohttp's keep-alive timeout."""
 
     __slots__ = ("_header_timeout_s",)
 
@@ -124,6 +146,8 @@ class GuardedTCPSite(web.TCPSite):
 
         def guarded() -> Any:
             protocol = make_protocol()
+            # same slots, one method more: aiohttp's own error answers become JSON (JsonErrorsRequestHandler)
+            protocol.__class__ = JsonErrorsRequestHandler
             loop.call_later(self._header_timeout_s, _close_if_idle_from_start, protocol)
             return protocol
 
@@ -192,8 +216,10 @@ class Gateway:
             config = reload_api_keys(self.dataplane.config)
         except (ConfigError, OSError, yaml.YAMLError) as exc:
             logger.error("API keys not reloaded, the old ones stay: %s", exc)
+            self.metrics.key_reloads.labels("failed").inc()
             return False
         self.config = self.dataplane.config = config
+        self.metrics.key_reloads.labels("ok").inc()
         logger.info("API keys reloaded: %d keys", len(config.api_keys))
         return True
 

@@ -62,6 +62,10 @@ class GatewayMetrics:
         self.backend_errors = Counter(
             "zoo_gateway_backend_errors_total", "Backend calls that failed, by error kind",
             ["backend", "kind"], registry=r)
+        # SIGHUP re-reads the API keys; a failed reload keeps the old keys, so it must be visible (alertable)
+        self.key_reloads = Counter(
+            "zoo_gateway_api_key_reloads_total", "API key reloads (SIGHUP), by result: ok or failed (old keys kept)",
+            ["result"], registry=r)
         self._children: dict[tuple, tuple] = {}
         self.streams_active = Gauge(
             "zoo_gateway_streams_active", "Video stream sessions open now", ["model"], registry=r)

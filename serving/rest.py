@@ -321,18 +321,22 @@ class RestApi:
 
     async def repository_index(self, request: web.Request, call: Call) -> web.Response:
         """Triton's repository index (``POST /v2/repository/index``): the models this key may use, each
-        READY or UNAVAILABLE, so clients (``zoo models``) can list what the gateway serves. An optional JSON
-        body ``{"ready": true}`` keeps only ready models; any other body is ignored."""
+        READY or UNAVAILABLE, so clients (``zoo models``) can list what the gateway serves. The body is empty
+        (tritonclient sends none) or a JSON object whose optional boolean ``ready`` keeps only ready models;
+        anything else is 400, as Triton answers it and as the OpenAPI document says."""
         key = api_key_from(request.headers)
         self.dp.authorize(key)
         call.max_request_bytes = REPOSITORY_INDEX_MAX_BYTES
         body = await self._read_body(request, call)
         ready_only = False
-        if body.lstrip().startswith(b"{"):
+        if body.strip():
             try:
-                ready_only = bool(json.loads(body).get("ready", False))
-            except (ValueError, AttributeError):
-                raise InvalidInput("repository index body must be a JSON object like {\"ready\": true}") from None
+                doc = json.loads(body)
+            except (ValueError, RecursionError):
+                doc = None
+            if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
+                raise InvalidInput("repository index body must be empty or a JSON object like {\"ready\": true}")
+            ready_only = doc.get("ready", False)
         return json_response(await self.dp.repository_index(key, ready_only))
 
     # --- inference ------------------------------------------------------------------------------------
@@ -431,19 +435,29 @@ IMAGE_RULES = ("The model's natural input: image bytes (JPEG, PNG, ...; at least
                "multipart form with one part per field, or JSON; over the model's size limit: 413.")
 
 
-def _typed_tensors(tensors: list[dict[str, Any]], with_data: bool) -> dict[str, Any]:
-    """An array schema accepting exactly these declared tensors (name, datatype, shape rank)."""
+def _typed_tensors(tensors: list[dict[str, Any]], request: bool) -> dict[str, Any]:
+    """An array schema accepting exactly these declared tensors (name, datatype, shape rank). In a request
+    (JSON, so the data is inline) at least one tensor, each with `data` and no negative dimension (a BYTES
+    input is handed to the model one element per call: no zero dimension), as the server checks; what JSON
+    Schema cannot say (the data's element count is the shape's product) it checks too (400)."""
     items = []
     for t in tensors:
+        rank = len(t.get("shape", []))
+        dims: dict[str, Any] = {"type": "integer"}
+        if request:
+            dims["minimum"] = 1 if t["datatype"] == "BYTES" else 0
         props: dict[str, Any] = {
             "name": {"type": "string", "enum": [t["name"]]},
             "datatype": {"type": "string", "enum": [t["datatype"]]},
-            "shape": {"type": "array", "items": {"type": "integer"}, "minItems": len(t.get("shape", [])),
-                      "maxItems": len(t.get("shape", [])), "description": f"declared {t.get('shape', [])}; -1 any"}}
-        if with_data:
-            props["data"] = {"type": "array", "items": {}}
-        items.append({"type": "object", "required": ["name", "datatype", "shape"], "properties": props})
-    return {"type": "array", "items": {"oneOf": items} if items else {}}
+            "shape": {"type": "array", "items": dims, "minItems": rank, "maxItems": rank,
+                      "description": f"declared {t.get('shape', [])}; -1 any"},
+            "data": {"type": "array", "items": {}}}
+        required = ["name", "datatype", "shape", "data"] if request else ["name", "datatype", "shape"]
+        items.append({"type": "object", "required": required, "properties": props})
+    schema: dict[str, Any] = {"type": "array", "items": {"oneOf": items} if items else {}}
+    if request:
+        schema["minItems"] = 1
+    return schema
 
 
 def model_paths(meta: dict[str, Any]) -> dict[str, Any]:
@@ -451,12 +465,12 @@ def model_paths(meta: dict[str, Any]) -> dict[str, Any]:
     name = meta["name"]
     request = {"type": "object", "required": ["inputs"], "properties": {
         "id": {"type": "string"}, "parameters": {"type": "object"},
-        "inputs": _typed_tensors(meta.get("inputs", []), True),
+        "inputs": _typed_tensors(meta.get("inputs", []), request=True),
         "outputs": {"type": "array", "items": {"type": "object", "properties": {"name": {
             "type": "string", "enum": [o["name"] for o in meta.get("outputs", [])]}}}}}}
     response = {"type": "object", "properties": {
         "model_name": {"type": "string"}, "id": {"type": "string"},
-        "outputs": _typed_tensors(meta.get("outputs", []), True)}}
+        "outputs": _typed_tensors(meta.get("outputs", []), request=False)}}
     error = {"description": "error", "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
     return {f"/v2/models/{name}/infer": {"post": {
         "summary": f"Inference on {name} (its declared tensors)",
@@ -495,7 +509,7 @@ def openapi_document(models: list[dict[str, Any]] | None = None) -> dict[str, An
                                                  "description": f"JSON header of {HEADER_LENGTH} bytes, "
                                                                 "then binary tensors"}}}
             elif route.label == "repository_index":
-                op["requestBody"] = {"required": False, "content": {
+                op["requestBody"] = {"required": False, "description": "empty, or a JSON object", "content": {
                     JSON: {"schema": {"type": "object", "properties": {"ready": {"type": "boolean"}}}}}}
             else:
                 op["requestBody"] = {"required": True, "description": IMAGE_RULES, "content": {
@@ -505,11 +519,13 @@ def openapi_document(models: list[dict[str, Any]] | None = None) -> dict[str, An
         paths.setdefault(route.path, {})[route.method.lower()] = op
     for meta in models or ():
         paths.update(model_paths(meta))
-    tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+    # a tensor of a JSON request: its data inline (binary tensors travel as application/octet-stream)
+    tensor = {"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
         "name": {"type": "string", "minLength": 1},
         "shape": {"type": "array", "maxItems": MAX_DIMS, "items": {"type": "integer", "minimum": 0}},
         "datatype": {"type": "string", "enum": list(DATATYPES)}, "parameters": {"type": "object"},
-        "data": {}}}
+        "data": {"type": "array", "description": "row-major, flat or nested as the shape; as many elements as "
+                                                 "the shape's product"}}}
     return {
         "openapi": "3.0.3",
         "info": {"title": "zoo-gateway", "version": "0.1.0",

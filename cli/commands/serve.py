@@ -7,6 +7,7 @@ restart loop of its own), so whatever runs it (systemd `Restart=on-failure`, a K
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from pathlib import Path
@@ -16,6 +17,8 @@ from cli.commands.build import add_engine_option, add_weights_options, engine_st
 from cli.process import watch
 from zoo._registry import ModelEntry, get_entry, list_models
 from zoo.paths import default_run_dir
+
+METRICS_KEY_FILE_ENV = "ZOO_METRICS_KEY_FILE"
 
 
 def ensure_archives(
@@ -84,15 +87,40 @@ def start_engine(args: argparse.Namespace, entries: list[ModelEntry]) -> Any:
     return TorchServe(store, archives, run_dir / "torchserve", ports=ports, token_auth=True)
 
 
-def run(args: argparse.Namespace) -> int:
+def anonymous_scrapes_redacted(config_path: str | None) -> bool:
+    """Whether the gateway will hide per-model series from a scrape without a key: API keys on (its config's
+    auth section, ZOO_API_KEYS, ZOO_API_KEYS_FILE) and `server.metrics_anonymous` not `full`. False for a
+    config that does not load: the gateway itself reports that."""
+    import yaml
 
+    from serving.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_path)
+    except (ConfigError, OSError, ValueError, yaml.YAMLError):
+        return False
+    return config.auth_enabled and config.metrics_anonymous != "full"
+
+
+def run(args: argparse.Namespace) -> int:
+    metrics_key_file = None
     if args.with_prometheus:
-        from cli.prometheus import INSTALL_HINT, find_binary, parse_duration
+        from cli.prometheus import INSTALL_HINT, PrometheusError, check_key_file, find_binary, parse_duration
 
         if find_binary("prometheus") is None:
             print(f"--with-prometheus: Prometheus is not installed: {INSTALL_HINT}")
             return 2
         parse_duration(args.prometheus_scrape_interval)  # a bad interval fails before anything starts
+        key_file = args.metrics_key_file or os.environ.get(METRICS_KEY_FILE_ENV)
+        if key_file:
+            try:
+                metrics_key_file = check_key_file(key_file)
+            except PrometheusError as exc:
+                print(f"--metrics-key-file: {exc}")
+                return 2
+        elif not args.no_gateway and anonymous_scrapes_redacted(args.gateway_config):
+            print("note: API keys are on and no --metrics-key-file was given: Prometheus scrapes the gateway "
+                  "without a key and gets no per-model series (server.metrics_anonymous)", flush=True)
     entries = [get_entry(n) for n in args.models] if args.models else list_models(default_only=True)
     ts = start_engine(args, entries)
     engine = "Triton" if args.engine == "triton" else "TorchServe"
@@ -121,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
                                          f"{gateway.host}:{gateway.http_port}" if gateway else None,
                                          None if triton else engine_target, args.prometheus_port,
                                          args.prometheus_scrape_interval,
-                                         triton_target=engine_target if triton else None)
+                                         triton_target=engine_target if triton else None,
+                                         gateway_key_file=metrics_key_file)
             except PrometheusError as exc:
                 print(f"--with-prometheus: {exc}")
                 if gateway is not None:
@@ -187,5 +216,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "the engine, with deploy/prometheus's rules and alerts")
     p.add_argument("--prometheus-port", type=int, default=9090, help="Prometheus web/API port (loopback)")
     p.add_argument("--prometheus-scrape-interval", default="15s", help="scrape and rule-evaluation interval")
+    p.add_argument("--metrics-key-file", default=None,
+                   help="with --with-prometheus and API keys on: a file holding one gateway API key (e.g. one with "
+                        "`models: []`, which may scrape but not infer) that Prometheus sends when it scrapes the "
+                        "gateway, so per-model series reach it; the rendered config names the file, not the key "
+                        f"(default: ${METRICS_KEY_FILE_ENV})")
     add_weights_options(p)
     p.set_defaults(func=run)

@@ -30,6 +30,15 @@ def test_malformed_requests_crash_nothing(results: dict[str, Any]) -> None:
     assert r1["requests"] >= 500
     assert r1["5xx"] == 0, r1["5xx_examples"]
     assert r1["hangs"] == 0, r1["hang_examples"]
+    # every error is the gateway's JSON form, aiohttp's own parser refusals (raw HTTP) included
+    assert r1["non_json_errors"] == 0, r1["non_json_examples"]
+    # schemathesis drove requests from the live /openapi.json, schema-valid and schema-breaking ones, and no
+    # schema-breaking path, query or body was accepted
+    generated = r1["schemathesis"]
+    assert generated["requests"] >= 100, generated
+    assert any(k.startswith("positive 2") for k in generated["statuses"]), generated["statuses"]
+    assert any(k.startswith("negative 4") for k in generated["statuses"]), generated["statuses"]
+    assert generated["invalid_accepted"] == 0, generated["invalid_accepted_examples"]
     assert r1["worker_restarts"] == 0 and r1["gateway_alive"]
     # TorchServe runs with token auth as under `zoo serve`: a local process without its token cannot scale a
     # model to 0 (nor list or infer), while its metrics stay scrapeable

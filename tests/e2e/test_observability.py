@@ -2,6 +2,8 @@
 dashboards in deploy/grafana, checked by promtool and evaluated by a real Prometheus that scrapes a real
 gateway and TorchServe (`zoo serve toy_echo toy_detect --with-prometheus`, 1 s scrapes) after a bounded
 mixed load (REST, gRPC, client errors, deadline misses, one WebSocket stream on the test-only detector).
+API keys are on, as in production: Prometheus scrapes the gateway with a key of its own
+(`--metrics-key-file`, a key allowed no model), so the per-model series every dashboard reads reach it.
 
 Every dashboard query runs as a range query over the load, its template variables set to the values their
 own queries return, and must draw data. Exemptions, each reported as a warning:
@@ -55,6 +57,8 @@ GRAFANA_BUILTINS = {"__rate_interval", "__interval", "__interval_ms", "__range",
 RATE_INTERVAL = "15s"  # what Grafana's $__rate_interval becomes here (>= 4 scrapes of 1 s)
 STREAM_METRICS = ("zoo_gateway_streams_active", "zoo_gateway_stream_frames_total",
                   "zoo_gateway_stream_forecast_horizon_frames", "zoo_gateway_stream_frame_latency_seconds")
+LOAD_KEY = "observability-load-key"  # the load's key: every model
+SCRAPE_KEY = "observability-scrape-key"  # Prometheus's key: no model, so it can scrape but not infer
 PROMQL_WORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
                 "offset", "inf", "nan"}
 
@@ -133,6 +137,46 @@ def test_promtool_checks_shipped_and_rendered_config(tmp_path: Path) -> None:
     # TorchServe only (`zoo serve --no-gateway`)
     only_ts = yaml.safe_load(render_config(tmp_path, None, "127.0.0.1:18082").read_text())
     assert [j["job_name"] for j in only_ts["scrape_configs"]] == ["torchserve"]
+    # with keys on, the gateway job sends a key read from a file; the config names the file only
+    key_file = tmp_path / "scrape.key"
+    key_file.write_text(SCRAPE_KEY + "\n")
+    with_key = render_config(tmp_path / "keyed", "127.0.0.1:18080", "127.0.0.1:18082", gateway_key_file=key_file)
+    checked = promtool("check", "config", str(with_key))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    jobs = {j["job_name"]: j for j in yaml.safe_load(with_key.read_text())["scrape_configs"]}
+    assert jobs["zoo-gateway"]["authorization"] == {"type": "Bearer", "credentials_file": str(key_file.resolve())}
+    assert "authorization" not in jobs["torchserve"] and SCRAPE_KEY not in with_key.read_text()
+
+
+def test_zoo_serve_knows_when_an_anonymous_scrape_is_redacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What decides `zoo serve`'s note that Prometheus needs --metrics-key-file: keys on, metrics not `full`."""
+    from cli.commands.serve import anonymous_scrapes_redacted
+
+    monkeypatch.setenv("ZOO_API_KEYS", "")
+    monkeypatch.setenv("ZOO_API_KEYS_FILE", "")
+    keys = {"auth": {"keys": [{"key": LOAD_KEY, "models": ["*"]}]}}
+    for name, doc, redacted in (("no-keys", {}, False), ("keys", keys, True),
+                                ("keys-full", {**keys, "server": {"metrics_anonymous": "full"}}, False)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        assert anonymous_scrapes_redacted(str(path)) is redacted, name
+    monkeypatch.setenv("ZOO_API_KEYS", f"{LOAD_KEY}=*")
+    assert anonymous_scrapes_redacted(None)
+
+
+def test_metrics_key_file_is_checked_without_echoing_the_key(tmp_path: Path) -> None:
+    from cli.prometheus import PrometheusError, check_key_file
+
+    good = tmp_path / "good.key"
+    good.write_text(f"  {SCRAPE_KEY}\n")
+    assert check_key_file(good) == good.resolve()
+    for name, text in (("empty.key", "\n"), ("two.key", f"{SCRAPE_KEY}\nsecond-key\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(PrometheusError, match="exactly one API key") as err:
+            check_key_file(tmp_path / name)
+        assert SCRAPE_KEY not in str(err.value)
+    with pytest.raises(PrometheusError, match="cannot be read"):
+        check_key_file(tmp_path / "missing.key")
 
 
 @needs_promtool
@@ -401,13 +445,17 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
     work = tmp_path_factory.mktemp("observability")
     gateway_config = work / "gateway.yaml"
     gateway_config.write_text(yaml.safe_dump({"models": {
-        "toy_echo": {}, "toy_slow": {"model": "toy_echo", "deadline_s": 0.3}, "toy_detect": {}}}))
+        "toy_echo": {}, "toy_slow": {"model": "toy_echo", "deadline_s": 0.3}, "toy_detect": {}},
+        "auth": {"keys": [{"key": LOAD_KEY, "name": "load", "models": ["*"]},
+                          {"key": SCRAPE_KEY, "name": "prometheus", "models": []}]}}))
+    scrape_key = work / "scrape.key"
+    scrape_key.write_text(SCRAPE_KEY + "\n")
     prom_port = free_port()
     cmd = [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())", "serve", "toy_echo",
            "toy_detect", "--random-weights", "--store", str(work / "store"), "--run-dir", str(work / "run"),
            "--http-port", "0", "--grpc-port", "0", "--gateway-config", str(gateway_config),
            "--with-prometheus", "--prometheus-port", str(prom_port), "--prometheus-scrape-interval", "1s",
-           "--ready-timeout", "240"]
+           "--metrics-key-file", str(scrape_key), "--ready-timeout", "240"]
     env = {**os.environ, "ZOO_API_KEYS": "", "ZOO_API_KEYS_FILE": "",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -422,7 +470,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Any:
             time.sleep(0.2)
         text = "".join(lines)
         handle = SimpleNamespace(
-            proc=proc, lines=lines, prom_port=prom_port,
+            proc=proc, lines=lines, prom_port=prom_port, run_dir=work / "run",
             gateway=re.search(r"gateway REST .*: (http://\S+)", text).group(1),
             grpc=re.search(r"gateway gRPC .*: (\S+)", text).group(1),
             prometheus=re.search(r"Prometheus .*: (http://\S+)", text).group(1))
@@ -466,28 +514,32 @@ def send_load(served: Any) -> tuple[float, float]:
         tensor.set_data_from_numpy(np.array([data], dtype=object))
         return tensor
 
+    auth = {"Authorization": f"Bearer {LOAD_KEY}"}
+    grpc_auth = {"authorization": f"Bearer {LOAD_KEY}"}  # gRPC metadata keys are lower case
+    png_headers = {**auth, "Content-Type": "image/png"}
     started = time.time()
     for _ in range(3):
         for _ in range(4):
-            status, _, body = http_request(f"{served.gateway}/v1/models/toy_echo:predict", png,
-                                           {"Content-Type": "image/png"}, "POST", timeout=30)
+            status, _, body = http_request(f"{served.gateway}/v1/models/toy_echo:predict", png, png_headers,
+                                           "POST", timeout=30)
             assert status == 200, body
-        assert http.infer("toy_echo", [image(thttp, png)]).as_numpy("width").tolist() == [[16]]
-        assert grpc_client.infer("toy_echo", [image(tgrpc, png)]).as_numpy("width").tolist() == [[16]]
-        status, _, _ = http_request(f"{served.gateway}/v1/models/toy_echo:predict", b"not an image",
-                                    {"Content-Type": "image/png"}, "POST", timeout=30)
+        assert http.infer("toy_echo", [image(thttp, png)], headers=auth).as_numpy("width").tolist() == [[16]]
+        answer = grpc_client.infer("toy_echo", [image(tgrpc, png)], headers=grpc_auth)
+        assert answer.as_numpy("width").tolist() == [[16]]
+        status, _, _ = http_request(f"{served.gateway}/v1/models/toy_echo:predict", b"not an image", png_headers,
+                                    "POST", timeout=30)
         assert status == 400
         with pytest.raises(InferenceServerException):
-            grpc_client.infer("toy_echo", [image(tgrpc, b"not an image")])
-        status, _, _ = http_request(f"{served.gateway}/v1/models/toy_slow:predict?sleep_ms=400", png,
-                                    {"Content-Type": "image/png"}, "POST", timeout=30)
+            grpc_client.infer("toy_echo", [image(tgrpc, b"not an image")], headers=grpc_auth)
+        status, _, _ = http_request(f"{served.gateway}/v1/models/toy_slow:predict?sleep_ms=400", png, png_headers,
+                                    "POST", timeout=30)
         assert status == 504
         time.sleep(1.5)
     with pytest.raises(InferenceServerException):
-        grpc_client.infer("toy_slow", [image(tgrpc, png)], parameters={"sleep_ms": 400})
+        grpc_client.infer("toy_slow", [image(tgrpc, png)], parameters={"sleep_ms": 400}, headers=grpc_auth)
     # the slept requests drain, then one more of each so the last scrapes see the worker idle again
     time.sleep(1.0)
-    assert grpc_client.infer("toy_echo", [image(tgrpc, png)]).as_numpy("width").tolist() == [[16]]
+    assert grpc_client.infer("toy_echo", [image(tgrpc, png)], headers=grpc_auth).as_numpy("width").tolist() == [[16]]
     answers, sent = asyncio.run(stream_frames(served.gateway))
     assert [a["index"] for a in answers] == list(range(sent)), answers[-3:]  # each frame once, in order
     assert sum(a["computed_from_frame"] >= 0 for a in answers) >= 3, answers[-3:]
@@ -517,7 +569,7 @@ async def stream_frames(gateway: str, max_frames: int = 60, timeout_s: float = 6
     answers: list[dict] = []
     url = gateway.replace("http://", "ws://") + "/v1/streams/toy_detect?fps=10"
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
-        async with http.ws_connect(url) as ws:
+        async with http.ws_connect(url, headers={"Authorization": f"Bearer {LOAD_KEY}"}) as ws:
             async def read() -> None:
                 async for msg in ws:
                     if msg.type == aiohttp.WSMsgType.TEXT:
@@ -699,6 +751,25 @@ def test_live_gateway_exports_worker_and_gpu_gauges(served: Any) -> None:
     (_, mean_batch), = value('sum(increase(ZooBatchSize{ModelName="toy_echo"}[5m])) '
                              '/ sum(increase(ZooBatches{ModelName="toy_echo"}[5m]))')
     assert 0.5 < mean_batch <= 1.0  # toy_echo batch_size=1; a bad request is a batch that decodes none
+
+
+@pytest.mark.integration
+def test_live_per_model_series_reach_prometheus_with_keys_on(served: Any) -> None:
+    """Keys are on, so an anonymous scrape of the gateway is redacted; Prometheus scrapes with its own key
+    from a file, so it has the per-model series; neither its config nor `zoo serve`'s output holds the key."""
+    from tests.support import http_request
+
+    anonymous = http_request(f"{served.gateway}/metrics", timeout=30)[2].decode()
+    assert "zoo_gateway_in_flight_requests{" in anonymous and 'model="toy_echo"' not in anonymous
+    assert http_request(f"{served.gateway}/v1/models/toy_echo:predict", b"x",
+                        {"Authorization": f"Bearer {SCRAPE_KEY}"}, "POST", timeout=30)[0] == 403
+    result = prom_api(served.prometheus, "query", {"query": 'sum by (model) (zoo_gateway_requests_total'
+                                                             '{job="zoo-gateway", route="predict"})'})
+    assert {"toy_echo", "toy_slow"} <= {r["metric"].get("model") for r in result["data"]["result"]}, result
+    rendered = (served.run_dir / "prometheus" / "prometheus.yml").read_text()
+    job = next(j for j in yaml.safe_load(rendered)["scrape_configs"] if j["job_name"] == "zoo-gateway")
+    assert job["authorization"]["type"] == "Bearer" and Path(job["authorization"]["credentials_file"]).is_file()
+    assert SCRAPE_KEY not in rendered and SCRAPE_KEY not in "".join(served.lines)
 
 
 @pytest.mark.integration

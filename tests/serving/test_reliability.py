@@ -12,6 +12,8 @@ import asyncio
 import gzip
 import json
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +28,9 @@ import grpc
 import pytest
 import yaml
 
+from cli.gateway import launch
 from cli.process import watch
+from cli.torchserve import free_port
 from proto import OIP_SERVICE, oip, serialize
 from serving.backends.inprocess import InProcessBackend, InProcessModel
 from serving.backends.torchserve import TorchServeBackend
@@ -400,6 +404,23 @@ def test_unparseable_http_is_not_logged_as_an_error(gw: Running, caplog: pytest.
     assert any("Error handling request" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /v2/model\xed/x HTTP/1.1\r\nHost: x\r\nx-ap\xcd-key: k\r\n\r\n",  # header name bytes
+    b"GET /v2/health/live HTTP/9.9\r\n\r\n",  # unknown HTTP version
+    b"BREW /v2 HTTP/1.1\r\nHost: x\r\n\r\n",  # unknown method
+    b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n",  # header too long
+    b"POST /v2/models/toy_echo/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+], ids=["header-bytes", "http-9.9", "method", "long-header", "bad-chunk"])
+def test_what_aiohttp_refuses_itself_is_a_json_error(gw: Running, request_bytes: bytes) -> None:
+    """Requests refused by aiohttp's HTTP parser, before any route or middleware: still the gateway's JSON
+    error form (JsonErrorsRequestHandler), and the connection is closed."""
+    answer = raw_http(gw, request_bytes.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ", 2)[1] == b"400", answer[:200]
+    assert b"\r\nContent-Type: application/json\r\n" in head + b"\r\n", head
+    assert json.loads(body)["error"].startswith("malformed HTTP request: "), body
+
+
 def test_malformed_protobuf_is_invalid_argument(gw: Running) -> None:
     channel = grpc.insecure_channel(gw.grpc_target)
     for method in ("ModelInfer", "ModelMetadata", "ModelReady"):
@@ -422,6 +443,30 @@ def test_openapi_is_as_strict_as_the_server() -> None:
     assert "pattern" in version["schema"]
     predict = doc["paths"]["/v1/models/{model}:predict"]["post"]["requestBody"]
     assert "8 pixels" in predict["description"]
+    # what schemathesis (bench/chaos.py) found the server refusing although the document allowed it
+    assert "data" in schemas["Tensor"]["required"]
+    typed = openapi_document([{"name": "toy_echo", "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+                               "outputs": [{"name": "width", "datatype": "INT64", "shape": [-1, 1]}]}])
+    inputs = typed["paths"]["/v2/models/toy_echo/infer"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"]["properties"]["inputs"]
+    image = inputs["items"]["oneOf"][0]
+    assert inputs["minItems"] == 1 and "data" in image["required"]
+    assert image["properties"]["shape"]["items"]["minimum"] == 1  # a BYTES input: one model call per element
+
+
+@pytest.mark.parametrize("body", [b"null", b"[]", b"\x00", b'{"ready": "yes"}', b"[" * 5000])
+def test_repository_index_refuses_a_body_it_would_have_ignored(gw: Running, body: bytes) -> None:
+    status, headers, answer = rest(gw, "/v2/repository/index", body, {**AUTH, "Content-Type": "application/json"},
+                                   "POST")
+    assert status == 400 and headers["Content-Type"] == "application/json", answer
+    assert "must be empty or a JSON object" in answer["error"]
+
+
+def test_repository_index_takes_no_body_or_a_ready_filter(gw: Running) -> None:
+    for body in (b"", b"  ", b"{}", b'{"ready": false}', b'{"ready": true}'):
+        status, _, answer = rest(gw, "/v2/repository/index", body, {**AUTH, "Content-Type": "application/json"},
+                                 "POST")
+        assert status == 200 and {m["name"] for m in answer} >= {"toy_echo"}, (body, answer)
 
 
 # --- operations: key reload, access log, TLS ----------------------------------------------------------------------
@@ -444,6 +489,45 @@ def test_api_keys_reload_without_restart(tmp_path: Path) -> None:
         assert rest(running, "/v2/models/toy_echo", headers=bearer("new-key"))[0] == 200
     finally:
         running.stop()
+
+
+def test_sighup_reloads_the_keys_of_a_gateway_process(tmp_path: Path) -> None:
+    """The reload as an operator triggers it: a real `python -m serving.app` process, its keys file
+    (ZOO_API_KEYS_FILE) rewritten, then `kill -HUP`. `GET /v2` checks the key and asks no backend, so a
+    TorchServe address where nothing listens is enough. The reload counter says when a broken file was read."""
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(yaml.safe_dump([{"key": "old-key", "name": "old", "models": ["*"]}]))
+    gateway = launch(["--torchserve-grpc", f"127.0.0.1:{free_port()}", "--models", "toy_echo",
+                      "--http-port", "0", "--grpc-port", "0"],
+                     env={"ZOO_API_KEYS": "", "ZOO_API_KEYS_FILE": str(keys), "ZOO_GATEWAY_LOG_LEVEL": "WARNING"})
+
+    def status(key: str) -> int:
+        return http_request(f"{gateway.http_url}/v2", headers=bearer(key), timeout=10)[0]
+
+    def reloads(result: str) -> float:
+        text = http_request(f"{gateway.http_url}/metrics", timeout=10)[2].decode()
+        line = f'zoo_gateway_api_key_reloads_total{{result="{result}"}} '
+        return sum(float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(line))
+
+    def hup_and_wait(result: str) -> None:
+        before = reloads(result)
+        os.kill(gateway.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while reloads(result) == before:
+            assert time.monotonic() < deadline, f"no {result} key reload 10 s after SIGHUP"
+            time.sleep(0.05)
+
+    try:
+        assert (status("old-key"), status("new-key")) == (200, 401)
+        keys.write_text(yaml.safe_dump([{"key": "new-key", "name": "new", "models": ["toy_echo"]}]))
+        hup_and_wait("ok")
+        assert (status("old-key"), status("new-key")) == (401, 200)
+        keys.write_text("- [broken")
+        hup_and_wait("failed")
+        assert (status("old-key"), status("new-key")) == (401, 200)  # a broken file keeps the keys in force
+        assert gateway.proc.poll() is None
+    finally:
+        gateway.stop()
 
 
 def test_one_json_access_line_per_request(gw: Running, caplog: pytest.LogCaptureFixture) -> None:
