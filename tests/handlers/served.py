@@ -25,6 +25,20 @@ DATATYPES = {"FP32": np.float32, "FP16": np.float16, "INT32": np.int32}
 DECLARED = re.compile(r"^(FP32|FP16|INT32|BYTES) \[([-\d, ]+)\]")
 
 
+def cpu_test_size(entry: ModelEntry) -> dict[str, Any]:
+    """Config overrides that shrink a dense-output entry to a CPU test size (the weights' shapes unchanged),
+    by task; {} for entries served at their own size. One place for the gateway and engine-parity tests."""
+    if entry.task == "image-translation":
+        return {"preprocess": {**entry.config["preprocess"], "load_size": 64}}
+    if entry.task == "stereo-depth":
+        return {"input_size": [128, 128]}
+    if entry.task == "instance-segmentation":
+        return {"min_size_test": 128, "max_size_test": 192}
+    if entry.task == "semantic-segmentation":
+        return {"test_scale": [192, 96]}
+    return {}
+
+
 def photo(name: str, size: tuple[int, int]) -> Image.Image:
     """A real photograph shipped with scikit-image (astronaut, coffee, chelsea, rocket ...), resized."""
     from skimage import data

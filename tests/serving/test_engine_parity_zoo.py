@@ -1,11 +1,10 @@
-"""Every production entry not covered by test_engine_parity.py (FTCN, the classifiers, Patch-Forensics and the
-breadth-II families: CondInst, DNL, CUT/FastCUT, stereo-from-mono, SCAN) on both engines, asked directly (no
+"""Every production entry not covered by test_engine_parity.py (every tag: FTCN, the classifiers,
+Patch-Forensics, CondInst, DNL, CUT/FastCUT, stereo-from-mono, SCAN) on both engines, asked directly (no
 gateway) with the fields the gateway would send: the same answer bytes, and the same refusal message for a bad
 request (FTCN's wall-clock `timings_ms` aside). One TorchServe and one tritonserver serve them all (random
-weights, seed 0; the breadth-II models at the reduced test sizes of test_gateway_breadth.py, the same on both
-engines). Slow on CPU (sixteen models loaded twice, one FTCN clip each way); skips like the other Triton tests.
+weights, seed 0; the dense-output models at `cpu_test_size`, the same on both engines). Slow on CPU (23 models
+loaded twice, one FTCN clip each way); skips like the other Triton tests.
 """
-
 from __future__ import annotations
 
 import json
@@ -18,20 +17,22 @@ import tritonclient.grpc as tgrpc
 from cli.torchserve import TorchServe
 from cli.triton import TritonServer
 from tests.face_videos import astronaut_video
+from tests.handlers.served import cpu_test_size
 from tests.serving.test_engine_parity import both_engines, image_bytes, require_triton
-from tests.serving.test_gateway_breadth import OVERRIDES as BREADTH_OVERRIDES
 from tests.support import http_request, multipart
-from zoo._registry import get_entry
+from zoo._registry import get_entry, list_models
 
 pytestmark = pytest.mark.integration
 
-# Every production architecture's default entry besides DETR and CKDN (test_engine_parity.py); the other tags
-# of an architecture (cut.cat2dog, dnl_r50_d8.ade20k, ...) differ only in weights and labels.
-MODELS = ["addernet_resnet20", "autoformer_supernet_b", "bit_m_r50x1", "dgc_resnet18", "ftcn_tt",
-          "isqrtcov_resnet50", "mutualnet_mbv2", "patchforensics_block2", "patchforensics_block3",
-          "condinst_r50", "dnl_r50_d8", "cut", "fastcut", "stereo_from_mono", "scan_r18", "scan_r50"]
-OVERRIDES = {**BREADTH_OVERRIDES,
-             "fastcut": {"preprocess": {**get_entry("fastcut").config["preprocess"], "load_size": 64}}}
+# Every production entry (every tag of every architecture) besides DETR and CKDN, which test_engine_parity.py
+# covers through gateways; the dense-output ones at a CPU test size, the same on both engines.
+COVERED_ELSEWHERE = {"detr_resnet50", "ckdn_r50"}
+MODELS = [entry.serve_name for entry in sorted(list_models(), key=lambda e: e.name)
+          if not entry.task.startswith("test-") and entry.name.split(".")[0] not in COVERED_ELSEWHERE]
+OVERRIDES = {name: size for name in MODELS if (size := cpu_test_size(get_entry(name)))}
+# Served in two halves, one after the other: all 23 at once (a TorchServe worker and a Triton stub process each)
+# peak at ~15 GB on a 24 GB machine; a half stays near 8 GB.
+GROUPS = (MODELS[::2], MODELS[1::2])
 PNG = image_bytes(72, 64, seed=4)
 LEFT, RIGHT = image_bytes(96, 72, seed=5), image_bytes(96, 72, seed=6)
 
@@ -54,11 +55,14 @@ def requests_for(model: str) -> tuple[dict[str, bytes], dict[str, bytes]]:
     return {"image": PNG, "top_k": b"3"}, {"image": PNG, "top_k": b"0"}
 
 
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TorchServe, TritonServer]]:
+@pytest.fixture(scope="class")
+def engines(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TorchServe, TritonServer]]:
+    """Both engines serving the test class's group of MODELS."""
     require_triton()
-    with both_engines(tmp_path_factory.mktemp("engine-parity-zoo"), MODELS, timeout_s=900,
-                      config_overrides=OVERRIDES) as servers:
+    models = GROUPS[request.cls.GROUP]
+    with both_engines(tmp_path_factory.mktemp("engine-parity-zoo"), models, timeout_s=900,
+                      config_overrides={m: OVERRIDES[m] for m in models if m in OVERRIDES}) as servers:
         yield servers
 
 
@@ -91,8 +95,24 @@ def via_triton(triton: TritonServer, model: str, fields: dict[str, bytes]) -> tu
     return 200, bytes(result.as_numpy("output").reshape(-1)[0])
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_every_production_entry_answers_alike_on_both_engines(engines, model: str) -> None:
+class TestFirstHalf:
+    GROUP = 0
+
+    @pytest.mark.parametrize("model", GROUPS[GROUP])
+    def test_answers_alike_on_both_engines(self, engines, model: str) -> None:
+        answers_alike(engines, model)
+
+
+class TestSecondHalf:
+    GROUP = 1
+
+    @pytest.mark.parametrize("model", GROUPS[GROUP])
+    def test_answers_alike_on_both_engines(self, engines, model: str) -> None:
+        answers_alike(engines, model)
+
+
+def answers_alike(engines: tuple[TorchServe, TritonServer], model: str) -> None:
+    """The same answer bytes for a good request and the same refusal for a bad one, on both engines."""
     ts, triton = engines
     good, bad = requests_for(model)
     ts_status, ts_answer = via_torchserve(ts, model, good)

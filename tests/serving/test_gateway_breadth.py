@@ -15,7 +15,7 @@ from PIL import Image
 from cli.main import main as cli_main
 from clients import DisparityResult, InvalidInputError, TranslationResult, ZooClient
 from clients.draw import disparity_colors
-from tests.handlers.served import photo, served_as
+from tests.handlers.served import cpu_test_size, photo, served_as
 from tests.serving.gateway_support import running_gateway
 from tests.support import http_request, json_body, running_torchserve
 from zoo import get_entry
@@ -24,12 +24,7 @@ pytestmark = pytest.mark.integration
 
 TRANSLATION, STEREO, CLUSTERS = "cut", "stereo_from_mono", "scan_r18"
 INSTANCES, SEMANTIC = "condinst_r50", "dnl_r50_d8"
-OVERRIDES = {
-    TRANSLATION: {"preprocess": {**get_entry(TRANSLATION).config["preprocess"], "load_size": 64}},
-    STEREO: {"input_size": [128, 128]},
-    INSTANCES: {"min_size_test": 128, "max_size_test": 192},  # as tests/handlers/test_instance_segmentation_handler
-    SEMANTIC: {"test_scale": [192, 96]},  # as tests/handlers/test_semantic_segmentation_handler
-}
+OVERRIDES = {name: cpu_test_size(get_entry(name)) for name in (TRANSLATION, STEREO, INSTANCES, SEMANTIC)}
 TIMEOUT_S = 600
 
 
