@@ -146,8 +146,10 @@ class GuardedTCPSite(web.TCPSite):
 
         def guarded() -> Any:
             protocol = make_protocol()
-            # same slots, one method more: aiohttp's own error answers become JSON (JsonErrorsRequestHandler)
-            protocol.__class__ = JsonErrorsRequestHandler
+            # same slots, one method more: aiohttp's own error answers become JSON (JsonErrorsRequestHandler).
+            # An aiohttp whose handler class no longer matches keeps serving, only with its plain-text 400s.
+            if type(protocol) is RequestHandler:
+                protocol.__class__ = JsonErrorsRequestHandler
             loop.call_later(self._header_timeout_s, _close_if_idle_from_start, protocol)
             return protocol
 
