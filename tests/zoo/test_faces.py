@@ -399,6 +399,28 @@ class _MeanLogit(nn.Module):
         return clips.mean(dim=(1, 2, 3, 4)) * 4.0
 
 
+class _BatchRecorder(_MeanLogit):
+    """_MeanLogit that records the batch sizes it is called with."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        self.batches.append(clips.shape[0])
+        return super().forward(clips)
+
+
+def test_padded_clip_batches_keep_one_shape_and_the_same_scores(prepared, pipeline):
+    """4 clips in chunks of 3: eager runs 3 + 1; padded (a compiled model) runs 3 + 3 and drops the blanks."""
+    eager, padded = _BatchRecorder(), _BatchRecorder()
+    plain = pipeline.score(eager, [prepared, prepared], max_batch=3)
+    same_shape = pipeline.score(padded, [prepared, prepared], max_batch=3, pad_batches=True)
+    assert eager.batches == [3, 1] and padded.batches == [3, 3]
+    for a, b in zip(plain, same_shape, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
 def test_scores_aggregate_per_clip_track_frame_and_video(prepared, pipeline):
     probs = pipeline.score(_MeanLogit(), [prepared, prepared], max_batch=3)
     assert len(probs) == 2 and np.allclose(probs[0], probs[1]) and len(probs[0]) == 2

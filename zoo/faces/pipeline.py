@@ -194,9 +194,11 @@ class FacePipeline:
             chunk = refs[start:start + max_batch]
             yield chunk, torch.stack([self.render(videos[v], videos[v].clips[c]) for v, c in chunk])
 
-    def score(self, model: torch.nn.Module, videos: Sequence[PreparedVideo], max_batch: int = 4
-              ) -> list[np.ndarray]:
-        """Fake probability of every planned clip of every video (one array per video)."""
+    def score(self, model: torch.nn.Module, videos: Sequence[PreparedVideo], max_batch: int = 4,
+              pad_batches: bool = False) -> list[np.ndarray]:
+        """Fake probability of every planned clip of every video (one array per video). `pad_batches`: a
+        short last chunk is padded with blank clips to `max_batch` (their logits dropped), so a compiled model
+        (CUDA graphs) only ever sees the one batch shape it was warmed up with."""
         probs = [np.zeros(len(p.clips), dtype=np.float64) for p in videos]
         render_s = model_s = 0.0
         with torch.inference_mode():
@@ -206,7 +208,10 @@ class FacePipeline:
                     torch.cuda.synchronize(clips.device)
                 t1 = time.perf_counter()
                 render_s += t1 - t0
-                logits = model(normalize_clips(clips))
+                count = clips.shape[0]
+                if pad_batches and count < max_batch:
+                    clips = torch.cat([clips, clips.new_zeros((max_batch - count, *clips.shape[1:]))])
+                logits = model(normalize_clips(clips))[:count]
                 p = torch.sigmoid(logits.float()).reshape(-1).cpu().numpy()
                 for (v, c), value in zip(refs, p, strict=True):
                     probs[v][c] = float(value)
