@@ -27,7 +27,7 @@ DECLARED = re.compile(r"^(FP32|FP16|INT32|BYTES) \[([-\d, ]+)\]")
 
 def cpu_test_size(entry: ModelEntry) -> dict[str, Any]:
     """Config overrides that shrink a dense-output entry to a CPU test size (the weights' shapes unchanged),
-    by task; {} for entries served at their own size. One place for the gateway and engine-parity tests."""
+    by task; {} for entries served at their own size. One place for the handler, gateway and engine-parity tests."""
     if entry.task == "image-translation":
         return {"preprocess": {**entry.config["preprocess"], "load_size": 64}}
     if entry.task == "stereo-depth":

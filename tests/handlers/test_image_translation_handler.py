@@ -18,6 +18,7 @@ from clients.types import TranslationResult
 from handlers.image_translation_handler import ImageTranslationHandler
 from tests.handlers.served import (
     check_typed_outputs,
+    cpu_test_size,
     encode,
     image_from_b64,
     photo,
@@ -30,8 +31,8 @@ from tests.handlers.served import (
 from zoo import get_entry
 
 MODEL = "cut"  # cut.horse2zebra, the architecture's default tag
-SQUARE = 64
-TEST_SIZE = {"preprocess": {**get_entry(MODEL).config["preprocess"], "load_size": SQUARE}}
+TEST_SIZE = cpu_test_size(get_entry(MODEL))
+SQUARE = TEST_SIZE["preprocess"]["load_size"]
 PHOTOS = [encode(photo(name, size), "JPEG") for name, size in
           (("chelsea", (150, 100)), ("coffee", (120, 80)), ("astronaut", (96, 96)))]
 

@@ -20,6 +20,7 @@ from clients.types import InstanceSegmentationResult
 from handlers.instance_segmentation_handler import InstanceSegmentationHandler
 from tests.handlers.served import (
     check_typed_outputs,
+    cpu_test_size,
     encode,
     photo,
     post,
@@ -35,7 +36,7 @@ from zoo.mar import read_archive_meta
 pytestmark = pytest.mark.integration
 
 MODEL = "condinst_r50"
-TEST_SIZE = {"min_size_test": 128, "max_size_test": 192}
+TEST_SIZE = cpu_test_size(get_entry(MODEL))
 SAME_SIZE = [encode(photo(name, (128, 96)), "JPEG") for name in ("astronaut", "coffee", "chelsea")]
 
 

@@ -20,6 +20,7 @@ from clients.types import SemanticSegmentationResult
 from handlers.semantic_segmentation_handler import CLASS_CHUNK, SemanticSegmentationHandler, label_map
 from tests.handlers.served import (
     check_typed_outputs,
+    cpu_test_size,
     encode,
     image_from_b64,
     photo,
@@ -34,7 +35,7 @@ from zoo.dnl import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, upsample_logits
 from zoo.dnl import label_map as official_label_map
 
 MODEL = "dnl_r50_d8"
-TEST_SCALE = {"test_scale": [192, 96]}
+TEST_SCALE = cpu_test_size(get_entry(MODEL))
 
 
 torchserve, in_process = serving_fixtures(MODEL, SemanticSegmentationHandler, TEST_SCALE)

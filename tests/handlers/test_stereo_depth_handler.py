@@ -20,6 +20,7 @@ from clients.types import DisparityResult
 from handlers.stereo_depth_handler import StereoDepthHandler
 from tests.handlers.served import (
     check_typed_outputs,
+    cpu_test_size,
     encode,
     photo,
     post,
@@ -31,7 +32,7 @@ from zoo import get_entry
 from zoo.stereo_mono import decode_png16
 
 MODEL = "stereo_from_mono"
-TEST_SIZE = {"input_size": [128, 128]}
+TEST_SIZE = cpu_test_size(get_entry(MODEL))
 
 
 def shifted_pair(name: str, size: tuple[int, int], shift: int) -> tuple[bytes, bytes]:
