@@ -474,12 +474,15 @@ def serving(models: list[str], s: Settings) -> Iterator[tuple[Any, list[str]]]:
 
 
 # --- 6. batch-size sweep -------------------------------------------------------------------------------
-# per served model: the raw section and row label at the precision its worker serves (registry settings),
-# the unit, and the ServingConfig.gpu field the chosen batch goes to
-SWEEP: dict[str, tuple[str, str, str, str]] = {
-    "detr_resnet50": ("raw DETR-R50", "zoo bf16 + channels_last", "img/s", "gpu.batch_size (images)"),
-    "ckdn_r50": ("raw CKDN", "zoo (2 branches) bf16 + channels_last", "pairs/s", "gpu.batch_size (pairs)"),
-    "ftcn_tt": ("raw FTCN+TT", "zoo FTCN+TT bf16", "clips/s", "ZOO_FTCN_CLIP_BATCH (clips per forward)"),
+# per served model: the raw section, its row label at the precision the worker serves (registry settings) and
+# the fp32 eager label --smoke runs instead, the unit, and the ServingConfig.gpu field the chosen batch goes to
+SWEEP: dict[str, tuple[str, str, str, str, str]] = {
+    "detr_resnet50": ("raw DETR-R50", "zoo bf16 + channels_last", "zoo fp32 eager", "img/s",
+                      "gpu.batch_size (images)"),
+    "ckdn_r50": ("raw CKDN", "zoo (2 branches) bf16 + channels_last", "zoo (2 branches) fp32 eager", "pairs/s",
+                 "gpu.batch_size (pairs)"),
+    "ftcn_tt": ("raw FTCN+TT", "zoo FTCN+TT bf16", "zoo FTCN+TT fp32 eager", "clips/s",
+                "ZOO_FTCN_CLIP_BATCH (clips per forward)"),
 }
 GOOD_ENOUGH = 0.9  # the smallest batch within 10 % of the best throughput: more only adds queueing latency
 
@@ -490,10 +493,10 @@ def batch_sweep(report: dict[str, list[dict[str, Any]]], s: Settings) -> list[di
     compute time (a batch then fills while the previous one runs). Workers per GPU come from the served
     table instead: a second worker pays where served req/s stays well below this raw throughput."""
     rows = []
-    for model, (section, label, unit, field_name) in SWEEP.items():
+    for model, (section, label, fp32_label, unit, field_name) in SWEEP.items():
         found = [r for r in report[section] if r["model"] == label]
-        if not found:  # --smoke runs FTCN in fp32 only
-            label = label.replace("bf16 + channels_last", "fp32 eager").replace("FTCN+TT bf16", "FTCN+TT fp32 eager")
+        if not found:  # --smoke runs fp32 only
+            label = fp32_label
             found = [r for r in report[section] if r["model"] == label]
             s.notes.append(f"batch sweep of {model} from its {label!r} rows (the served precision was not run)")
         if not found:
